@@ -1,0 +1,1 @@
+"""Command-line entry points (Hydra lives here and in conf/ only)."""

@@ -1,0 +1,110 @@
+"""Turn a composed config into objects, checking combinations before anything runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from scorelab.data import DiffusionDataModule
+from scorelab.errors import ConfigError
+from scorelab.module import DiffusionModule
+from scorelab.sampling import check_options, get_sampler
+from scorelab.score import ScoreModel
+
+
+def make(cfg: DictConfig, group: str, **kwargs):
+    """instantiate(cfg[group]) with errors that name the config group."""
+    node = cfg.get(group)
+    if node is None:
+        raise ConfigError(f"config group {group!r} is missing")
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__ or e
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        raise ConfigError(f"{group}: {cause}") from None
+
+
+def sampler_settings(node) -> dict:
+    """A sampler config node as a plain dict {name, steps, **options}, validated."""
+    settings = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) \
+        else dict(node)
+    if not settings.get("name"):
+        raise ConfigError("sampler: no sampler name given (sampler=<name>)")
+    try:
+        get_sampler(settings["name"])
+        options = {k: v for k, v in settings.items() if k not in ("name", "steps")}
+        check_options(settings["name"], options)
+    except ValueError as e:
+        raise ConfigError(f"sampler: {e}") from None
+    if int(settings.get("steps") or 0) < 1:
+        raise ConfigError(f"sampler.steps must be >= 1, got {settings.get('steps')}")
+    return settings
+
+
+def build_datamodule(cfg: DictConfig) -> DiffusionDataModule:
+    return make(cfg, "data")
+
+
+def build_module(cfg: DictConfig, data_shape, num_classes: int,
+                 is_image: bool = True) -> DiffusionModule:
+    """The DiffusionModule of a config, for data of the given shape and classes."""
+    if cfg.conditional and num_classes <= 0:
+        raise ConfigError("conditional=true needs a dataset with class labels")
+    sde = make(cfg, "sde")
+    head = make(cfg, "head")
+    backbone = make(cfg, "backbone", data_shape=tuple(data_shape),
+                    num_classes=num_classes if cfg.conditional else 0)
+    loss = make(cfg, "loss")
+    loss.check(sde)
+    model = ScoreModel(backbone, head, sde, input_scaling=cfg.input_scaling)
+    return DiffusionModule(
+        model, loss, optimizer=make(cfg.optim, "optimizer"), data_shape=data_shape,
+        num_classes=num_classes, is_image=is_image, conditional=cfg.conditional, warmup_steps=cfg.optim.warmup_steps,
+        sampler=sampler_settings(cfg.sampler),
+        config=OmegaConf.to_container(cfg, resolve=True))
+
+
+class LoadedCheckpoint:
+    """A scorelab checkpoint read with ``weights_only=True``: its module and config."""
+
+    def __init__(self, path: str, use_ema: bool = True):
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"ckpt={path}: no such checkpoint file")
+        try:
+            ckpt = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unreadable file gets the same message
+            raise ConfigError(f"ckpt={path}: not a loadable checkpoint ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        meta = ckpt.get("scorelab") if isinstance(ckpt, dict) else None
+        if meta is None:
+            raise ConfigError(f"ckpt={path}: not a scorelab checkpoint (no 'scorelab' entry)")
+        self.path = p
+        self.cfg = OmegaConf.create(meta["config"])
+        self.data_shape = tuple(meta["data_shape"])
+        self.num_classes = int(meta["num_classes"])
+        self.is_image = bool(meta["is_image"])
+        self.global_step = int(ckpt.get("global_step", 0))
+        has_raw = "current_model_state" in ckpt
+        self.ema = bool(use_ema and has_raw)
+        if use_ema and not has_raw:
+            raise ConfigError(f"ckpt={path}: holds no EMA weights (trained with "
+                              f"callbacks.ema=null); pass use_ema=false")
+        state = ckpt["state_dict"] if (use_ema or not has_raw) else ckpt["current_model_state"]
+        self.module = build_module(self.cfg, self.data_shape, self.num_classes, self.is_image)
+        self.module.load_state_dict(state)
+        self.module.eval()
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name}: no CUDA device on this machine")
+    return torch.device(name)

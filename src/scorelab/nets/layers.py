@@ -1,0 +1,60 @@
+"""Building blocks shared by the backbones."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def sinusoidal_embedding(label: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Transformer positional embedding of a (real-valued) noise label, as in DDPM:
+    [cos(label * w_j), sin(label * w_j)], w_j = max_period^(-j / (dim/2))."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=label.device,
+                                                          dtype=torch.float32) / half)
+    args = label.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+    return F.pad(emb, (0, 1)) if dim % 2 else emb
+
+
+class ConditionEmbedding(nn.Module):
+    """Noise-label embedding (sinusoidal -> MLP) plus an optional class embedding.
+
+    Class label ``num_classes`` is the reserved null label used when ``y`` is None (the
+    unconditional branch of classifier-free guidance).
+
+    Args:
+        dim: output width.
+        num_classes: number of classes; 0 for an unconditional model.
+        freq_dim: width of the sinusoidal features.
+    """
+
+    def __init__(self, dim: int, num_classes: int = 0, freq_dim: int | None = None):
+        super().__init__()
+        self.freq_dim = freq_dim or dim
+        self.num_classes = num_classes
+        self.mlp = nn.Sequential(nn.Linear(self.freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.label_emb = nn.Embedding(num_classes + 1, dim) if num_classes > 0 else None
+
+    def forward(self, noise_label: Tensor, y: Tensor | None = None) -> Tensor:
+        emb = self.mlp(sinusoidal_embedding(noise_label, self.freq_dim))
+        if self.label_emb is not None:
+            if y is None:
+                y = torch.full_like(noise_label, self.num_classes, dtype=torch.long)
+            emb = emb + self.label_emb(y)
+        return emb
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with up to 32 groups of at least 4 channels (DDPM uses 32 groups)."""
+    groups = next(g for g in range(min(32, max(1, channels // 4)), 0, -1) if channels % g == 0)
+    return nn.GroupNorm(num_groups=groups, num_channels=channels, eps=1e-6)
+
+
+def zero_init(module: nn.Module) -> nn.Module:
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module

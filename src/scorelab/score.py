@@ -1,0 +1,66 @@
+"""ScoreModel = backbone + head + SDE: the one object that turns a network into a score_fn.
+
+    label   = sde.noise_label(t)                       (the only place it is computed)
+    x_in    = x / sqrt(alpha(t)^2 + sigma(t)^2)        (input scaling, optional)
+    out     = backbone(x_in, label, y)
+    score   = head.to_score(out, x, alpha(t), sigma(t))
+
+The input scaling is EDM's c_in (Karras et al. 2022, Table 1) with sigma_data = 1, written for
+any alpha: it is exactly 1 on VP and keeps the backbone's input at unit scale on VE, where
+x_t has std up to sigma_max.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from scorelab.heads import Head
+from scorelab.sde import SDE, _bcast
+
+
+class ScoreModel(nn.Module):
+    """Args:
+        backbone: an ``nn.Module`` with ``forward(x, noise_label, y=None)`` returning x's shape.
+        head: a ``scorelab.heads.Head`` saying what the backbone's output means.
+        sde: the forward SDE whose marginals the model is trained on.
+        input_scaling: divide the input by sqrt(alpha^2 + sigma^2) before the backbone.
+    """
+
+    def __init__(self, backbone: nn.Module, head: Head, sde: SDE, input_scaling: bool = True):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.sde = sde
+        self.input_scaling = input_scaling
+
+    def coefficients(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """alpha(t), sigma(t) broadcast against x."""
+        alpha, sigma = self.sde.alpha_sigma(t)
+        return _bcast(alpha, x).to(x.dtype), _bcast(sigma, x).to(x.dtype)
+
+    def output(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """The backbone's raw output (what the head's target is compared with)."""
+        if self.input_scaling:
+            alpha, sigma = self.coefficients(x, t)
+            x = x * torch.rsqrt(alpha * alpha + sigma * sigma)
+        return self.backbone(x, self.sde.noise_label(t), y)
+
+    def score_fn(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        alpha, sigma = self.coefficients(x, t)
+        return self.head.to_score(self.output(x, t, y), x, alpha, sigma)
+
+    def eps(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        alpha, sigma = self.coefficients(x, t)
+        return self.head.to_eps(self.output(x, t, y), x, alpha, sigma)
+
+    def x0(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        alpha, sigma = self.coefficients(x, t)
+        return self.head.to_x0(self.output(x, t, y), x, alpha, sigma)
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        return self.score_fn(x, t, y)
+
+    def conditional_score_fn(self, y: Tensor | None = None):
+        """A plain ``score_fn(x, t)`` for the samplers, with the class labels bound."""
+        return lambda x, t: self.score_fn(x, t, y)
