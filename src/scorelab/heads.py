@@ -13,15 +13,17 @@ and for every head the score is s = -eps_hat / sigma (Tweedie; Vincent 2011). Th
 formulas hold for any alpha, sigma (VE included), not only alpha^2 + sigma^2 = 1.
 
 ``loss_scale`` is the factor applied to (out - target) in the unweighted loss: 1 for the
-eps / x0 / v heads (plain MSE in the head's own space) and sigma for the score head, which
-gives Score SDE's default lambda(t) = sigma^2 — an unscaled score MSE would be dominated by
-t -> 0 where the target score grows like 1 / sigma.
+eps and x0 heads (plain MSE in the head's own space); 1 / sqrt(alpha^2 + sigma^2) for the v
+head, which is 1 on VP and keeps the target at unit variance on VE, where |v| grows like
+sigma; sigma for the score head, which gives Score SDE's default lambda(t) = sigma^2 — an
+unscaled score MSE would be dominated by t -> 0 where the target grows like 1 / sigma.
 """
 
 from __future__ import annotations
 
 import abc
 
+import torch
 from torch import Tensor
 
 
@@ -90,6 +92,9 @@ class VHead(Head):
 
     def to_x0(self, out, x, alpha, sigma):
         return (alpha * x - sigma * out) / (alpha * alpha + sigma * sigma)
+
+    def loss_scale(self, alpha, sigma):
+        return torch.rsqrt(alpha * alpha + sigma * sigma)
 
 
 class ScoreHead(Head):

@@ -44,7 +44,8 @@ class DenoisingLoss(abc.ABC):
         """Raise ``IncompatibleError`` if this loss cannot train on ``sde``."""
 
     @abc.abstractmethod
-    def draw(self, sde: SDE, n: int, device, generator) -> tuple[Tensor, Tensor, Tensor]:
+    def draw(self, sde: SDE, n: int, device, generator,
+             dtype=torch.float32) -> tuple[Tensor, Tensor, Tensor]:
         """Noise levels for a batch: times t [n], alpha [n], sigma [n]."""
 
     def weight(self, model: ScoreModel, x_t: Tensor, t: Tensor, alpha: Tensor,
@@ -54,7 +55,9 @@ class DenoisingLoss(abc.ABC):
 
     def __call__(self, model: ScoreModel, x0: Tensor, y: Tensor | None = None,
                  generator: torch.Generator | None = None) -> Tensor:
-        t, alpha, sigma = self.draw(model.sde, x0.shape[0], x0.device, generator)
+        # times in float64 for float64 data (exactness tests), else float32 (never lower)
+        tdtype = torch.float64 if x0.dtype == torch.float64 else torch.float32
+        t, alpha, sigma = self.draw(model.sde, x0.shape[0], x0.device, generator, tdtype)
         a = _bcast(alpha, x0).to(x0.dtype)
         s = _bcast(sigma, x0).to(x0.dtype)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
@@ -88,8 +91,9 @@ class DSMLoss(DenoisingLoss):
         self.weighting = weighting
         self.eps = float(eps)
 
-    def draw(self, sde, n, device, generator):
-        t = torch.rand(n, generator=generator, device=device) * (sde.T - self.eps) + self.eps
+    def draw(self, sde, n, device, generator, dtype=torch.float32):
+        t = torch.rand(n, generator=generator, device=device, dtype=dtype) \
+            * (sde.T - self.eps) + self.eps
         alpha, sigma = sde.alpha_sigma(t)
         return t, alpha, sigma
 
@@ -108,10 +112,10 @@ class DDPMLoss(DenoisingLoss):
                 f"loss=ddpm needs the discrete DDPM chain of sde=vp, but sde is "
                 f"{type(sde).__name__}; use loss=dsm (any SDE) or loss=smld (VE)")
 
-    def draw(self, sde, n, device, generator):
+    def draw(self, sde, n, device, generator, dtype=torch.float32):
         i = torch.randint(0, sde.N, (n,), generator=generator, device=device)
         alpha, sigma = sde.discrete_alpha_sigma(i)
-        return i.float() * (sde.T / (sde.N - 1)), alpha, sigma
+        return i.to(dtype) * (sde.T / (sde.N - 1)), alpha, sigma
 
 
 class SMLDLoss(DenoisingLoss):
@@ -123,7 +127,7 @@ class SMLDLoss(DenoisingLoss):
                 f"loss=smld needs the geometric noise levels of sde=ve, but sde is "
                 f"{type(sde).__name__}; use loss=dsm (any SDE) or loss=ddpm (VP)")
 
-    def draw(self, sde, n, device, generator):
+    def draw(self, sde, n, device, generator, dtype=torch.float32):
         i = torch.randint(0, sde.N, (n,), generator=generator, device=device)
         sigma = sde.discrete_sigmas.to(device)[i]
-        return i.float() * (sde.T / (sde.N - 1)), torch.ones_like(sigma), sigma
+        return i.to(dtype) * (sde.T / (sde.N - 1)), torch.ones_like(sigma), sigma

@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from scorelab.data import DiffusionDataModule
-from scorelab.errors import ConfigError
+from scorelab.errors import ConfigError, ScorelabError
 from scorelab.module import DiffusionModule
 from scorelab.sampling import check_options, get_sampler
 from scorelab.score import ScoreModel
@@ -25,7 +25,7 @@ def make(cfg: DictConfig, group: str, **kwargs):
         return instantiate(node, **kwargs)
     except InstantiationException as e:
         cause = e.__cause__ or e
-        if isinstance(cause, ConfigError):
+        if isinstance(cause, ScorelabError):
             raise cause from None
         raise ConfigError(f"{group}: {cause}") from None
 

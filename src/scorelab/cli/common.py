@@ -40,6 +40,14 @@ def write_new(path: Path, text: str) -> Path:
     return path
 
 
+def fresh_path(path: Path, step: int) -> Path:
+    """``path`` if it is free, else ``<stem>_step<step><suffix>`` (a resumed run keeps the
+    results its earlier part wrote)."""
+    if not path.exists():
+        return path
+    return path.with_name(f"{path.stem}_step{step:06d}{path.suffix}")
+
+
 def write_json(path: Path, data: dict) -> Path:
     return write_new(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 

@@ -12,7 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from scorelab.callbacks import EMA, SampleGrid
 from scorelab.cli.build import LoadedCheckpoint, build_datamodule, build_module, make
-from scorelab.cli.common import SamplingProgress, log, output_dir, reports_errors, write_json
+from scorelab.cli.common import (SamplingProgress, fresh_path, log, output_dir, reports_errors,
+                                 write_json)
 from scorelab.data.base import inverse_scaler
 from scorelab.errors import ConfigError
 from scorelab.visualize import save_samples
@@ -60,7 +61,7 @@ def main(cfg: DictConfig) -> dict:
             raise ConfigError(f"resume=true but there is no {last} to resume from")
         resume_from = str(last)
     logger = make(cfg, "logger") if cfg.get("logger") else False
-    OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+    OmegaConf.save(cfg, fresh_path(out / "config.yaml", _step_of(resume_from)), resolve=True)
     trainer = L.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True),
                         callbacks=callbacks, logger=logger, default_root_dir=str(out))
     start = time.perf_counter()
@@ -73,7 +74,7 @@ def main(cfg: DictConfig) -> dict:
     last = Path(ckpt_cb.dirpath) / "last.ckpt"
     ema = any(isinstance(c, EMA) for c in callbacks)
     loaded = LoadedCheckpoint(str(last), use_ema=ema)
-    result = _final_samples(cfg, loaded, out)
+    result = _final_samples(cfg, loaded, out, trainer.global_step)
     metrics = {
         "train_loss": module.epoch_losses[-1] if module.epoch_losses else None,
         "train_loss_first_epoch": module.epoch_losses[0] if module.epoch_losses else None,
@@ -85,13 +86,19 @@ def main(cfg: DictConfig) -> dict:
         "checkpoint": str(last),
         **result,
     }
-    write_json(out / "metrics.json", metrics)
+    write_json(fresh_path(out / "metrics.json", trainer.global_step), metrics)
     log.info("run directory: %s", out)
     log.info("metrics: %s", metrics)
     return metrics
 
 
-def _final_samples(cfg, loaded: LoadedCheckpoint, out) -> dict:
+def _step_of(ckpt_path) -> int:
+    if ckpt_path is None:
+        return 0
+    return int(torch.load(ckpt_path, map_location="cpu", weights_only=True)["global_step"])
+
+
+def _final_samples(cfg, loaded: LoadedCheckpoint, out, step: int) -> dict:
     """A grid of cfg.num_samples samples from the checkpoint's (EMA) weights."""
     module = loaded.module.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     gen = torch.Generator(device=module.device).manual_seed(cfg.seed)
@@ -100,8 +107,8 @@ def _final_samples(cfg, loaded: LoadedCheckpoint, out) -> dict:
     start = time.perf_counter()
     res = module.sample(cfg.num_samples, generator=gen, callback=bar)
     bar.close()
-    path = save_samples(inverse_scaler(res.x, loaded.is_image).cpu(), out / "samples.png",
-                        loaded.is_image)
+    path = save_samples(inverse_scaler(res.x, loaded.is_image).cpu(),
+                        fresh_path(out / "samples.png", step), loaded.is_image)
     return {"samples": str(path), "sampler": module.sampler, "nfe": res.nfe,
             "sampling_wall_time_s": round(time.perf_counter() - start, 2),
             "samples_from": "ema" if loaded.ema else "raw"}

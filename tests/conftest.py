@@ -1,0 +1,33 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+from scorelab.sde import SubVPSDE, VESDE, VPSDE  # noqa: E402
+
+
+def all_sdes():
+    """One of each SDE family (VE with a sigma_max suited to unit-scale data)."""
+    return {
+        "vp": VPSDE(),
+        "vp_cosine": VPSDE(schedule="cosine"),
+        "subvp": SubVPSDE(),
+        "ve": VESDE(sigma_min=0.01, sigma_max=50.0),
+    }
+
+
+@pytest.fixture(params=list(all_sdes()))
+def sde(request):
+    return all_sdes()[request.param]
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

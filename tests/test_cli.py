@@ -1,0 +1,131 @@
+"""train.py -> sample.py -> evaluate.py through the command line on a tiny config, and the
+one-line errors for bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT
+
+TINY = ["experiment=digits_ve_eps", "backbone.channels=8", "trainer.max_steps=60",
+        "trainer.val_check_interval=30", "sampler.steps=20", "num_samples=16",
+        "callbacks.checkpoint.every_n_train_steps=30", "callbacks.progress.refresh_rate=50"]
+
+
+def run(script, *overrides, cwd, check=True):
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.run([sys.executable, str(ROOT / script), *overrides], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    base = tmp_path_factory.mktemp("cli")
+    run("train.py", *TINY, f"hydra.run.dir={base / 'train'}", cwd=base)
+    return base
+
+
+def test_train_leaves_checkpoint_grid_metrics_config(trained):
+    out = trained / "train"
+    for name in ("checkpoints/last.ckpt", "samples.png", "metrics.json", "config.yaml",
+                 ".hydra/config.yaml", "csv/metrics.csv"):
+        assert (out / name).is_file(), name
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["steps"] == 60 and m["nfe"] == 20 and m["samples_from"] == "ema"
+    assert m["train_loss"] < m["train_loss_first_epoch"]       # the loss went down
+    assert np.isfinite(m["val_loss"]) and m["train_wall_time_s"] > 0
+
+
+def test_checkpoint_is_plain_and_holds_config(trained):
+    ckpt = torch.load(trained / "train/checkpoints/last.ckpt", weights_only=True)
+    meta = ckpt["scorelab"]
+    assert isinstance(meta["config"], dict) and meta["config"]["sde"]["_target_"].endswith("VESDE")
+    assert meta["data_shape"] == [1, 8, 8]
+    assert "current_model_state" in ckpt            # raw weights beside the EMA state_dict
+    ema, raw = ckpt["state_dict"], ckpt["current_model_state"]
+    assert any(not torch.equal(ema[k], raw[k]) for k in ema)
+
+
+def test_sample_writes_grid_and_npz(trained):
+    out = trained / "sample"
+    run("sample.py", f"ckpt={trained / 'train/checkpoints/last.ckpt'}", "num_samples=10",
+        "sampler=ode", "sampler.steps=5", "batch_size=4", f"hydra.run.dir={out}", cwd=trained)
+    data = np.load(out / "samples.npz")
+    assert data["samples"].shape == (10, 1, 8, 8) and int(data["nfe"]) == 10
+    assert data["samples"].min() >= 0 and data["samples"].max() <= 1
+    assert (out / "samples.png").is_file()
+
+
+def test_evaluate_writes_metrics(trained):
+    out = trained / "eval"
+    run("evaluate.py", f"ckpt={trained / 'train/checkpoints/last.ckpt'}", f"hydra.run.dir={out}",
+        cwd=trained)
+    m = json.loads((out / "metrics.json").read_text())
+    train_m = json.loads((trained / "train/metrics.json").read_text())
+    assert m["weights"] == "ema" and m["num_val_examples"] == 180
+    assert m["val_loss"] == pytest.approx(train_m["val_loss"], rel=1e-5)
+
+
+def test_existing_run_is_never_overwritten_and_resume_continues(trained):
+    out = trained / "train"
+    before = (out / "checkpoints/last.ckpt").read_bytes()
+    metrics = (out / "metrics.json").read_text()
+    proc = run("train.py", *TINY, f"hydra.run.dir={out}", cwd=trained, check=False)
+    assert proc.returncode == 2 and "already holds checkpoints" in proc.stderr
+    assert (out / "checkpoints/last.ckpt").read_bytes() == before
+    run("train.py", *TINY, "trainer.max_steps=70", "resume=true", f"hydra.run.dir={out}",
+        cwd=trained)
+    assert (out / "metrics.json").read_text() == metrics      # first result kept
+    resumed = json.loads((out / "metrics_step000070.json").read_text())
+    assert resumed["steps"] == 70
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (["sde=foo"], "Could not find 'sde/foo'"),
+    (["sde.beta_mn=0.2"], "beta_mn"),
+    (["loss=ddpm", "sde=ve"], "loss=ddpm needs the discrete DDPM chain"),
+    (["sampler.stepz=3"], "stepz"),
+    (["+sampler.snr=0.1"], "sampler 'euler_maruyama' has no option(s) snr"),
+    (["data=mnist", "data.root=nowhere"], "data=mnist: no MNIST files"),
+    (["conditional=true", "data=gmm", "backbone=mlp", "data.n_samples=500", "trainer.max_steps=1"],
+     None),
+])
+def test_bad_config_fails_at_startup_with_one_message(tmp_path, overrides, needle):
+    proc = run("train.py", *overrides, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
+               check=False)
+    if needle is None:     # a valid combination for contrast: conditional toy model trains
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return
+    assert proc.returncode != 0
+    assert needle in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_missing_checkpoint_and_nan_loss(tmp_path):
+    proc = run("sample.py", "ckpt=/no/such.ckpt", f"hydra.run.dir={tmp_path / 's'}",
+               cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "no such checkpoint file" in proc.stderr
+    proc = run("train.py", "experiment=gmm_vp_eps", "optim.optimizer.lr=1e12",
+               "trainer.max_steps=200", f"hydra.run.dir={tmp_path / 't'}", cwd=tmp_path,
+               check=False)
+    assert proc.returncode == 2 and "training loss is" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not list((tmp_path / "t").glob("checkpoints/*.ckpt"))
+
+
+def test_wandb_offline_logger(tmp_path):
+    out = tmp_path / "w"
+    run("train.py", "experiment=gmm_vp_eps", "logger=wandb", "trainer.max_steps=20",
+        "trainer.val_check_interval=10", "sampler.steps=10", "num_samples=100",
+        f"hydra.run.dir={out}", cwd=tmp_path)
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert runs and list(runs[0].glob("*.wandb"))

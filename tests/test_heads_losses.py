@@ -1,0 +1,134 @@
+"""Heads: exact round trips for every head x SDE; losses vanish at the exact target."""
+
+import pytest
+import torch
+from torch import nn
+
+from scorelab.heads import HEADS, get_head
+from scorelab.losses import DDPMLoss, DSMLoss, IncompatibleError, SMLDLoss
+from scorelab.score import ScoreModel
+from scorelab.sde import SubVPSDE, VESDE, VPSDE
+
+
+@pytest.mark.parametrize("head_name", list(HEADS))
+def test_round_trip_exact(sde, head_name):
+    head = get_head(head_name)
+    x0 = torch.randn(64, 3, dtype=torch.float64)
+    noise = torch.randn(64, 3, dtype=torch.float64)
+    t = torch.rand(64, dtype=torch.float64) * (1 - 1e-3) + 1e-3
+    alpha, sigma = (v[:, None] for v in sde.alpha_sigma(t))
+    x = alpha * x0 + sigma * noise
+    out = head.target(x0, noise, alpha, sigma)
+    torch.testing.assert_close(head.to_x0(out, x, alpha, sigma), x0)
+    torch.testing.assert_close(head.to_eps(out, x, alpha, sigma), noise)
+    torch.testing.assert_close(head.to_score(out, x, alpha, sigma), -noise / sigma)
+
+
+def test_v_head_general_alpha_sigma():
+    # v formulas hold off the VP circle too (alpha^2 + sigma^2 != 1).
+    head = get_head("v")
+    x0, noise = torch.randn(5, 2, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)
+    alpha, sigma = torch.tensor(0.7, dtype=torch.float64), torch.tensor(3.0, dtype=torch.float64)
+    x = alpha * x0 + sigma * noise
+    v = head.target(x0, noise, alpha, sigma)
+    torch.testing.assert_close(v, alpha * noise - sigma * x0)
+    torch.testing.assert_close(head.to_x0(v, x, alpha, sigma), x0)
+
+
+def test_unknown_head_names_known_ones():
+    with pytest.raises(ValueError, match="known heads: eps, x0, v, score"):
+        get_head("epsilon")
+
+
+class OracleBackbone(nn.Module):
+    """Returns the head's exact conditional target for data that is one fixed point c,
+    recovering t from the noise label and undoing the ScoreModel's input scaling.
+    ``coeffs(t)`` gives the (alpha, sigma) the loss used (continuous or DDPM's discrete)."""
+
+    def __init__(self, c, head, sde, coeffs):
+        super().__init__()
+        self.c, self.head, self.sde, self.coeffs = c, head, sde, coeffs
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x_in, label, y=None):
+        t = label * self.sde.T / (self.sde.N - 1)
+        a_c, s_c = (v[:, None] for v in self.sde.alpha_sigma(t))
+        x = x_in * torch.sqrt(a_c ** 2 + s_c ** 2)
+        alpha, sigma = (v[:, None] for v in self.coeffs(t))
+        noise = (x - alpha * self.c) / sigma
+        return self.head.target(self.c.expand_as(x), noise, alpha, sigma)
+
+
+@pytest.mark.parametrize("head_name", list(HEADS))
+@pytest.mark.parametrize("weighting", ["none", "likelihood"])
+def test_dsm_loss_zero_at_exact_target(sde, head_name, weighting):
+    head = get_head(head_name)
+    c = torch.randn(1, 4, dtype=torch.float64)
+    model = ScoreModel(OracleBackbone(c, head, sde, sde.alpha_sigma), head, sde)
+    x0 = c.expand(256, 4)
+    loss = DSMLoss(weighting=weighting, eps=1e-3)(model, x0)
+    assert loss.item() < 1e-12
+    # and it is not zero for a wrong network
+    model_bad = ScoreModel(OracleBackbone(c + 0.5, head, sde, sde.alpha_sigma), head, sde)
+    assert DSMLoss(weighting=weighting, eps=1e-3)(model_bad, x0).item() > 1e-3
+
+
+@pytest.mark.parametrize("head_name", list(HEADS))
+def test_ddpm_and_smld_losses_zero_at_exact_target(head_name):
+    head = get_head(head_name)
+    c = torch.randn(1, 4, dtype=torch.float64)
+    vp = VPSDE()
+    coeffs = lambda t: vp.discrete_alpha_sigma(vp.discrete_index(t))  # noqa: E731
+    model = ScoreModel(OracleBackbone(c, head, vp, coeffs), head, vp)
+    assert DDPMLoss()(model, c.expand(256, 4)).item() < 1e-10
+    ve = VESDE()
+    model = ScoreModel(OracleBackbone(c, head, ve, ve.alpha_sigma), head, ve)
+    assert SMLDLoss()(model, c.expand(256, 4)).item() < 1e-10
+
+
+def test_eps_head_unweighted_is_score_sde_sigma2_weighting():
+    # Score SDE's default loss ||s * std + z||^2 equals the eps head's plain MSE.
+    sde, head = VPSDE(), get_head("eps")
+    torch.manual_seed(1)
+    net = nn.Linear(3, 3).double()
+
+    class Wrap(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x, label, y=None):
+            return self.net(x)
+
+    model = ScoreModel(Wrap(), head, sde)
+    x0 = torch.randn(128, 3, dtype=torch.float64)
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    ours = DSMLoss()(model, x0, generator=g1)
+    t = torch.rand(128, generator=g2, dtype=torch.float64) * (1 - 1e-5) + 1e-5
+    z = torch.randn(x0.shape, generator=g2, dtype=torch.float64)
+    mean, std = sde.marginal_prob(x0, t)
+    xt = mean + std[:, None] * z
+    ref = ((model.score_fn(xt, t) * std[:, None] + z) ** 2).mean(1).mean()
+    torch.testing.assert_close(ours, ref)
+
+
+class ZeroBackbone(nn.Module):
+    def forward(self, x, label, y=None):
+        return torch.zeros_like(x)
+
+
+def test_reduce_sum_scales_by_dimension():
+    model = ScoreModel(ZeroBackbone(), get_head("eps"), VPSDE())
+    x0 = torch.randn(64, 10)
+    m = DSMLoss(reduce="mean")(model, x0, generator=torch.Generator().manual_seed(0))
+    s = DSMLoss(reduce="sum")(model, x0, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(s, 10 * m)
+
+
+def test_incompatible_losses_name_the_sde():
+    with pytest.raises(IncompatibleError, match="loss=ddpm.*VESDE"):
+        DDPMLoss().check(VESDE())
+    with pytest.raises(IncompatibleError, match="loss=smld.*SubVPSDE"):
+        SMLDLoss().check(SubVPSDE())
+    with pytest.raises(ValueError, match="weighting"):
+        DSMLoss(weighting="snr")
