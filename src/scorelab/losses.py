@@ -62,7 +62,7 @@ class DenoisingLoss(abc.ABC):
         s = _bcast(sigma, x0).to(x0.dtype)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         x_t = a * x0 + s * noise
-        out = model.output(x_t, t, y)
+        out = model.output(x_t, t, y, (a, s))
         g2 = self.weight(model, x_t, t, alpha, sigma)
         if g2 is None:
             err = (out - model.head.target(x0, noise, a, s)) * model.head.loss_scale(a, s)

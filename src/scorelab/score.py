@@ -39,24 +39,30 @@ class ScoreModel(nn.Module):
         alpha, sigma = self.sde.alpha_sigma(t)
         return _bcast(alpha, x).to(x.dtype), _bcast(sigma, x).to(x.dtype)
 
-    def output(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        """The backbone's raw output (what the head's target is compared with)."""
+    def output(self, x: Tensor, t: Tensor, y: Tensor | None = None,
+               coefficients: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """The backbone's raw output (what the head's target is compared with).
+        ``coefficients``: (alpha, sigma) already broadcast against x, if the caller has them."""
         if self.input_scaling:
-            alpha, sigma = self.coefficients(x, t)
+            alpha, sigma = coefficients if coefficients is not None else self.coefficients(x, t)
             x = x * torch.rsqrt(alpha * alpha + sigma * sigma)
         return self.backbone(x, self.sde.noise_label(t), y)
 
-    def score_fn(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+    def _evaluate(self, x, t, y):
         alpha, sigma = self.coefficients(x, t)
-        return self.head.to_score(self.output(x, t, y), x, alpha, sigma)
+        return self.output(x, t, y, (alpha, sigma)), alpha, sigma
+
+    def score_fn(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        out, alpha, sigma = self._evaluate(x, t, y)
+        return self.head.to_score(out, x, alpha, sigma)
 
     def eps(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        alpha, sigma = self.coefficients(x, t)
-        return self.head.to_eps(self.output(x, t, y), x, alpha, sigma)
+        out, alpha, sigma = self._evaluate(x, t, y)
+        return self.head.to_eps(out, x, alpha, sigma)
 
     def x0(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        alpha, sigma = self.coefficients(x, t)
-        return self.head.to_x0(self.output(x, t, y), x, alpha, sigma)
+        out, alpha, sigma = self._evaluate(x, t, y)
+        return self.head.to_x0(out, x, alpha, sigma)
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         return self.score_fn(x, t, y)

@@ -33,7 +33,7 @@ def _callbacks(cfg: DictConfig, dm) -> list:
     return grids + [c for c in made.values() if not isinstance(c, SampleGrid)]
 
 
-def _checkpoint_dir(callbacks):
+def _checkpoint_callback(callbacks):
     for c in callbacks:
         if isinstance(c, L.pytorch.callbacks.ModelCheckpoint):
             return c
@@ -49,7 +49,7 @@ def main(cfg: DictConfig) -> dict:
     dm.setup("fit")
     module = build_module(cfg, dm.shape, dm.num_classes, dm.is_image)
     callbacks = _callbacks(cfg, dm)
-    ckpt_cb = _checkpoint_dir(callbacks)
+    ckpt_cb = _checkpoint_callback(callbacks)
     existing = sorted(Path(ckpt_cb.dirpath).glob("*.ckpt")) if ckpt_cb.dirpath else []
     resume_from = None
     if existing and not cfg.resume:
