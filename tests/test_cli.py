@@ -14,7 +14,8 @@ from conftest import ROOT
 
 TINY = ["experiment=digits_ve_eps", "backbone.channels=8", "trainer.max_steps=60",
         "trainer.val_check_interval=30", "sampler.steps=20", "num_samples=16",
-        "callbacks.checkpoint.every_n_train_steps=30", "callbacks.progress.refresh_rate=50"]
+        "callbacks.checkpoint.every_n_train_steps=30", "callbacks.progress.refresh_rate=50",
+        "callbacks.sample_grid.every_n_steps=30", "callbacks.sample_grid.num_samples=9"]
 
 
 def run(script, *overrides, cwd, check=True):
@@ -36,7 +37,8 @@ def trained(tmp_path_factory):
 def test_train_leaves_checkpoint_grid_metrics_config(trained):
     out = trained / "train"
     for name in ("checkpoints/last.ckpt", "samples.png", "metrics.json", "config.yaml",
-                 ".hydra/config.yaml", "csv/metrics.csv"):
+                 ".hydra/config.yaml", "csv/metrics.csv", "samples/step_000030.png",
+                 "samples/step_000060.png"):
         assert (out / name).is_file(), name
     m = json.loads((out / "metrics.json").read_text())
     assert m["steps"] == 60 and m["nfe"] == 20 and m["samples_from"] == "ema"
@@ -120,6 +122,20 @@ def test_missing_checkpoint_and_nan_loss(tmp_path):
     assert proc.returncode == 2 and "training loss is" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not list((tmp_path / "t").glob("checkpoints/*.ckpt"))
+
+
+def test_training_without_ema(tmp_path):
+    out = tmp_path / "noema"
+    run("train.py", "experiment=gmm_vp_eps", "callbacks.ema=null", "trainer.max_steps=20",
+        "sampler.steps=10", "num_samples=100", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert json.loads((out / "metrics.json").read_text())["samples_from"] == "raw"
+    ckpt = out / "checkpoints/last.ckpt"
+    proc = run("sample.py", f"ckpt={ckpt}", f"hydra.run.dir={tmp_path / 's'}", cwd=tmp_path,
+               check=False)
+    assert proc.returncode == 2 and "use_ema=false" in proc.stderr
+    run("sample.py", f"ckpt={ckpt}", "use_ema=false", "num_samples=50",
+        f"hydra.run.dir={tmp_path / 's2'}", cwd=tmp_path)
+    assert np.load(tmp_path / "s2/samples.npz")["samples"].shape == (50, 2)
 
 
 def test_wandb_offline_logger(tmp_path):
