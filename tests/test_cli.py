@@ -37,7 +37,7 @@ def trained(tmp_path_factory):
 def test_train_leaves_checkpoint_grid_metrics_config(trained):
     out = trained / "train"
     for name in ("checkpoints/last.ckpt", "samples.png", "metrics.json", "config.yaml",
-                 ".hydra/config.yaml", "csv/metrics.csv", "samples/step_000030.png",
+                 ".hydra/config.yaml", "csv/version_0/metrics.csv", "samples/step_000030.png",
                  "samples/step_000060.png"):
         assert (out / name).is_file(), name
     m = json.loads((out / "metrics.json").read_text())
@@ -86,6 +86,7 @@ def test_existing_run_is_never_overwritten_and_resume_continues(trained):
     run("train.py", *TINY, "trainer.max_steps=70", "resume=true", f"hydra.run.dir={out}",
         cwd=trained)
     assert (out / "metrics.json").read_text() == metrics      # first result kept
+    assert (out / "csv/version_0/metrics.csv").is_file() and (out / "csv/version_1").is_dir()
     resumed = json.loads((out / "metrics_step000070.json").read_text())
     assert resumed["steps"] == 70
 

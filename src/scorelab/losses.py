@@ -104,7 +104,9 @@ class DSMLoss(DenoisingLoss):
 
 
 class DDPMLoss(DenoisingLoss):
-    """Ho et al. (2020) discrete-time loss on the VP SDE's DDPM chain."""
+    """Ho et al. (2020) discrete-time loss on the VP SDE's DDPM chain: step i has label
+    (N-1) t_i = i and DDPM's alpha_bar_i. The continuous samplers then read the model with
+    alpha(t), sigma(t), which differ from the chain by O(1/N) (alpha_bar_i ~ exp(-B((i+1)/N)))."""
 
     def check(self, sde):
         if not hasattr(sde, "discrete_alpha_sigma"):

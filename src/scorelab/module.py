@@ -29,8 +29,8 @@ class DiffusionModule(L.LightningModule):
 
     def __init__(self, model: ScoreModel, loss: DenoisingLoss,
                  optimizer: Callable[..., torch.optim.Optimizer], data_shape,
-                 num_classes: int = 0, is_image: bool = True, conditional: bool = False, warmup_steps: int = 0,
-                 sampler: dict | None = None, config: dict | None = None):
+                 num_classes: int = 0, is_image: bool = True, conditional: bool = False,
+                 warmup_steps: int = 0, sampler: dict | None = None, config: dict | None = None):
         super().__init__()
         loss.check(model.sde)
         self.model = model

@@ -37,7 +37,8 @@ class BetaSchedule(abc.ABC):
 class LinearBetaSchedule(BetaSchedule):
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0):
         if not 0 <= beta_min < beta_max:
-            raise ValueError(f"linear schedule needs 0 <= beta_min < beta_max, got {beta_min}, {beta_max}")
+            raise ValueError(f"linear schedule needs 0 <= beta_min < beta_max, "
+                             f"got {beta_min}, {beta_max}")
         self.beta_min = float(beta_min)
         self.beta_max = float(beta_max)
 

@@ -65,7 +65,8 @@ def build_module(cfg: DictConfig, data_shape, num_classes: int,
     model = ScoreModel(backbone, head, sde, input_scaling=cfg.input_scaling)
     return DiffusionModule(
         model, loss, optimizer=make(cfg.optim, "optimizer"), data_shape=data_shape,
-        num_classes=num_classes, is_image=is_image, conditional=cfg.conditional, warmup_steps=cfg.optim.warmup_steps,
+        num_classes=num_classes, is_image=is_image, conditional=cfg.conditional,
+        warmup_steps=cfg.optim.warmup_steps,
         sampler=sampler_settings(cfg.sampler),
         config=OmegaConf.to_container(cfg, resolve=True))
 
