@@ -96,7 +96,7 @@ def test_existing_run_is_never_overwritten_and_resume_continues(trained):
     (["sde.beta_mn=0.2"], "beta_mn"),
     (["loss=ddpm", "sde=ve"], "loss=ddpm needs the discrete DDPM chain"),
     (["sampler.stepz=3"], "stepz"),
-    (["+sampler.snr=0.1"], "sampler 'euler_maruyama' has no option(s) snr"),
+    (["+sampler.eta=0.1"], "sampler 'pc' has no option(s) eta"),
     (["data=mnist", "data.root=nowhere"], "data=mnist: no MNIST files"),
     (["conditional=true", "data=gmm", "backbone=mlp", "data.n_samples=500", "trainer.max_steps=1"],
      None),

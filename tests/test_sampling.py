@@ -1,14 +1,43 @@
-"""The Score SDE samplers with the exact GMM score reproduce the mixture (all SDEs)."""
+"""Every sampler x every SDE, with the exact GMM score, reproduces the mixture."""
 
 import pytest
 import torch
 
 from scorelab.mixture import GaussianMixture
-from scorelab.sampling import SAMPLERS, sample, sampler_options
+from scorelab.sampling import GRIDS, SAMPLERS, make_grid, sample, sampler_options
+
+N = 3000
+CONFIGS = {
+    "pc_euler_maruyama": ("pc", dict(predictor="euler_maruyama"), 300),
+    "pc_reverse_diffusion_langevin": ("pc", dict(predictor="reverse_diffusion",
+                                                 corrector="langevin", snr=0.16), 300),
+    "pc_reverse_diffusion_ald": ("pc", dict(predictor="reverse_diffusion", corrector="ald",
+                                            snr=0.05), 300),
+    "pc_ancestral": ("pc", dict(predictor="ancestral"), 300),
+    "ode_rk45": ("ode", dict(method="rk45", rtol=1e-5, atol=1e-5), 1),
+    "ode_euler": ("ode", dict(method="euler", grid="quadratic"), 300),
+    "ode_heun": ("ode", dict(method="heun", grid="quadratic"), 100),
+    "ddim": ("ddim", dict(eta=0.0, grid="quadratic"), 100),
+    "ddim_eta1": ("ddim", dict(eta=1.0, grid="quadratic"), 200),
+    "edm": ("edm", dict(), 40),
+    "edm_churn": ("edm", dict(s_churn=20.0), 80),
+    "dpm_solver_1": ("dpm_solver", dict(order=1), 100),
+    "dpm_solver_2m": ("dpm_solver", dict(order=2), 30),
+    "dpm_solver_3m": ("dpm_solver", dict(order=3), 30),
+}
+
+
+def assert_mode_weights(x, gmm):
+    """Mode frequencies within 5 binomial standard errors (+0.5%) of the true weights:
+    a few percent at this sample size."""
+    freq = torch.bincount(gmm.assign(x), minlength=gmm.n_components).float() / x.shape[0]
+    tol = 5 * torch.sqrt(gmm.weights * (1 - gmm.weights) / x.shape[0]) + 0.005
+    assert torch.all((freq - gmm.weights).abs() < tol), (freq, gmm.weights)
 
 
 def energy_distance(a, b):
-    return (2 * torch.cdist(a, b).mean() - torch.cdist(a, a).mean() - torch.cdist(b, b).mean()).item()
+    return (2 * torch.cdist(a, b).mean() - torch.cdist(a, a).mean()
+            - torch.cdist(b, b).mean()).item()
 
 
 @pytest.fixture(scope="module")
@@ -16,38 +45,99 @@ def gmm():
     return GaussianMixture.ring(2, 8, radius=1.0, std=0.1, weights=torch.arange(1.0, 9.0))
 
 
-@pytest.mark.parametrize("sampler,options", [("euler_maruyama", {}), ("ode", {"method": "heun"}),
-                                             ("ode", {"method": "euler"})])
-def test_exact_score_reproduces_mixture(gmm, sde, sampler, options):
-    n = 3000
-    gen = torch.Generator().manual_seed(0)
-    res = sample(gmm.score_fn(sde), sde, (n, 2), sampler=sampler, steps=300, generator=gen,
-                 **options)
-    truth, _ = gmm.sample(n, torch.Generator().manual_seed(1))
-    ref, _ = gmm.sample(n, torch.Generator().manual_seed(2))
-    # threshold from true-vs-true variability at this sample size
-    assert energy_distance(res.x, truth) < 3 * max(energy_distance(ref, truth), 1e-3)
-    weights = torch.bincount(gmm.assign(res.x), minlength=8).float() / n
-    torch.testing.assert_close(weights, gmm.weights, atol=0.03, rtol=0)
-    assert res.nfe == (600 if options.get("method") == "heun" else 300)
+@pytest.fixture(scope="module")
+def true_vs_true(gmm):
+    """Energy distance between independent true samples: the noise floor at this size."""
+    a, _ = gmm.sample(N, torch.Generator().manual_seed(1))
+    b, _ = gmm.sample(N, torch.Generator().manual_seed(2))
+    return a, energy_distance(a, b)
+
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_exact_score_reproduces_mixture(gmm, true_vs_true, sde, config):
+    name, options, steps = CONFIGS[config]
+    truth, floor = true_vs_true
+    res = sample(gmm.score_fn(sde), sde, (N, 2), sampler=name, steps=steps,
+                 generator=torch.Generator().manual_seed(0), **options)
+    assert torch.isfinite(res.x).all()
+    assert energy_distance(res.x, truth) < 4 * max(floor, 1e-3)
+    assert_mode_weights(res.x, gmm)
+    # each mode has the right spread (std 0.1 per coordinate)
+    spread = (res.x - gmm.means[gmm.assign(res.x)]).std().item()
+    assert spread == pytest.approx(0.1, rel=0.1)
+
+
+def test_annealed_langevin_alone_on_ve(gmm):
+    """NCSN's sampler, corrector only, on its own SDE."""
+    from scorelab.sde import VESDE
+
+    sde = VESDE(sigma_min=0.01, sigma_max=5.0)
+    res = sample(gmm.score_fn(sde), sde, (N, 2), sampler="pc", predictor="none",
+                 corrector="ald", snr=0.1, n_steps=5, steps=200,
+                 generator=torch.Generator().manual_seed(0))
+    assert_mode_weights(res.x, gmm)
+    assert res.nfe == 200 * 5 + 1
+
+
+def test_nfe_counts(gmm, sde):
+    score = gmm.score_fn(sde)
+
+    def nfe(name, steps, **kw):
+        calls = []
+        res = sample(lambda x, t: calls.append(1) or score(x, t), sde, (8, 2), sampler=name,
+                     steps=steps, **kw)
+        assert res.nfe == len(calls)
+        return res.nfe
+    assert nfe("pc", 10) == 11
+    assert nfe("pc", 10, corrector="langevin", n_steps=2) == 31
+    assert nfe("ode", 10, method="heun") == 20
+    assert nfe("ddim", 10) == 10 and nfe("dpm_solver", 10) == 10 and nfe("edm", 10) == 20
 
 
 def test_x_init_and_generator_make_sampling_reproducible(gmm, sde):
     x_init = sde.prior_sampling((16, 2), generator=torch.Generator().manual_seed(3))
-    a = sample(gmm.score_fn(sde), sde, (16, 2), "ode", steps=20, x_init=x_init).x
-    b = sample(gmm.score_fn(sde), sde, (16, 2), "ode", steps=20, x_init=x_init.clone()).x
-    torch.testing.assert_close(a, b)
-    c = sample(gmm.score_fn(sde), sde, (16, 2), "euler_maruyama", steps=20,
+    for name in ("ode", "ddim", "dpm_solver", "edm"):
+        a = sample(gmm.score_fn(sde), sde, (16, 2), name, steps=10, x_init=x_init).x
+        b = sample(gmm.score_fn(sde), sde, (16, 2), name, steps=10, x_init=x_init.clone()).x
+        torch.testing.assert_close(a, b)
+    c = sample(gmm.score_fn(sde), sde, (16, 2), "pc", steps=20,
                generator=torch.Generator().manual_seed(4)).x
-    d = sample(gmm.score_fn(sde), sde, (16, 2), "euler_maruyama", steps=20,
+    d = sample(gmm.score_fn(sde), sde, (16, 2), "pc", steps=20,
                generator=torch.Generator().manual_seed(4)).x
     torch.testing.assert_close(c, d)
 
 
-def test_unknown_sampler_and_option_errors(gmm, sde):
-    with pytest.raises(ValueError, match="known samplers: .*euler_maruyama"):
+def test_ddim_eta0_is_dpm_solver_order1(gmm, sde):
+    x_init = sde.prior_sampling((32, 2), generator=torch.Generator().manual_seed(5))
+    a = sample(gmm.score_fn(sde), sde, None, "ddim", steps=15, x_init=x_init, grid="logsnr").x
+    b = sample(gmm.score_fn(sde), sde, None, "dpm_solver", steps=15, x_init=x_init, order=1).x
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+def test_grids_run_from_T_to_eps(sde, grid):
+    ts = make_grid(grid, sde, 25, 1e-3)
+    assert ts[0].item() == pytest.approx(sde.T) and ts[-1].item() == pytest.approx(1e-3)
+    assert torch.all(ts[1:] < ts[:-1])
+    if grid == "logsnr":
+        lam = sde.log_snr(ts.double())
+        steps = lam[1:] - lam[:-1]
+        torch.testing.assert_close(steps, steps.mean().expand_as(steps), rtol=1e-3, atol=1e-4)
+
+
+def test_t_from_log_snr_inverts_log_snr(sde):
+    t = torch.linspace(1e-4, 1.0, 50, dtype=torch.float64)
+    torch.testing.assert_close(sde.t_from_log_snr(sde.log_snr(t)), t, rtol=1e-9, atol=1e-12)
+
+
+def test_unknown_sampler_option_and_component_errors(gmm, sde):
+    with pytest.raises(ValueError, match="known samplers: .*dpm_solver"):
         sample(gmm.score_fn(sde), sde, (4, 2), sampler="heun")
     with pytest.raises(ValueError, match="no option.*snr.*options are: method"):
         sample(gmm.score_fn(sde), sde, (4, 2), sampler="ode", snr=0.1)
-    assert set(SAMPLERS) >= {"euler_maruyama", "ode"}
-    assert sampler_options("euler_maruyama") == ["denoise"]
+    with pytest.raises(ValueError, match="unknown predictor 'ddpm'"):
+        sample(gmm.score_fn(sde), sde, (4, 2), sampler="pc", predictor="ddpm")
+    with pytest.raises(ValueError, match="unknown time grid"):
+        sample(gmm.score_fn(sde), sde, (4, 2), sampler="ddim", grid="cosine")
+    assert set(SAMPLERS) == {"pc", "ode", "ddim", "edm", "dpm_solver"}
+    assert sampler_options("ddim") == ["eta"]

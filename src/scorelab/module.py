@@ -41,7 +41,7 @@ class DiffusionModule(L.LightningModule):
         self.is_image = bool(is_image)
         self.conditional = conditional
         self.warmup_steps = int(warmup_steps)
-        self.sampler = dict(sampler or {"name": "euler_maruyama", "steps": 500})
+        self.sampler = dict(sampler or {"name": "pc", "steps": 500})
         self.config = config or {}
         self.epoch_losses: list[float] = []   # mean training loss of each finished epoch
         self._loss_sum = None

@@ -96,12 +96,50 @@ class SDE(abc.ABC):
         a little slack so that the grid points t = i T / (N-1) map to i despite rounding."""
         return (t * ((self.N - 1) / self.T) + 1e-4).floor().long().clamp(0, self.N - 1)
 
-    def discretize(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """One forward step x_{i+1} = x_i + f + G z over dt = T/N. Euler–Maruyama by
-        default: f = f(x,t) dt, G = g(t) sqrt(dt)."""
-        dt = self.T / self.N
+    def discretize(self, x: Tensor, t: Tensor, dt: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """One forward step x(t) = x(t - dt) + f + G z.
+
+        dt=None: the SDE's own N-step chain (Score SDE): Euler–Maruyama here, f = f(x,t) T/N,
+        G = g(t) sqrt(T/N); VP and VE override it with the DDPM and SMLD steps.
+        dt given (any step size, e.g. a sampler with fewer steps than N): the exact
+        transition kernel of the linear SDE from s = t - dt to t,
+            x_t = a x_s + s_ts z,  a = alpha(t) / alpha(s),  s_ts^2 = sigma(t)^2 - a^2 sigma(s)^2,
+        i.e. f = (a - 1) x, G = s_ts. It reduces to the DDPM / SMLD steps on their grids.
+        """
+        if dt is not None:
+            return self.transition_discretize(x, t, dt)
+        step = self.T / self.N
         drift, diffusion = self.sde(x, t)
-        return drift * dt, diffusion * math.sqrt(dt)
+        return drift * step, diffusion * math.sqrt(step)
+
+    def transition(self, s: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(a, s_ts) of the kernel x_t = a x_s + s_ts z between times s < t."""
+        alpha_s, sigma_s = self.alpha_sigma(s)
+        alpha_t, sigma_t = self.alpha_sigma(t)
+        a = alpha_t / alpha_s
+        return a, torch.sqrt((sigma_t * sigma_t - a * a * sigma_s * sigma_s).clamp(min=0))
+
+    def transition_discretize(self, x: Tensor, t: Tensor, dt: Tensor) -> tuple[Tensor, Tensor]:
+        a, g = self.transition(t - dt, t)
+        return (_bcast(a, x).to(x.dtype) - 1.0) * x, g
+
+    def log_snr(self, t: Tensor) -> Tensor:
+        """lambda(t) = log(alpha(t) / sigma(t)), decreasing in t."""
+        alpha, sigma = self.alpha_sigma(t)
+        return torch.log(alpha) - torch.log(sigma)
+
+    def t_from_log_snr(self, lam: Tensor, iters: int = 64) -> Tensor:
+        """The inverse of log_snr on [0, T], by bisection in float64 (any SDE with a
+        monotone log-SNR; grids call it once, never inside a sampling loop)."""
+        lam = lam.double()
+        lo = torch.zeros_like(lam)
+        hi = torch.full_like(lam, self.T)
+        for _ in range(iters):
+            mid = 0.5 * (lo + hi)
+            above = self.log_snr(mid) > lam        # lambda decreases: the root is later
+            lo = torch.where(above, mid, lo)
+            hi = torch.where(above, hi, mid)
+        return 0.5 * (lo + hi)
 
     def reverse(self, score_fn, probability_flow: bool = False) -> "ReverseSDE":
         return ReverseSDE(self, score_fn, probability_flow)
@@ -130,8 +168,8 @@ class ReverseSDE:
         drift = drift - g2 * self.score_fn(x, t) * self._c
         return drift, torch.zeros_like(diffusion) if self.probability_flow else diffusion
 
-    def discretize(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        f, G = self.forward_sde.discretize(x, t)
+    def discretize(self, x: Tensor, t: Tensor, dt: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        f, G = self.forward_sde.discretize(x, t, dt)
         rev_f = f - _bcast(G * G, x) * self.score_fn(x, t) * self._c
         return rev_f, torch.zeros_like(G) if self.probability_flow else G
 
@@ -175,9 +213,11 @@ class VPSDE(SDE):
         ab = self.alphas_cumprod.to(i.device)[i]
         return ab.sqrt(), (1.0 - ab).sqrt()
 
-    def discretize(self, x, t):
+    def discretize(self, x, t, dt=None):
         """DDPM forward step x_{i+1} = sqrt(1 - beta_i) x_i + sqrt(beta_i) z (Eq. 47's
         forward counterpart): f = (sqrt(1 - beta_i) - 1) x, G = sqrt(beta_i)."""
+        if dt is not None:
+            return self.transition_discretize(x, t, dt)
         beta = self.discrete_betas.to(t.device)[self.discrete_index(t)].to(x.dtype)
         f = (_bcast(torch.sqrt(1.0 - beta), x) - 1.0) * x
         return f, torch.sqrt(beta)
@@ -246,9 +286,11 @@ class VESDE(SDE):
     def prior_std(self):
         return self.sigma_max
 
-    def discretize(self, x, t):
+    def discretize(self, x, t, dt=None):
         """SMLD step x_i = x_{i-1} + sqrt(sigma_i^2 - sigma_{i-1}^2) z (Eq. 46 forward form),
         with sigma_{-1} = 0."""
+        if dt is not None:
+            return self.transition_discretize(x, t, dt)
         i = self.discrete_index(t)
         sig = self.discrete_sigmas.to(t.device)
         prev = torch.where(i == 0, torch.zeros_like(sig[i]), sig[(i - 1).clamp(min=0)])

@@ -1,0 +1,82 @@
+"""Sampler overhead: wall time of each sampler divided by NFE x the time of one batched
+forward of a real backbone (the compact UNet on 28x28). 1.00 means the sampler adds nothing
+beyond its network evaluations.
+
+    python benchmarks/sampler_overhead.py [--batch 64] [--steps 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from scorelab.heads import get_head  # noqa: E402
+from scorelab.nets.unet import UNet  # noqa: E402
+from scorelab.sampling import sample  # noqa: E402
+from scorelab.score import ScoreModel  # noqa: E402
+from scorelab.sde import VESDE, VPSDE  # noqa: E402
+
+SAMPLERS = {
+    "pc euler-maruyama": ("pc", dict(predictor="euler_maruyama", denoise=False)),
+    "pc reverse-diffusion": ("pc", dict(predictor="reverse_diffusion", denoise=False)),
+    "pc ancestral": ("pc", dict(predictor="ancestral", denoise=False)),
+    "pc rd + langevin": ("pc", dict(predictor="reverse_diffusion", corrector="langevin",
+                                    denoise=False)),
+    "ode euler": ("ode", dict(method="euler")),
+    "ode heun": ("ode", dict(method="heun")),
+    "ddim": ("ddim", dict()),
+    "ddim eta=1": ("ddim", dict(eta=1.0)),
+    "edm": ("edm", dict()),
+    "dpm-solver++ 2M": ("dpm_solver", dict(order=2)),
+    "dpm-solver++ 3M": ("dpm_solver", dict(order=3)),
+}
+
+
+def timed(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--sde", default="vp", choices=["vp", "ve"])
+    args = p.parse_args()
+    torch.manual_seed(0)
+    sde = VPSDE() if args.sde == "vp" else VESDE()
+    net = UNet((1, 28, 28), channels=32).eval()
+    for prm in net.parameters():                  # non-trivial output (the init zeroes it)
+        prm.add_(0.01 * torch.randn_like(prm))
+    model = ScoreModel(net, get_head("eps"), sde)
+    x = torch.randn(args.batch, 1, 28, 28)
+    label = torch.rand(args.batch) * 999
+    net(x, label)                                  # warm-up
+    t_fwd = timed(lambda: net(x, label), 5 * args.repeats)
+    print(f"one batched forward (batch {args.batch}): {1e3 * t_fwd:.1f} ms")
+    print(f"{'sampler':22s} {'NFE':>5s} {'wall s':>8s} {'ratio':>6s}")
+    score_fn = model.score_fn
+    for label_, (name, opts) in SAMPLERS.items():
+        gen = torch.Generator().manual_seed(0)
+        run = lambda: sample(score_fn, sde, x.shape, name, steps=args.steps,  # noqa: E731
+                             generator=gen, **opts)
+        nfe = run().nfe
+        wall = timed(run, args.repeats)
+        print(f"{label_:22s} {nfe:5d} {wall:8.3f} {wall / (nfe * t_fwd):6.3f}")
+
+
+if __name__ == "__main__":
+    main()
