@@ -41,7 +41,7 @@ def test_train_leaves_checkpoint_grid_metrics_config(trained):
                  "samples/step_000060.png"):
         assert (out / name).is_file(), name
     m = json.loads((out / "metrics.json").read_text())
-    assert m["steps"] == 60 and m["nfe"] == 20 and m["samples_from"] == "ema"
+    assert m["steps"] == 60 and m["nfe"] == 21 and m["samples_from"] == "ema"   # + Tweedie
     assert m["train_loss"] < m["train_loss_first_epoch"]       # the loss went down
     assert np.isfinite(m["val_loss"]) and m["train_wall_time_s"] > 0
 
@@ -59,11 +59,18 @@ def test_checkpoint_is_plain_and_holds_config(trained):
 def test_sample_writes_grid_and_npz(trained):
     out = trained / "sample"
     run("sample.py", f"ckpt={trained / 'train/checkpoints/last.ckpt'}", "num_samples=10",
-        "sampler=ode", "sampler.steps=5", "batch_size=4", f"hydra.run.dir={out}", cwd=trained)
+        "sampler=ode", "sampler.method=heun", "sampler.steps=5", "batch_size=4", f"hydra.run.dir={out}", cwd=trained)
     data = np.load(out / "samples.npz")
     assert data["samples"].shape == (10, 1, 8, 8) and int(data["nfe"]) == 10
     assert data["samples"].min() >= 0 and data["samples"].max() <= 1
     assert (out / "samples.png").is_file()
+    # default: the checkpoint's own sampler (pc, Euler–Maruyama), only the steps overridden
+    out2 = trained / "sample_ckpt_sampler"
+    run("sample.py", f"ckpt={trained / 'train/checkpoints/last.ckpt'}", "num_samples=4",
+        "sampler.steps=7", f"hydra.run.dir={out2}", cwd=trained)
+    info = json.loads((out2 / "sampling.json").read_text())
+    assert info["sampler"]["name"] == "pc" and info["sampler"]["steps"] == 7
+    assert info["nfe_per_sample"] == 8
 
 
 def test_evaluate_writes_metrics(trained):
