@@ -76,8 +76,12 @@ def test_sample_writes_grid_and_npz(trained):
 def test_evaluate_writes_metrics(trained):
     out = trained / "eval"
     run("evaluate.py", f"ckpt={trained / 'train/checkpoints/last.ckpt'}", f"hydra.run.dir={out}",
-        cwd=trained)
+        "bpd_examples=3", "likelihood.rtol=1e-3", "likelihood.atol=1e-3", "num_samples=5",
+        "sampler=dpm_solver", "sampler.steps=4", cwd=trained)
     m = json.loads((out / "metrics.json").read_text())
+    assert 0 < m["bpd"] < 20 and m["likelihood"]["num_examples"] == 3
+    assert m["samples"]["sampler"]["name"] == "dpm_solver" and m["samples"]["nfe"] == 4
+    assert np.load(out / "samples.npz")["samples"].shape == (5, 1, 8, 8)
     train_m = json.loads((trained / "train/metrics.json").read_text())
     assert m["weights"] == "ema" and m["num_val_examples"] == 180
     assert m["val_loss"] == pytest.approx(train_m["val_loss"], rel=1e-5)
