@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -14,6 +15,8 @@ from scorelab.errors import ConfigError, ScorelabError
 from scorelab.module import DiffusionModule
 from scorelab.sampling import check_options, get_sampler
 from scorelab.score import ScoreModel
+
+log = logging.getLogger("scorelab")
 
 
 def make(cfg: DictConfig, group: str, **kwargs):
@@ -52,8 +55,10 @@ def build_datamodule(cfg: DictConfig) -> DiffusionDataModule:
 
 
 def build_module(cfg: DictConfig, data_shape, num_classes: int,
-                 is_image: bool = True) -> DiffusionModule:
-    """The DiffusionModule of a config, for data of the given shape and classes."""
+                 is_image: bool = True, strict_sampler: bool = True) -> DiffusionModule:
+    """The DiffusionModule of a config, for data of the given shape and classes.
+    ``strict_sampler=False`` (loading a checkpoint): a stored sampler this version does not
+    know falls back to the default pc sampler with a warning instead of failing."""
     if cfg.conditional and num_classes <= 0:
         raise ConfigError("conditional=true needs a dataset with class labels")
     sde = make(cfg, "sde")
@@ -63,11 +68,18 @@ def build_module(cfg: DictConfig, data_shape, num_classes: int,
     loss = make(cfg, "loss")
     loss.check(sde)
     model = ScoreModel(backbone, head, sde, input_scaling=cfg.input_scaling)
+    try:
+        sampler = sampler_settings(cfg.sampler)
+    except ConfigError as e:
+        if strict_sampler:
+            raise
+        log.warning("%s; using the default sampler (pc, 500 steps) instead", e)
+        sampler = {"name": "pc", "steps": 500}
     return DiffusionModule(
         model, loss, optimizer=make(cfg.optim, "optimizer"), data_shape=data_shape,
         num_classes=num_classes, is_image=is_image, conditional=cfg.conditional,
         warmup_steps=cfg.optim.warmup_steps,
-        sampler=sampler_settings(cfg.sampler),
+        sampler=sampler,
         config=OmegaConf.to_container(cfg, resolve=True))
 
 
@@ -98,7 +110,8 @@ class LoadedCheckpoint:
             raise ConfigError(f"ckpt={path}: holds no EMA weights (trained with "
                               f"callbacks.ema=null); pass use_ema=false")
         state = ckpt["state_dict"] if (use_ema or not has_raw) else ckpt["current_model_state"]
-        self.module = build_module(self.cfg, self.data_shape, self.num_classes, self.is_image)
+        self.module = build_module(self.cfg, self.data_shape, self.num_classes, self.is_image,
+                                   strict_sampler=False)
         self.module.load_state_dict(state)
         self.module.eval()
 

@@ -12,11 +12,6 @@ def randn_like(x: Tensor, generator) -> Tensor:
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
-def grid_coefficients(sde, ts: Tensor) -> tuple[Tensor, Tensor]:
-    """alpha, sigma at every grid time, once per sampling call."""
-    return sde.alpha_sigma(ts)
-
-
 def x0_from_score(score: Tensor, x: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
     """Tweedie: E[x0 | x_t] = (x + sigma^2 score) / alpha (alpha, sigma scalars or [B])."""
     a, s = _bcast(alpha, x), _bcast(sigma, x)

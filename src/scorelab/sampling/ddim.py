@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from scorelab.sampling._util import randn_like
+from scorelab.sampling._util import randn_like, x0_from_score
 from scorelab.sampling.registry import register
 
 
@@ -27,7 +27,7 @@ def ddim(score_fn, sde, x, ts, *, generator=None, callback=None, eta: float = 0.
         a_t, s_t, a_s, s_s = alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1]
         score = score_fn(x, times[i])
         eps_hat = -s_t * score
-        x0_hat = (x - s_t * eps_hat) / a_t
+        x0_hat = x0_from_score(score, x, a_t, s_t)
         c = eta * (s_s / s_t) * torch.sqrt((s_t * s_t - (a_t / a_s) ** 2 * s_s * s_s).clamp(min=0))
         x = a_s * x0_hat + torch.sqrt((s_s * s_s - c * c).clamp(min=0)) * eps_hat
         if eta > 0:

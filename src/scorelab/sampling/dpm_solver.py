@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from scorelab.sampling._util import x0_from_score
 from scorelab.sampling.registry import register
 
 
@@ -31,7 +32,7 @@ def dpm_solver_pp(score_fn, sde, x, ts, *, generator=None, callback=None, order:
     history: list[torch.Tensor] = []        # x0_hat at the latest grid points, newest last
     for i in range(n):
         a_t, s_t, a_s, s_s = alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1]
-        m0 = (x + s_t * s_t * score_fn(x, times[i])) / a_t
+        m0 = x0_from_score(score_fn(x, times[i]), x, a_t, s_t)
         history = (history + [m0])[-3:]
         h = lams[i + 1] - lams[i]
         phi1 = torch.expm1(-h)

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from scorelab.sampling._util import randn_like
+from scorelab.sampling._util import randn_like, x0_from_score
 from scorelab.sampling.registry import register
 
 
@@ -36,7 +36,7 @@ def edm_heun(score_fn, sde, x, ts, *, generator=None, callback=None, s_churn: fl
 
     def denoise(y, level, t, alpha):
         xt = alpha * y
-        return (xt + (level * alpha) ** 2 * score_fn(xt, t.expand(batch))) / alpha
+        return x0_from_score(score_fn(xt, t.expand(batch)), xt, alpha, level * alpha)
 
     y = x / alphas[0]
     nfe = 0

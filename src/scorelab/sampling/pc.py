@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from scorelab.sampling._util import randn_like, tweedie_denoise
+from scorelab.sampling._util import randn_like, tweedie_denoise, x0_from_score
 from scorelab.sampling.registry import register
 from scorelab.sde import _bcast
 
@@ -46,7 +46,7 @@ def ancestral_step(ctx, x, i):
     a_t, s_t, a_s, s_s = ctx.alphas[i], ctx.sigmas[i], ctx.alphas[i + 1], ctx.sigmas[i + 1]
     a = a_t / a_s
     var_ts = (s_t * s_t - a * a * s_s * s_s).clamp(min=0)
-    x0 = (x + s_t * s_t * ctx.score_fn(x, ctx.t(i))) / a_t
+    x0 = x0_from_score(ctx.score_fn(x, ctx.t(i)), x, a_t, s_t)
     x_mean = (a * s_s * s_s / (s_t * s_t)) * x + (a_s * var_ts / (s_t * s_t)) * x0
     std = torch.sqrt(var_ts * s_s * s_s / (s_t * s_t))
     return x_mean + std * randn_like(x, ctx.generator), x_mean, 1
