@@ -6,7 +6,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import WeightAveraging
+from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
 
 from scorelab.visualize import save_samples
 
@@ -42,6 +42,18 @@ class EMA(WeightAveraging):
 
     def on_train_end(self, trainer, pl_module):
         """Leave the raw weights in place (the base class copies the average over them)."""
+
+
+class Checkpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, plus ``last.ckpt`` written at the end of training even
+    when the last periodic save fell on an earlier step (ModelCheckpoint skips it then), so
+    the run's final weights are always on disk."""
+
+    def on_train_end(self, trainer, pl_module):
+        super().on_train_end(trainer, pl_module)
+        if self.save_last and self.dirpath:
+            final = Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
+            trainer.save_checkpoint(str(final))
 
 
 class SampleGrid(L.Callback):
