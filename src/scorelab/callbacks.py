@@ -58,7 +58,7 @@ class Checkpoint(ModelCheckpoint):
 
 class SampleGrid(L.Callback):
     """Every ``every_n_steps`` training steps, draw ``num_samples`` with the module's
-    configured sampler from the EMA weights and save ``samples/step_XXXXXX.png``; logs the
+    configured sampler from the EMA weights and save ``samples/step_<step>.png``; logs the
     grid to loggers that take images (W&B).
 
     Put it before ``EMA`` in the callback list: it runs at the end of validation, while the
