@@ -164,3 +164,21 @@ def test_reverse_sde_and_probability_flow(sde):
 def test_noise_label_is_ddpm_timestep():
     sde = VPSDE()
     torch.testing.assert_close(sde.noise_label(torch.tensor([0.0, 1.0])), torch.tensor([0.0, 999.0]))
+
+
+def test_discrete_tables_are_cached_per_device():
+    sde = VPSDE()
+    a = sde.table("discrete_betas", "cpu")
+    assert a is sde.table("discrete_betas", torch.device("cpu"))
+    torch.testing.assert_close(a, sde.discrete_betas)
+
+
+def test_discretize_with_dt_is_the_exact_kernel(sde):
+    t, dt = torch.tensor([0.5, 0.9]), torch.tensor(0.1)
+    x = torch.randn(2, 3)
+    f, G = sde.discretize(x, t, dt)
+    alpha_s, sigma_s = sde.alpha_sigma(t - dt)
+    alpha_t, sigma_t = sde.alpha_sigma(t)
+    a = alpha_t / alpha_s
+    torch.testing.assert_close(x + f, a[:, None] * x)
+    torch.testing.assert_close(G ** 2 + a ** 2 * sigma_s ** 2, sigma_t ** 2)

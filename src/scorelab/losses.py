@@ -131,5 +131,5 @@ class SMLDLoss(DenoisingLoss):
 
     def draw(self, sde, n, device, generator, dtype=torch.float32):
         i = torch.randint(0, sde.N, (n,), generator=generator, device=device)
-        sigma = sde.discrete_sigmas.to(device)[i]
+        sigma = sde.table("discrete_sigmas", device)[i]
         return i.to(dtype) * (sde.T / (sde.N - 1)), torch.ones_like(sigma), sigma

@@ -93,7 +93,10 @@ class DiffusionModule(L.LightningModule):
     def sample(self, n: int, y: torch.Tensor | None = None, generator=None, callback=None,
                sampler: dict | None = None) -> SampleResult:
         """Draw n samples with ``sampler`` settings {name, steps, **options} (default: the
-        module's configured sampler)."""
+        module's configured sampler). A conditional model given no labels draws the classes
+        in turn (its null label is only for classifier-free guidance)."""
+        if self.conditional and y is None:
+            y = torch.arange(n, device=self.device) % self.num_classes
         settings = dict(sampler or self.sampler)
         name, steps = settings.pop("name"), settings.pop("steps")
         score_fn = self.model.conditional_score_fn(self._labels(y))

@@ -108,9 +108,23 @@ class SDE(abc.ABC):
         """
         if dt is not None:
             return self.transition_discretize(x, t, dt)
+        return self.chain_discretize(x, t)
+
+    def chain_discretize(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """The SDE's own N-step chain: Euler–Maruyama unless a subclass knows better."""
         step = self.T / self.N
         drift, diffusion = self.sde(x, t)
         return drift * step, diffusion * math.sqrt(step)
+
+    def table(self, name: str, device) -> Tensor:
+        """A discrete schedule attribute (e.g. ``discrete_betas``) on ``device``, copied there
+        once and cached, so that loops indexing it make no per-step transfer."""
+        device = torch.device(device)
+        cache = self.__dict__.setdefault("_tables", {})
+        key = (name, device)
+        if key not in cache:
+            cache[key] = getattr(self, name).to(device)
+        return cache[key]
 
     def transition(self, s: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """(a, s_ts) of the kernel x_t = a x_s + s_ts z between times s < t."""
@@ -210,15 +224,13 @@ class VPSDE(SDE):
 
     def discrete_alpha_sigma(self, i: Tensor) -> tuple[Tensor, Tensor]:
         """DDPM's sqrt(alpha_bar_i), sqrt(1 - alpha_bar_i) for integer steps i."""
-        ab = self.alphas_cumprod.to(i.device)[i]
+        ab = self.table("alphas_cumprod", i.device)[i]
         return ab.sqrt(), (1.0 - ab).sqrt()
 
-    def discretize(self, x, t, dt=None):
+    def chain_discretize(self, x, t):
         """DDPM forward step x_{i+1} = sqrt(1 - beta_i) x_i + sqrt(beta_i) z (Eq. 47's
         forward counterpart): f = (sqrt(1 - beta_i) - 1) x, G = sqrt(beta_i)."""
-        if dt is not None:
-            return self.transition_discretize(x, t, dt)
-        beta = self.discrete_betas.to(t.device)[self.discrete_index(t)].to(x.dtype)
+        beta = self.table("discrete_betas", t.device)[self.discrete_index(t)].to(x.dtype)
         f = (_bcast(torch.sqrt(1.0 - beta), x) - 1.0) * x
         return f, torch.sqrt(beta)
 
@@ -286,12 +298,10 @@ class VESDE(SDE):
     def prior_std(self):
         return self.sigma_max
 
-    def discretize(self, x, t, dt=None):
+    def chain_discretize(self, x, t):
         """SMLD step x_i = x_{i-1} + sqrt(sigma_i^2 - sigma_{i-1}^2) z (Eq. 46 forward form),
         with sigma_{-1} = 0."""
-        if dt is not None:
-            return self.transition_discretize(x, t, dt)
         i = self.discrete_index(t)
-        sig = self.discrete_sigmas.to(t.device)
+        sig = self.table("discrete_sigmas", t.device)
         prev = torch.where(i == 0, torch.zeros_like(sig[i]), sig[(i - 1).clamp(min=0)])
         return torch.zeros_like(x), torch.sqrt(sig[i] ** 2 - prev ** 2).to(x.dtype)

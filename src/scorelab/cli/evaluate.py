@@ -14,16 +14,14 @@ import math
 import time
 
 import lightning as L
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from scorelab.cli.build import LoadedCheckpoint, build_datamodule, pick_device
-from scorelab.cli.common import SamplingProgress, log, output_dir, reports_errors, write_json
-from scorelab.cli.sample import resolve_sampler
+from scorelab.cli.common import log, output_dir, reports_errors, write_json
+from scorelab.cli.sample import draw_samples, resolve_sampler, save_sample_files
 from scorelab.data.base import inverse_scaler
 from scorelab.likelihood import bits_per_dim, log_likelihood
-from scorelab.visualize import save_samples
 
 
 def _validation_loss(loaded, dm, device, out) -> dict:
@@ -56,18 +54,11 @@ def _likelihood(cfg, loaded, dm, device) -> dict:
 
 
 def _samples(cfg, loaded, device, out) -> dict:
-    module = loaded.module.to(device)
-    settings = resolve_sampler(cfg.sampler, module.sampler)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    bar = SamplingProgress(settings["steps"], f"sampling ({settings['name']})")
-    start = time.perf_counter()
-    res = module.sample(cfg.num_samples, generator=gen, callback=bar, sampler=settings)
-    bar.close()
-    x = inverse_scaler(res.x, loaded.is_image).cpu()
-    save_samples(x[:256], out / "samples.png", loaded.is_image)
-    np.savez(out / "samples.npz", samples=x.numpy().astype(np.float32), nfe=np.int64(res.nfe))
-    return {"samples": {"sampler": settings, "num_samples": cfg.num_samples, "nfe": res.nfe,
-                        "wall_time_s": round(time.perf_counter() - start, 2)}}
+    settings = resolve_sampler(cfg.sampler, loaded.module.sampler)
+    x, labels, nfe, seconds = draw_samples(loaded, settings, cfg.num_samples, cfg.seed, device)
+    save_sample_files(x, labels, nfe, out, loaded.is_image)
+    return {"samples": {"sampler": settings, "num_samples": cfg.num_samples, "nfe": nfe,
+                        "wall_time_s": round(seconds, 2)}}
 
 
 @reports_errors

@@ -34,38 +34,55 @@ def class_labels(n: int, num_classes: int, class_label, device) -> torch.Tensor:
     return torch.full((n,), int(class_label), device=device, dtype=torch.long)
 
 
-@reports_errors
-def main(cfg: DictConfig) -> dict:
-    out = output_dir()
-    if cfg.num_samples < 1 or cfg.batch_size < 1:
-        raise ConfigError("num_samples and batch_size must be >= 1")
-    loaded = LoadedCheckpoint(cfg.ckpt, use_ema=cfg.use_ema)
-    device = pick_device(cfg.device)
+def draw_samples(loaded: LoadedCheckpoint, settings: dict, n: int, seed: int, device,
+                 batch_size: int | None = None, class_label=None, desc: str = "sampling"):
+    """n samples from a loaded checkpoint, in batches, with a progress bar. A conditional
+    model gets class labels (cycling through the classes, or ``class_label``).
+    Returns (samples in data space on the CPU, labels or None, NFE per sample, seconds)."""
     module = loaded.module.to(device)
-    settings = resolve_sampler(cfg.sampler, module.sampler)
-    labels = class_labels(cfg.num_samples, loaded.num_classes, cfg.class_label, device) \
+    batch_size = batch_size or n
+    labels = class_labels(n, loaded.num_classes, class_label, device) \
         if module.conditional else None
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    n_batches = -(-cfg.num_samples // cfg.batch_size)
-    bar = SamplingProgress(n_batches * settings["steps"], f"sampling ({settings['name']})")
+    gen = torch.Generator(device=device).manual_seed(seed)
+    n_batches = -(-n // batch_size)
+    bar = SamplingProgress(n_batches * settings["steps"], f"{desc} ({settings['name']})")
     xs, nfe, start = [], 0, time.perf_counter()
     for b in range(n_batches):
-        lo, hi = b * cfg.batch_size, min(cfg.num_samples, (b + 1) * cfg.batch_size)
+        lo, hi = b * batch_size, min(n, (b + 1) * batch_size)
         y = labels[lo:hi] if labels is not None else None
         res = module.sample(hi - lo, y=y, generator=gen, callback=bar, sampler=settings)
         xs.append(res.x.cpu())
         nfe = res.nfe
     bar.close()
     x = inverse_scaler(torch.cat(xs), loaded.is_image)
-    grid = save_samples(x[:256], out / "samples.png", loaded.is_image)
+    return x, labels, nfe, time.perf_counter() - start
+
+
+def save_sample_files(x, labels, nfe: int, out, is_image: bool):
+    """samples.png (up to 256 of them) and samples.npz (all, with labels and NFE)."""
+    grid = save_samples(x[:256], out / "samples.png", is_image)
     arrays = {"samples": x.numpy().astype(np.float32), "nfe": np.int64(nfe)}
     if labels is not None:
         arrays["labels"] = labels.cpu().numpy()
     np.savez(out / "samples.npz", **arrays)
+    return grid, out / "samples.npz"
+
+
+@reports_errors
+def main(cfg: DictConfig) -> dict:
+    out = output_dir()
+    if cfg.num_samples < 1 or cfg.batch_size < 1:
+        raise ConfigError("num_samples and batch_size must be >= 1")
+    loaded = LoadedCheckpoint(cfg.ckpt, use_ema=cfg.use_ema)
+    settings = resolve_sampler(cfg.sampler, loaded.module.sampler)
+    x, labels, nfe, seconds = draw_samples(loaded, settings, cfg.num_samples, cfg.seed,
+                                           pick_device(cfg.device), cfg.batch_size,
+                                           cfg.class_label)
+    grid, npz = save_sample_files(x, labels, nfe, out, loaded.is_image)
     info = {"ckpt": str(loaded.path), "weights": "ema" if loaded.ema else "raw",
             "num_samples": cfg.num_samples, "sampler": settings, "nfe_per_sample": nfe,
-            "seed": cfg.seed, "wall_time_s": round(time.perf_counter() - start, 2),
-            "grid": str(grid), "npz": str(out / "samples.npz")}
+            "seed": cfg.seed, "wall_time_s": round(seconds, 2),
+            "grid": str(grid), "npz": str(npz)}
     write_json(out / "sampling.json", info)
-    log.info("wrote %s and %s", grid, out / "samples.npz")
+    log.info("wrote %s and %s", grid, npz)
     return info

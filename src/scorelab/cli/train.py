@@ -11,10 +11,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from scorelab.callbacks import EMA, SampleGrid
-from scorelab.cli.build import LoadedCheckpoint, build_datamodule, build_module, make
-from scorelab.cli.common import (SamplingProgress, fresh_path, log, output_dir, reports_errors,
-                                 write_json)
-from scorelab.data.base import inverse_scaler
+from scorelab.cli.build import (LoadedCheckpoint, build_datamodule, build_module, make,
+                                pick_device)
+from scorelab.cli.common import fresh_path, log, output_dir, reports_errors, write_json
+from scorelab.cli.sample import draw_samples
 from scorelab.errors import ConfigError
 from scorelab.visualize import save_samples
 
@@ -100,15 +100,10 @@ def _step_of(ckpt_path) -> int:
 
 def _final_samples(cfg, loaded: LoadedCheckpoint, out, step: int) -> dict:
     """A grid of cfg.num_samples samples from the checkpoint's (EMA) weights."""
-    module = loaded.module.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    gen = torch.Generator(device=module.device).manual_seed(cfg.seed)
-    steps = module.sampler["steps"]
-    bar = SamplingProgress(steps, "final samples")
-    start = time.perf_counter()
-    res = module.sample(cfg.num_samples, generator=gen, callback=bar)
-    bar.close()
-    path = save_samples(inverse_scaler(res.x, loaded.is_image).cpu(),
-                        fresh_path(out / "samples.png", step), loaded.is_image)
-    return {"samples": str(path), "sampler": module.sampler, "nfe": res.nfe,
-            "sampling_wall_time_s": round(time.perf_counter() - start, 2),
+    settings = loaded.module.sampler
+    x, _, nfe, seconds = draw_samples(loaded, settings, cfg.num_samples, cfg.seed,
+                                      pick_device("auto"), desc="final samples")
+    path = save_samples(x, fresh_path(out / "samples.png", step), loaded.is_image)
+    return {"samples": str(path), "sampler": settings, "nfe": nfe,
+            "sampling_wall_time_s": round(seconds, 2),
             "samples_from": "ema" if loaded.ema else "raw"}
