@@ -11,6 +11,7 @@ from scorelab.errors import NonFiniteLossError
 from scorelab.losses import DenoisingLoss
 from scorelab.sampling import SampleResult, sample
 from scorelab.score import ScoreModel
+from scorelab.speed import fused_optimizer
 
 
 class DiffusionModule(L.LightningModule):
@@ -25,12 +26,15 @@ class DiffusionModule(L.LightningModule):
         warmup_steps: linear learning-rate warm-up from 0 (Score SDE: 5000).
         sampler: default sampler settings for ``sample()``: {"name": ..., "steps": ..., **options}.
         config: the composed run config as a plain dict, stored in every checkpoint.
+        fused_optimizer: ask the optimiser for fused kernels (true / false / "auto": when
+            the parameters are on a GPU).
     """
 
     def __init__(self, model: ScoreModel, loss: DenoisingLoss,
                  optimizer: Callable[..., torch.optim.Optimizer], data_shape,
                  num_classes: int = 0, is_image: bool = True, conditional: bool = False,
-                 warmup_steps: int = 0, sampler: dict | None = None, config: dict | None = None):
+                 warmup_steps: int = 0, sampler: dict | None = None, config: dict | None = None,
+                 fused_optimizer: bool | str = "auto"):
         super().__init__()
         loss.check(model.sde)
         self.model = model
@@ -43,6 +47,7 @@ class DiffusionModule(L.LightningModule):
         self.warmup_steps = int(warmup_steps)
         self.sampler = dict(sampler or {"name": "pc", "steps": 500})
         self.config = config or {}
+        self.fused_optimizer = fused_optimizer
         self.epoch_losses: list[float] = []   # mean training loss of each finished epoch
         self._loss_sum = None
         self._loss_count = 0
@@ -78,7 +83,9 @@ class DiffusionModule(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        opt = self.optimizer_factory(self.parameters())
+        params = [p for p in self.parameters() if p.requires_grad]
+        fused = {"fused": True} if fused_optimizer(self.fused_optimizer, params) else {}
+        opt = self.optimizer_factory(params, **fused)
         if self.warmup_steps <= 0:
             return opt
         warmup = self.warmup_steps

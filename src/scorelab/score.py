@@ -2,7 +2,8 @@
 
     label   = sde.noise_label(t)                       (the only place it is computed)
     x_in    = x / sqrt(alpha(t)^2 + sigma(t)^2)        (input scaling, optional)
-    out     = backbone(x_in, label, y)
+    out     = backbone(x_in, label, y)[:, :C]       (DiT with learned sigma: mean part)
+    out     = out / sigma(t)                        (backbone.scale_by_sigma: NCSN++ on VE)
     score   = head.to_score(out, x, alpha(t), sigma(t))
 
 The input scaling is EDM's c_in (Karras et al. 2022, Table 1) with sigma_data = 1, written for
@@ -21,7 +22,8 @@ from scorelab.sde import SDE, _bcast
 
 class ScoreModel(nn.Module):
     """Args:
-        backbone: an ``nn.Module`` with ``forward(x, noise_label, y=None)`` returning x's shape.
+        backbone: an ``nn.Module`` with ``forward(x, noise_label, y=None)`` returning x's shape
+            (2C channels when its ``learn_sigma`` is set; optional ``scale_by_sigma`` flag).
         head: a ``scorelab.heads.Head`` saying what the backbone's output means.
         sde: the forward SDE whose marginals the model is trained on.
         input_scaling: divide the input by sqrt(alpha^2 + sigma^2) before the backbone.
@@ -43,10 +45,14 @@ class ScoreModel(nn.Module):
                coefficients: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """The backbone's raw output (what the head's target is compared with).
         ``coefficients``: (alpha, sigma) already broadcast against x, if the caller has them."""
-        if self.input_scaling:
-            alpha, sigma = coefficients if coefficients is not None else self.coefficients(x, t)
-            x = x * torch.rsqrt(alpha * alpha + sigma * sigma)
-        return self.backbone(x, self.sde.noise_label(t), y)
+        alpha, sigma = coefficients if coefficients is not None else self.coefficients(x, t)
+        x_in = x * torch.rsqrt(alpha * alpha + sigma * sigma) if self.input_scaling else x
+        out = self.backbone(x_in, self.sde.noise_label(t), y)
+        if getattr(self.backbone, "learn_sigma", False):
+            out = out[:, :x.shape[1]]
+        if getattr(self.backbone, "scale_by_sigma", False):
+            out = out / sigma
+        return out
 
     def _evaluate(self, x, t, y):
         alpha, sigma = self.coefficients(x, t)

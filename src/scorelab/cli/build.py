@@ -54,6 +54,31 @@ def build_datamodule(cfg: DictConfig) -> DiffusionDataModule:
     return make(cfg, "data")
 
 
+def check_backbone_shape(cfg: DictConfig, data_shape) -> None:
+    """A preset fixes the input shape it was published for (``backbone.data_shape``); data of
+    another shape is an error unless the user sets ``backbone.data_shape=null``."""
+    fixed = cfg.backbone.get("data_shape")
+    if fixed is not None and tuple(fixed) != tuple(data_shape):
+        raise ConfigError(
+            f"backbone {cfg.backbone.get('_target_', '?').rsplit('.', 1)[-1]} preset is built "
+            f"for inputs {list(fixed)} but the data gives {list(data_shape)}: pick a preset "
+            f"for this shape, or set backbone.data_shape=null to build this one for the data")
+
+
+def backbone_classes(cfg: DictConfig, num_classes: int) -> int:
+    """Class-embedding size: 0 unless conditional; else the preset's ``num_classes`` (its
+    published label count) or the dataset's, which it must cover."""
+    if not cfg.conditional:
+        return 0
+    preset = cfg.backbone.get("num_classes")
+    if preset is None:
+        return num_classes
+    if int(preset) < num_classes:
+        raise ConfigError(f"backbone.num_classes={preset} but the data has {num_classes} "
+                          f"classes; set backbone.num_classes=null to use the data's")
+    return int(preset)
+
+
 def build_module(cfg: DictConfig, data_shape, num_classes: int,
                  is_image: bool = True, strict_sampler: bool = True) -> DiffusionModule:
     """The DiffusionModule of a config, for data of the given shape and classes.
@@ -61,10 +86,11 @@ def build_module(cfg: DictConfig, data_shape, num_classes: int,
     know falls back to the default pc sampler with a warning instead of failing."""
     if cfg.conditional and num_classes <= 0:
         raise ConfigError("conditional=true needs a dataset with class labels")
+    check_backbone_shape(cfg, data_shape)
     sde = make(cfg, "sde")
     head = make(cfg, "head")
     backbone = make(cfg, "backbone", data_shape=tuple(data_shape),
-                    num_classes=num_classes if cfg.conditional else 0)
+                    num_classes=backbone_classes(cfg, num_classes))
     loss = make(cfg, "loss")
     loss.check(sde)
     model = ScoreModel(backbone, head, sde, input_scaling=cfg.input_scaling)
@@ -79,7 +105,7 @@ def build_module(cfg: DictConfig, data_shape, num_classes: int,
         model, loss, optimizer=make(cfg.optim, "optimizer"), data_shape=data_shape,
         num_classes=num_classes, is_image=is_image, conditional=cfg.conditional,
         warmup_steps=cfg.optim.warmup_steps,
-        sampler=sampler,
+        sampler=sampler, fused_optimizer=(cfg.get("speed") or {}).get("fused_optimizer", "auto"),
         config=OmegaConf.to_container(cfg, resolve=True))
 
 

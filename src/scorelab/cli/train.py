@@ -16,6 +16,7 @@ from scorelab.cli.build import (LoadedCheckpoint, build_datamodule, build_module
 from scorelab.cli.common import fresh_path, log, output_dir, reports_errors, write_json
 from scorelab.cli.sample import draw_samples
 from scorelab.errors import ConfigError
+from scorelab.speed import apply_speed, check_switches, resolve_precision, uses_gpu
 from scorelab.visualize import save_samples
 
 
@@ -62,8 +63,13 @@ def main(cfg: DictConfig) -> dict:
         resume_from = str(last)
     logger = make(cfg, "logger") if cfg.get("logger") else False
     OmegaConf.save(cfg, fresh_path(out / "config.yaml", _step_of(resume_from)), resolve=True)
-    trainer = L.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True),
-                        callbacks=callbacks, logger=logger, default_root_dir=str(out))
+    trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_args["precision"] = resolve_precision(trainer_args.get("precision", "auto"),
+                                                  trainer_args.get("accelerator", "auto"))
+    applied = _apply_speed(cfg, module, trainer_args)
+    log.info("precision %s, %s", trainer_args["precision"], applied)
+    trainer = L.Trainer(**trainer_args, callbacks=callbacks, logger=logger,
+                        default_root_dir=str(out))
     start = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=resume_from, weights_only=True)
     train_time = time.perf_counter() - start
@@ -90,6 +96,17 @@ def main(cfg: DictConfig) -> dict:
     log.info("run directory: %s", out)
     log.info("metrics: %s", metrics)
     return metrics
+
+
+def _apply_speed(cfg, module, trainer_args) -> dict:
+    speed = cfg.get("speed") or {}
+    gpu = uses_gpu(trainer_args.get("accelerator", "auto"))
+    try:
+        check_switches(speed, gpu)
+        return apply_speed(module.model.backbone, speed.get("compile", "auto"),
+                           speed.get("channels_last", "auto"), gpu=gpu)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _step_of(ckpt_path) -> int:

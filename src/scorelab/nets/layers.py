@@ -9,14 +9,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def sinusoidal_embedding(label: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-    """Transformer positional embedding of a (real-valued) noise label, as in DDPM:
-    [cos(label * w_j), sin(label * w_j)], w_j = max_period^(-j / (dim/2))."""
+def sinusoidal_embedding(label: Tensor, dim: int, max_period: float = 10000.0,
+                         ddpm: bool = False) -> Tensor:
+    """Transformer positional embedding of a (real-valued) noise label.
+
+    Default (DiT, ADM): [cos(label w_j), sin(label w_j)], w_j = max_period^(-j / half).
+    ``ddpm=True`` (Ho et al. 2020; Score SDE's DDPM/NCSN++): [sin, cos] and
+    w_j = max_period^(-j / (half - 1)), so the last frequency is exactly 1/max_period.
+    """
     half = dim // 2
+    denom = max(half - 1, 1) if ddpm else half
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=label.device,
-                                                          dtype=torch.float32) / half)
+                                                          dtype=torch.float32) / denom)
     args = label.float()[:, None] * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+    parts = [torch.sin(args), torch.cos(args)] if ddpm else [torch.cos(args), torch.sin(args)]
+    emb = torch.cat(parts, dim=1)
     return F.pad(emb, (0, 1)) if dim % 2 else emb
 
 
@@ -57,4 +64,19 @@ def group_norm(channels: int) -> nn.GroupNorm:
 def zero_init(module: nn.Module) -> nn.Module:
     for p in module.parameters():
         nn.init.zeros_(p)
+    return module
+
+
+def variance_scaling_(module: nn.Module, scale: float = 1.0) -> nn.Module:
+    """DDPM's default initialiser (TF ``variance_scaling``, fan_avg, uniform) for a Conv or
+    Linear weight, zero bias: W ~ U(-a, a), a = sqrt(3 scale / ((fan_in + fan_out) / 2)).
+    scale = 0 gives exact zeros (Score SDE's ``init_scale=0.``, which it rounds to 1e-10)."""
+    w = module.weight
+    receptive = w[0, 0].numel() if w.dim() > 2 else 1
+    fan_in, fan_out = w.shape[1] * receptive, w.shape[0] * receptive
+    bound = math.sqrt(3.0 * scale / ((fan_in + fan_out) / 2))
+    with torch.no_grad():
+        w.uniform_(-bound, bound) if scale > 0 else w.zero_()
+        if module.bias is not None:
+            module.bias.zero_()
     return module

@@ -1,10 +1,25 @@
-"""A compact UNet of the DDPM family (Ho et al. 2020, Appendix B) for small images.
+"""The DDPM / DDPM++ / NCSN++ UNet family (Ho et al. 2020; Song et al. 2021, Appendix H).
 
-Residual blocks with the noise embedding added after the first convolution, self-attention
-(through ``scaled_dot_product_attention``) at chosen resolutions, skip connections
-concatenated in the decoder, zero-initialised output convolution. The paper-scale DDPM++ /
-NCSN++ family is a separate, larger module; this one keeps the same interface
-``forward(x, noise_label, y=None)`` and knows nothing of SDEs or heads.
+One configurable network covers the Score SDE paper's CIFAR-10 models:
+
+* DDPM:    ``resblock="ddpm"``, positional embedding, 2 blocks per level.
+* DDPM++:  ``resblock="biggan"`` (resampling inside residual blocks), ``skip_rescale``,
+           ``init_scale=0``, 4 (deep: 8) blocks per level.
+* NCSN++:  DDPM++ plus FIR resampling, ``progressive_input="residual"`` and a random-Fourier
+           embedding of log(noise label).
+
+Layout per resolution level (encoder): ``num_res_blocks`` residual blocks, each followed by
+self-attention at ``attn_resolutions``; then downsampling (a strided conv, or a residual block
+with ``down=True`` for BigGAN blocks) and the optional progressive-input branch. Middle:
+block, attention, block. Decoder: ``num_res_blocks + 1`` blocks on the concatenated skips,
+one attention layer per level, the optional progressive-output branch, upsampling.
+
+Residual blocks add Dense(act(emb)) after the first convolution; with ``skip_rescale`` every
+residual sum is divided by sqrt(2). Class labels (``num_classes > 0``) are embedded and added
+to the noise embedding; label ``num_classes`` is the reserved null label (classifier-free
+guidance), also used when ``y`` is None. The network knows nothing of SDEs or heads; the
+optional division of the output by sigma (``scale_by_sigma``, NCSN++ on VE) is applied by
+``ScoreModel``, which knows sigma(t).
 """
 
 from __future__ import annotations
@@ -15,126 +30,314 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from scorelab.nets.layers import ConditionEmbedding, group_norm, zero_init
+from scorelab.nets.layers import group_norm, sinusoidal_embedding, variance_scaling_
+from scorelab.nets.resample import Downsample, Upsample, downsample, upsample
+
+_RESBLOCKS = ("ddpm", "biggan")
+_PROGRESSIVE = ("none", "output_skip", "residual")
+_PROGRESSIVE_INPUT = ("none", "input_skip", "residual")
+
+
+def conv3x3(cin: int, cout: int, init_scale: float = 1.0) -> nn.Conv2d:
+    return variance_scaling_(nn.Conv2d(cin, cout, 3, padding=1), init_scale)
+
+
+def conv1x1(cin: int, cout: int, init_scale: float = 1.0) -> nn.Conv2d:
+    return variance_scaling_(nn.Conv2d(cin, cout, 1), init_scale)
+
+
+class GaussianFourierProjection(nn.Module):
+    """Random Fourier features [sin(2 pi W v), cos(2 pi W v)], W ~ N(0, scale^2), fixed
+    (Tancik et al. 2020; NCSN++). ``W`` is a frozen parameter, as in Score SDE."""
+
+    def __init__(self, size: int, scale: float = 16.0):
+        super().__init__()
+        self.W = nn.Parameter(torch.randn(size) * scale, requires_grad=False)
+
+    def forward(self, v: Tensor) -> Tensor:
+        proj = v.float()[:, None] * self.W[None] * (2 * math.pi)
+        return torch.cat([torch.sin(proj), torch.cos(proj)], dim=-1)
+
+
+class NoiseEmbedding(nn.Module):
+    """Noise label -> [B, 4 nf]: positional (DDPM) or Fourier features of log(label)
+    (NCSN++, whose label is positive: sigma on VE, 999 t on VP), then Linear-SiLU-Linear;
+    plus a class embedding with a null label."""
+
+    def __init__(self, nf: int, kind: str = "positional", fourier_scale: float = 16.0,
+                 num_classes: int = 0):
+        super().__init__()
+        if kind not in ("positional", "fourier"):
+            raise ValueError(f"backbone.embedding must be positional or fourier, got {kind!r}")
+        self.nf, self.kind, self.num_classes = nf, kind, num_classes
+        self.fourier = GaussianFourierProjection(nf, fourier_scale) if kind == "fourier" else None
+        in_dim = 2 * nf if kind == "fourier" else nf
+        self.dense0 = variance_scaling_(nn.Linear(in_dim, 4 * nf))
+        self.dense1 = variance_scaling_(nn.Linear(4 * nf, 4 * nf))
+        self.label_emb = nn.Embedding(num_classes + 1, 4 * nf) if num_classes > 0 else None
+
+    def forward(self, noise_label: Tensor, y: Tensor | None = None) -> Tensor:
+        if self.fourier is not None:
+            emb = self.fourier(torch.log(noise_label))
+        else:
+            emb = sinusoidal_embedding(noise_label, self.nf, ddpm=True)
+        emb = self.dense1(F.silu(self.dense0(emb)))
+        if self.label_emb is not None:
+            if y is None:
+                y = torch.full_like(noise_label, self.num_classes, dtype=torch.long)
+            emb = emb + self.label_emb(y)
+        return emb
 
 
 class ResBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float = 0.0,
-                 skip_rescale: bool = False):
+    """DDPM residual block; with ``resample`` ("up"/"down") the BigGAN block, which resamples
+    both branches after the first normalisation (naive or FIR) and always projects the skip."""
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float = 0.0,
+                 skip_rescale: bool = False, init_scale: float = 0.0,
+                 resample: str | None = None, fir: bool = False, fir_kernel=(1, 3, 3, 1)):
         super().__init__()
-        self.norm1, self.conv1 = group_norm(cin), nn.Conv2d(cin, cout, 3, padding=1)
-        self.emb = nn.Linear(emb_dim, cout)
-        self.norm2 = group_norm(cout)
-        self.drop = nn.Dropout(dropout)
-        self.conv2 = zero_init(nn.Conv2d(cout, cout, 3, padding=1))
-        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+        self.resample, self.fir, self.fir_kernel = resample, fir, tuple(fir_kernel)
+        self.norm0 = group_norm(in_ch)
+        self.conv0 = conv3x3(in_ch, out_ch)
+        self.dense = variance_scaling_(nn.Linear(emb_dim, out_ch))
+        self.norm1 = group_norm(out_ch)
+        self.dropout = nn.Dropout(dropout)
+        self.conv1 = conv3x3(out_ch, out_ch, init_scale)
+        self.skip = conv1x1(in_ch, out_ch) if (in_ch != out_ch or resample) else None
         self.scale = 1 / math.sqrt(2) if skip_rescale else 1.0
 
+    def _resample(self, x: Tensor) -> Tensor:
+        if self.resample == "up":
+            return upsample(x, self.fir, self.fir_kernel)
+        if self.resample == "down":
+            return downsample(x, self.fir, self.fir_kernel)
+        return x
+
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.emb(emb)[:, :, None, None]
-        h = self.conv2(self.drop(F.silu(self.norm2(h))))
-        return (self.skip(x) + h) * self.scale
+        h = F.silu(self.norm0(x))
+        h, x = self._resample(h), self._resample(x)
+        h = self.conv0(h) + self.dense(F.silu(emb))[:, :, None, None]
+        h = self.conv1(self.dropout(F.silu(self.norm1(h))))
+        if self.skip is not None:
+            x = self.skip(x)
+        return (x + h) * self.scale
 
 
 class Attention(nn.Module):
-    def __init__(self, channels: int, heads: int = 1):
+    """Self-attention over pixels through ``scaled_dot_product_attention`` (flash / memory-
+    efficient kernels where available); output projection scaled by ``init_scale``."""
+
+    def __init__(self, channels: int, heads: int = 1, skip_rescale: bool = False,
+                 init_scale: float = 0.0):
         super().__init__()
         if channels % heads:
             raise ValueError(f"attention: {channels} channels not divisible by {heads} heads")
         self.heads = heads
         self.norm = group_norm(channels)
-        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
-        self.proj = zero_init(nn.Conv2d(channels, channels, 1))
+        self.qkv = conv1x1(channels, 3 * channels)
+        self.proj = conv1x1(channels, channels, init_scale)
+        self.scale = 1 / math.sqrt(2) if skip_rescale else 1.0
 
     def forward(self, x: Tensor) -> Tensor:
         B, C, H, W = x.shape
         qkv = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, H * W)
         q, k, v = (qkv[:, i].transpose(-1, -2) for i in range(3))   # [B, heads, HW, C/heads]
         h = F.scaled_dot_product_attention(q, k, v)
-        return x + self.proj(h.transpose(-1, -2).reshape(B, C, H, W))
+        h = h.transpose(-1, -2).reshape(B, C, H, W)
+        return (x + self.proj(h)) * self.scale
 
 
 class UNet(nn.Module):
     """Args:
-        data_shape: (C, H, W) of one image; H and W divisible by 2^(len(channel_mult)-1).
-        channels: base width.
+        data_shape: (C, H, W) of one input; H, W divisible by 2^(len(channel_mult) - 1).
+        channels: base width nf (Score SDE's ``nf``).
         channel_mult: width multiplier per resolution level.
-        num_res_blocks: residual blocks per level in the encoder (decoder has one more).
-        attn_resolutions: spatial sizes (e.g. [7]) at which self-attention is applied.
+        num_res_blocks: residual blocks per level in the encoder (decoder: one more).
+        attn_resolutions: spatial sizes (e.g. [16]) with self-attention.
         dropout: dropout inside the residual blocks.
         num_classes: 0 for unconditional, else the number of classes (+1 null label).
-        skip_rescale: scale residual sums by 1/sqrt(2) (DDPM++).
+        embedding: "positional" (DDPM sinusoidal) or "fourier" (random Fourier of log label).
+        fourier_scale: std of the Fourier frequencies.
+        resblock: "ddpm" (separate up/down layers) or "biggan" (resampling residual blocks).
+        skip_rescale: divide residual sums by sqrt(2).
+        init_scale: variance scale of the last layer of every residual branch and of the
+            output convolution (0: zero-initialised).
+        resample_with_conv: "ddpm" resampling layers carry a 3x3 convolution.
+        fir: FIR resampling (with ``fir_kernel``) instead of nearest / box.
+        fir_kernel: 1-D FIR kernel, [1, 3, 3, 1] in NCSN++.
+        progressive: output branch: "none", "output_skip" or "residual".
+        progressive_input: input branch: "none", "input_skip" or "residual".
+        progressive_combine: "sum" or "cat" for the input_skip combination.
+        scale_by_sigma: the score is this output divided by sigma(t) (read by ScoreModel).
         attn_heads: heads of the attention layers.
     """
 
-    def __init__(self, data_shape, channels: int = 32, channel_mult=(1, 2, 2),
-                 num_res_blocks: int = 1, attn_resolutions=(7,), dropout: float = 0.0,
-                 num_classes: int = 0, skip_rescale: bool = False, attn_heads: int = 1):
+    def __init__(self, data_shape, channels: int = 128, channel_mult=(1, 2, 2, 2),
+                 num_res_blocks: int = 2, attn_resolutions=(16,), dropout: float = 0.1,
+                 num_classes: int = 0, embedding: str = "positional",
+                 fourier_scale: float = 16.0, resblock: str = "ddpm",
+                 skip_rescale: bool = False, init_scale: float = 0.0,
+                 resample_with_conv: bool = True, fir: bool = False,
+                 fir_kernel=(1, 3, 3, 1), progressive: str = "none",
+                 progressive_input: str = "none", progressive_combine: str = "sum",
+                 scale_by_sigma: bool = False, attn_heads: int = 1):
         super().__init__()
+        cin, H, W = self._check(data_shape, channel_mult, resblock, progressive,
+                                progressive_input, progressive_combine)
+        self.data_shape = tuple(data_shape)
+        self.scale_by_sigma = bool(scale_by_sigma)
+        self.channels_last = False
+        self.resblock, self.progressive = resblock, progressive
+        self.progressive_input, self.progressive_combine = progressive_input, progressive_combine
+        self.fir, self.fir_kernel = fir, tuple(fir_kernel)
+        self.skip_scale = 1 / math.sqrt(2) if skip_rescale else 1.0
+        nf, levels = channels, len(channel_mult)
+        attn = {int(r) for r in attn_resolutions}
+        emb_dim = 4 * nf
+        self.embed = NoiseEmbedding(nf, embedding, fourier_scale, num_classes)
+
+        def block(a, b, resample=None):
+            return ResBlock(a, b, emb_dim, dropout, skip_rescale, init_scale, resample,
+                            fir, fir_kernel)
+
+        def attention(ch):
+            return Attention(ch, attn_heads, skip_rescale, init_scale)
+
+        def resampler(cls, a, b=None, with_conv=resample_with_conv):
+            return cls(a, b, with_conv=with_conv, fir=fir, kernel=fir_kernel)
+
+        self.conv_in = conv3x3(cin, nf)
+        self.down = nn.ModuleList()
+        skips, ch, res, pyramid_ch = [nf], nf, H, cin
+        for level, mult in enumerate(channel_mult):
+            stage = nn.Module()
+            stage.blocks, stage.attn = nn.ModuleList(), nn.ModuleList()
+            for _ in range(num_res_blocks):
+                stage.blocks.append(block(ch, nf * mult))
+                ch = nf * mult
+                stage.attn.append(attention(ch) if res in attn else nn.Identity())
+                skips.append(ch)
+            if level < levels - 1:
+                stage.downsample = block(ch, ch, "down") if resblock == "biggan" \
+                    else resampler(Downsample, ch)
+                if progressive_input == "input_skip":
+                    stage.combine = conv1x1(pyramid_ch, ch)
+                    if progressive_combine == "cat":
+                        ch *= 2
+                elif progressive_input == "residual":
+                    stage.pyramid = resampler(Downsample, pyramid_ch, ch, with_conv=True)
+                    pyramid_ch = ch
+                skips.append(ch)
+                res //= 2
+            self.down.append(stage)
+
+        self.mid = nn.ModuleList([block(ch, ch), attention(ch), block(ch, ch)])
+
+        self.up = nn.ModuleList()
+        pyramid_ch = 0
+        for level, mult in reversed(list(enumerate(channel_mult))):
+            stage = nn.Module()
+            stage.blocks = nn.ModuleList()
+            for _ in range(num_res_blocks + 1):
+                stage.blocks.append(block(ch + skips.pop(), nf * mult))
+                ch = nf * mult
+            stage.attn = attention(ch) if res in attn else nn.Identity()
+            if progressive != "none":
+                top = level == levels - 1
+                if progressive == "output_skip":
+                    stage.pyramid_norm = group_norm(ch)
+                    stage.pyramid_conv = conv3x3(ch, cin, init_scale)
+                    pyramid_ch = cin
+                elif top:                                   # residual, first stage
+                    stage.pyramid_norm = group_norm(ch)
+                    stage.pyramid_conv = conv3x3(ch, ch)
+                    pyramid_ch = ch
+                else:                                       # residual
+                    stage.pyramid_up = resampler(Upsample, pyramid_ch, ch, with_conv=True)
+                    pyramid_ch = ch
+            if level > 0:
+                stage.upsample = block(ch, ch, "up") if resblock == "biggan" \
+                    else resampler(Upsample, ch)
+                res *= 2
+            self.up.append(stage)
+        assert not skips
+        if progressive != "output_skip":
+            self.out_norm = group_norm(ch)
+            self.out_conv = conv3x3(ch, cin, init_scale)
+
+    @staticmethod
+    def _check(data_shape, channel_mult, resblock, progressive, progressive_input, combine):
         if len(data_shape) != 3:
             raise ValueError(f"backbone=unet needs image data shaped (C, H, W); got data "
                              f"shape {tuple(data_shape)} — use backbone=mlp for vector data")
-        cin, H, W = data_shape
+        cin, H, W = (int(s) for s in data_shape)
         factor = 2 ** (len(channel_mult) - 1)
         if H % factor or W % factor:
             raise ValueError(f"backbone=unet with {len(channel_mult)} levels needs image sides "
                              f"divisible by {factor}; got {H}x{W} (change channel_mult)")
-        self.data_shape = tuple(data_shape)
-        emb_dim = 4 * channels
-        self.embed = ConditionEmbedding(emb_dim, num_classes, freq_dim=channels)
-        self.conv_in = nn.Conv2d(cin, channels, 3, padding=1)
-        attn = set(int(r) for r in attn_resolutions)
+        for name, value, allowed in (("resblock", resblock, _RESBLOCKS),
+                                     ("progressive", progressive, _PROGRESSIVE),
+                                     ("progressive_input", progressive_input, _PROGRESSIVE_INPUT),
+                                     ("progressive_combine", combine, ("sum", "cat"))):
+            if value not in allowed:
+                raise ValueError(f"backbone.{name} must be one of {list(allowed)}, got {value!r}")
+        return cin, H, W
 
-        def block(a, b):
-            return ResBlock(a, b, emb_dim, dropout, skip_rescale)
+    def use_channels_last(self) -> "UNet":
+        """Keep weights and activations in NHWC (faster convolutions on tensor cores)."""
+        self.channels_last = True
+        return self.to(memory_format=torch.channels_last)
 
-        self.down = nn.ModuleList()
-        skips, ch, res = [channels], channels, H
-        for level, mult in enumerate(channel_mult):
-            for _ in range(num_res_blocks):
-                layers = [block(ch, channels * mult)]
-                ch = channels * mult
-                if res in attn:
-                    layers.append(Attention(ch, attn_heads))
-                self.down.append(nn.ModuleList(layers))
-                skips.append(ch)
-            if level < len(channel_mult) - 1:
-                self.down.append(nn.ModuleList([nn.Conv2d(ch, ch, 3, stride=2, padding=1)]))
-                skips.append(ch)
-                res //= 2
-        self.mid = nn.ModuleList([block(ch, ch), Attention(ch, attn_heads), block(ch, ch)])
-        self.up = nn.ModuleList()
-        for level, mult in reversed(list(enumerate(channel_mult))):
-            for _ in range(num_res_blocks + 1):
-                layers = [block(ch + skips.pop(), channels * mult)]
-                ch = channels * mult
-                if res in attn:
-                    layers.append(Attention(ch, attn_heads))
-                self.up.append(nn.ModuleList(layers))
-            if level > 0:
-                self.up.append(nn.ModuleList([nn.Upsample(scale_factor=2, mode="nearest"),
-                                              nn.Conv2d(ch, ch, 3, padding=1)]))
-                res *= 2
-        self.out = nn.Sequential(group_norm(ch), nn.SiLU(),
-                                 zero_init(nn.Conv2d(ch, cin, 3, padding=1)))
-
-    @staticmethod
-    def _run(layers: nn.ModuleList, h: Tensor, emb: Tensor) -> Tensor:
-        for layer in layers:
-            h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+    def _stage_blocks(self, stage, h, emb, hs):
+        for blk, att in zip(stage.blocks, stage.attn):
+            h = att(blk(h, emb))
+            hs.append(h)
         return h
 
     def forward(self, x: Tensor, noise_label: Tensor, y: Tensor | None = None) -> Tensor:
-        emb = self.embed(noise_label, y)                  # [B, 4 ch]
-        h = self.conv_in(x)                               # [B, ch, H, W]
-        hs = [h]
-        for layers in self.down:
-            h = self._run(layers, h, emb)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        emb = self.embed(noise_label, y)                  # [B, 4 nf]
+        pyramid = x
+        hs = [self.conv_in(x)]                            # [B, nf, H, W]
+        h = hs[-1]
+        for stage in self.down:
+            h = self._stage_blocks(stage, h, emb, hs)
+            if not hasattr(stage, "downsample"):
+                continue
+            h = stage.downsample(h, emb) if self.resblock == "biggan" else stage.downsample(h)
+            if self.progressive_input == "input_skip":
+                pyramid = downsample(pyramid, self.fir, self.fir_kernel)
+                skip = stage.combine(pyramid)
+                h = torch.cat([skip, h], 1) if self.progressive_combine == "cat" else skip + h
+            elif self.progressive_input == "residual":
+                pyramid = (stage.pyramid(pyramid) + h) * self.skip_scale
+                h = pyramid
             hs.append(h)
-        h = self._run(self.mid, h, emb)                   # [B, ch_max, H/f, W/f]
-        for layers in self.up:
-            if isinstance(layers[0], ResBlock):
-                h = torch.cat([h, hs.pop()], dim=1)
-            h = self._run(layers, h, emb)
-        return self.out(h)                                # [B, C, H, W]
+
+        h = self.mid[0](h, emb)                           # [B, nf * mult[-1], H/f, W/f]
+        h = self.mid[1](h)
+        h = self.mid[2](h, emb)
+
+        pyramid = None
+        for stage in self.up:
+            for blk in stage.blocks:
+                h = blk(torch.cat([h, hs.pop()], dim=1), emb)
+            h = stage.attn(h)
+            if self.progressive == "output_skip":
+                out = stage.pyramid_conv(F.silu(stage.pyramid_norm(h)))
+                pyramid = out if pyramid is None else \
+                    upsample(pyramid, self.fir, self.fir_kernel) + out
+            elif self.progressive == "residual":
+                if pyramid is None:
+                    pyramid = stage.pyramid_conv(F.silu(stage.pyramid_norm(h)))
+                else:
+                    pyramid = (stage.pyramid_up(pyramid) + h) * self.skip_scale
+                    h = pyramid
+            if hasattr(stage, "upsample"):
+                h = stage.upsample(h, emb) if self.resblock == "biggan" else stage.upsample(h)
+
+        if self.progressive == "output_skip":
+            return pyramid                                # [B, C, H, W]
+        return self.out_conv(F.silu(self.out_norm(h)))    # [B, C, H, W]
