@@ -110,6 +110,8 @@ def test_existing_run_is_never_overwritten_and_resume_continues(trained):
     (["sampler.stepz=3"], "stepz"),
     (["+sampler.eta=0.1"], "sampler 'pc' has no option(s) eta"),
     (["data=mnist", "data.root=nowhere"], "data=mnist: no MNIST files"),
+    (["data=digits", "backbone=ddpmpp_mnist"], "built for inputs [1, 28, 28]"),
+    (["speed.compile=yes"], "speed.compile must be true, false or auto"),
     (["conditional=true", "data=gmm", "backbone=mlp", "data.n_samples=500", "trainer.max_steps=1"],
      None),
 ])
@@ -123,6 +125,33 @@ def test_bad_config_fails_at_startup_with_one_message(tmp_path, overrides, needl
     assert needle in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+DIT = ["experiment=digits_ve_eps", "backbone=dit_digits", "conditional=true",
+       "trainer.max_steps=20", "trainer.val_check_interval=10", "sampler.steps=10",
+       "num_samples=10", "callbacks.sample_grid=null", "callbacks.progress.refresh_rate=50"]
+
+
+def test_dit_preset_trains_conditionally_and_samples(tmp_path):
+    run("train.py", *DIT, f"hydra.run.dir={tmp_path / 'dit'}", cwd=tmp_path)
+    ckpt = tmp_path / "dit/checkpoints/last.ckpt"
+    state = torch.load(ckpt, weights_only=True)["state_dict"]
+    assert state["model.backbone.y_embed.weight"].shape[0] == 11        # 10 classes + null
+    run("sample.py", f"ckpt={ckpt}", "num_samples=6", "sampler=ddim", "sampler.steps=5",
+        "class_label=3", f"hydra.run.dir={tmp_path / 's'}", cwd=tmp_path)
+    data = np.load(tmp_path / "s/samples.npz")
+    assert data["samples"].shape == (6, 1, 8, 8) and np.all(data["labels"] == 3)
+
+
+@pytest.mark.slow
+def test_compiled_channels_last_training_checkpoints_load_uncompiled(tmp_path):
+    """speed.compile / channels_last (GPU defaults) forced on CPU: names in the checkpoint
+    are unchanged, so sample.py's uncompiled model loads it."""
+    run("train.py", *TINY, "backbone=ddpmpp_digits", "speed.compile=true",
+        "speed.channels_last=true", f"hydra.run.dir={tmp_path / 'c'}", cwd=tmp_path)
+    run("sample.py", f"ckpt={tmp_path / 'c/checkpoints/last.ckpt'}", "num_samples=4",
+        "sampler.steps=5", f"hydra.run.dir={tmp_path / 's'}", cwd=tmp_path)
+    assert (tmp_path / "s/samples.npz").is_file()
 
 
 def test_missing_checkpoint_and_nan_loss(tmp_path):

@@ -117,3 +117,76 @@ def test_backbone_data_mismatch_is_a_config_error(tmp_path):
     dm = build_datamodule(cfg)
     with pytest.raises(ConfigError, match="backbone.*image data"):
         build_module(cfg, dm.shape, dm.num_classes, dm.is_image)
+
+
+def test_preset_input_shape_is_checked_against_the_data(tmp_path):
+    """A preset fixes its published input shape: other data is refused with a way out."""
+    cfg = compose_train(["data=digits", "backbone=ddpmpp_mnist"], tmp_path)
+    with pytest.raises(ConfigError, match=r"built for inputs \[1, 28, 28\] but the data gives "
+                                          r"\[1, 8, 8\].*backbone.data_shape=null"):
+        build_module(cfg, (1, 8, 8), 10)
+    cfg = compose_train(["data=digits", "backbone=ddpmpp_mnist", "backbone.data_shape=null",
+                         "backbone.channel_mult=[1,2]", "backbone.attn_resolutions=[4]"],
+                        tmp_path)
+    module = build_module(cfg, (1, 8, 8), 10)
+    assert module.model.backbone.data_shape == (1, 8, 8)
+
+
+def test_conditional_class_count_comes_from_preset_or_data(tmp_path):
+    cfg = compose_train(["data=digits", "backbone=dit_digits", "conditional=true"], tmp_path)
+    assert build_module(cfg, (1, 8, 8), 10).model.backbone.y_embed.num_embeddings == 11
+    cfg = compose_train(["data=digits", "backbone=dit_digits", "conditional=true",
+                         "backbone.num_classes=5"], tmp_path)
+    with pytest.raises(ConfigError, match="backbone.num_classes=5 but the data has 10"):
+        build_module(cfg, (1, 8, 8), 10)
+    cfg = compose_train(["data=digits", "backbone=dit_digits"], tmp_path)    # unconditional
+    assert build_module(cfg, (1, 8, 8), 10).model.backbone.y_embed is None
+
+
+def test_speed_switches_resolve_to_off_on_cpu_and_validate():
+    from scorelab.speed import check_switches, resolve_precision
+    assert resolve_precision("auto", "cpu") == "32-true"
+    assert resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
+    check_switches({"compile": "auto", "channels_last": False, "fused_optimizer": "auto"},
+                   gpu=False)
+    with pytest.raises(ValueError, match="speed.compile must be true, false or auto"):
+        check_switches({"compile": "yes"}, gpu=False)
+    check_switches({"fused_optimizer": True}, gpu=False)     # torch has CPU fused kernels
+
+
+def test_bf16_autocast_training_step_on_cpu(tmp_path):
+    """trainer.precision=bf16-mixed (the GPU default) runs the whole step, here on CPU."""
+    cfg = compose_train(["data=digits", "backbone=ddpmpp_digits", "backbone.channels=8"],
+                        tmp_path)
+    dm = build_datamodule(cfg)
+    dm.setup("fit")
+    module = build_module(cfg, dm.shape, dm.num_classes, dm.is_image)
+    trainer = L.Trainer(max_steps=3, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0, accelerator="cpu", precision="bf16-mixed")
+    trainer.fit(module, datamodule=dm)
+    assert trainer.global_step == 3
+    assert all(p.dtype == torch.float32 for p in module.parameters())    # fp32 master weights
+
+
+def test_fused_optimizer_skips_a_nonfinite_step_on_device_and_reports_it(tmp_path):
+    """The GPU default (fused Adam) has no host sync per step: a NaN loss makes the fused
+    kernel skip its update (found_inf), and the run stops at the next check."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from scorelab.errors import NonFiniteLossError
+    cfg = compose_train(["experiment=gmm_vp_eps", "speed.fused_optimizer=true"], tmp_path)
+    module = build_module(cfg, (2,), 0, is_image=False)
+    module.NAN_CHECK_EVERY = 5
+    x = torch.randn(16 * 8, 2)
+    x[16 * 3] = float("nan")                         # the 4th batch
+    data = DataLoader(TensorDataset(x, torch.zeros(len(x), dtype=torch.long)), batch_size=16)
+    trainer = L.Trainer(max_steps=8, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        accelerator="cpu", limit_val_batches=0)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite in 1 step\(s\) up to step 5"):
+        trainer.fit(module, train_dataloaders=data)
+    opt = trainer.optimizers[0]
+    assert opt.defaults["fused"]
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+    assert {int(st["step"]) for st in opt.state.values()} == {4}    # 5 steps, 1 skipped

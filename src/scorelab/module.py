@@ -15,7 +15,11 @@ from scorelab.speed import fused_optimizer
 
 
 class DiffusionModule(L.LightningModule):
-    """Args:
+    """A non-finite training loss stops the run with ``NonFiniteLossError`` and never reaches
+    the weights: checked before each optimizer step, or, with a fused optimiser (the GPU
+    default), skipped on the device and reported within ``NAN_CHECK_EVERY`` steps.
+
+    Args:
         model: the ScoreModel (backbone + head + SDE) being trained.
         loss: a ``scorelab.losses`` loss; checked against the SDE here.
         optimizer: ``params -> torch.optim.Optimizer`` (a Hydra ``_partial_``).
@@ -29,6 +33,8 @@ class DiffusionModule(L.LightningModule):
         fused_optimizer: ask the optimiser for fused kernels (true / false / "auto": when
             the parameters are on a GPU).
     """
+
+    NAN_CHECK_EVERY = 50
 
     def __init__(self, model: ScoreModel, loss: DenoisingLoss,
                  optimizer: Callable[..., torch.optim.Optimizer], data_shape,
@@ -48,6 +54,8 @@ class DiffusionModule(L.LightningModule):
         self.sampler = dict(sampler or {"name": "pc", "steps": 500})
         self.config = config or {}
         self.fused_optimizer = fused_optimizer
+        self._guarded_optimizer = None     # a fused optimiser that skips non-finite steps
+        self._nonfinite = None             # device-side count of skipped steps
         self.epoch_losses: list[float] = []   # mean training loss of each finished epoch
         self._loss_sum = None
         self._loss_count = 0
@@ -58,18 +66,40 @@ class DiffusionModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
         loss = self.loss_fn(self.model, x, self._labels(y))
-        # Checked before the optimizer step, so a NaN never reaches the weights or a checkpoint.
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"training loss is {loss.item()} at step {self.global_step}; lower optim.lr, "
-                f"raise trainer.gradient_clip_val or check the data for NaNs")
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
         detached = loss.detach()
+        if self._guarded_optimizer is not None:
+            # Fused optimisers skip their step on the device when ``found_inf`` is set (the
+            # GradScaler protocol): a NaN never reaches the weights, without a host sync per
+            # step. The count is read every NAN_CHECK_EVERY steps.
+            bad = (~torch.isfinite(detached)).float()
+            self._guarded_optimizer.found_inf = bad
+            self._nonfinite = bad if self._nonfinite is None else self._nonfinite + bad
+        elif not torch.isfinite(detached):
+            # Checked before the optimizer step, so a NaN never reaches the weights.
+            self._raise_nonfinite(f"training loss is {detached.item()} at step "
+                                  f"{self.global_step}")
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
         self._loss_sum = detached if self._loss_sum is None else self._loss_sum + detached
         self._loss_count += 1
         return loss
 
+    @staticmethod
+    def _raise_nonfinite(what: str):
+        raise NonFiniteLossError(f"{what}; lower optim.lr, raise trainer.gradient_clip_val or "
+                                 f"check the data for NaNs")
+
+    def _check_skipped_steps(self):
+        if self._nonfinite is not None and int(self._nonfinite) > 0:
+            self._raise_nonfinite(
+                f"training loss was non-finite in {int(self._nonfinite)} step(s) up to step "
+                f"{self.global_step} (those optimizer steps were skipped; weights are finite)")
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if (self.global_step % self.NAN_CHECK_EVERY) == 0:
+            self._check_skipped_steps()
+
     def on_train_epoch_end(self):
+        self._check_skipped_steps()
         if self._loss_count:
             self.epoch_losses.append(float(self._loss_sum) / self._loss_count)
         self._loss_sum, self._loss_count = None, 0
@@ -84,8 +114,9 @@ class DiffusionModule(L.LightningModule):
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
-        fused = {"fused": True} if fused_optimizer(self.fused_optimizer, params) else {}
-        opt = self.optimizer_factory(params, **fused)
+        fused = fused_optimizer(self.fused_optimizer, params)
+        opt = self.optimizer_factory(params, **({"fused": True} if fused else {}))
+        self._guarded_optimizer = opt if fused else None
         if self.warmup_steps <= 0:
             return opt
         warmup = self.warmup_steps
