@@ -170,7 +170,7 @@ def test_bf16_autocast_training_step_on_cpu(tmp_path):
 
 
 def test_fused_optimizer_skips_a_nonfinite_step_on_device_and_reports_it(tmp_path):
-    """The GPU default (fused Adam) has no host sync per step: a NaN loss makes the fused
+    """The GPU default (fused Adam) has no host sync per step: NaN gradients make the fused
     kernel skip its update (found_inf), and the run stops at the next check."""
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -183,8 +183,9 @@ def test_fused_optimizer_skips_a_nonfinite_step_on_device_and_reports_it(tmp_pat
     data = DataLoader(TensorDataset(x, torch.zeros(len(x), dtype=torch.long)), batch_size=16)
     trainer = L.Trainer(max_steps=8, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False,
-                        accelerator="cpu", limit_val_batches=0)
-    with pytest.raises(NonFiniteLossError, match=r"non-finite in 1 step\(s\) up to step 5"):
+                        accelerator="cpu", limit_val_batches=0, gradient_clip_val=1.0)
+    with pytest.raises(NonFiniteLossError,
+                       match=r"gradients were non-finite in 1 step\(s\) up to step 5"):
         trainer.fit(module, train_dataloaders=data)
     opt = trainer.optimizers[0]
     assert opt.defaults["fused"]

@@ -120,6 +120,12 @@ def test_unet_variants_shapes(resblock, fir, progressive, progressive_input, com
     assert out.shape == x.shape and out.abs().sum() > 0
 
 
+def test_fourier_embedding_takes_the_discrete_losses_label_zero():
+    net = randomize_zero_init(UNet((1, 8, 8), channels=16, channel_mult=(1, 2),
+                                   embedding="fourier"))
+    assert torch.isfinite(net(torch.randn(2, 1, 8, 8), torch.tensor([0.0, 999.0]))).all()
+
+
 def test_unet_output_is_zero_at_init_and_batch_independent():
     """init_scale=0 zero-initialises the output; with weights everywhere, each example's
     output is the same alone as in a batch (GroupNorm, not BatchNorm: no batch statistics),

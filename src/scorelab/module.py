@@ -67,14 +67,7 @@ class DiffusionModule(L.LightningModule):
         x, y = batch
         loss = self.loss_fn(self.model, x, self._labels(y))
         detached = loss.detach()
-        if self._guarded_optimizer is not None:
-            # Fused optimisers skip their step on the device when ``found_inf`` is set (the
-            # GradScaler protocol): a NaN never reaches the weights, without a host sync per
-            # step. The count is read every NAN_CHECK_EVERY steps.
-            bad = (~torch.isfinite(detached)).float()
-            self._guarded_optimizer.found_inf = bad
-            self._nonfinite = bad if self._nonfinite is None else self._nonfinite + bad
-        elif not torch.isfinite(detached):
+        if self._guarded_optimizer is None and not torch.isfinite(detached):
             # Checked before the optimizer step, so a NaN never reaches the weights.
             self._raise_nonfinite(f"training loss is {detached.item()} at step "
                                   f"{self.global_step}")
@@ -82,6 +75,18 @@ class DiffusionModule(L.LightningModule):
         self._loss_sum = detached if self._loss_sum is None else self._loss_sum + detached
         self._loss_count += 1
         return loss
+
+    def on_before_optimizer_step(self, optimizer):
+        """Fused optimisers skip their update on the device when ``found_inf`` is set (the
+        GradScaler protocol), so a NaN never reaches the weights without a host sync per
+        step. Judged on the gradients after DDP's all-reduce, every rank skips together;
+        the count is read every NAN_CHECK_EVERY steps."""
+        if self._guarded_optimizer is None:
+            return
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        bad = (~torch.isfinite(torch.nn.utils.get_total_norm(grads))).float()
+        self._guarded_optimizer.found_inf = bad
+        self._nonfinite = bad if self._nonfinite is None else self._nonfinite + bad
 
     @staticmethod
     def _raise_nonfinite(what: str):
@@ -91,7 +96,7 @@ class DiffusionModule(L.LightningModule):
     def _check_skipped_steps(self):
         if self._nonfinite is not None and int(self._nonfinite) > 0:
             self._raise_nonfinite(
-                f"training loss was non-finite in {int(self._nonfinite)} step(s) up to step "
+                f"gradients were non-finite in {int(self._nonfinite)} step(s) up to step "
                 f"{self.global_step} (those optimizer steps were skipped; weights are finite)")
 
     def on_train_batch_end(self, outputs, batch, batch_idx):

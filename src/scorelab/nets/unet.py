@@ -61,8 +61,10 @@ class GaussianFourierProjection(nn.Module):
 
 class NoiseEmbedding(nn.Module):
     """Noise label -> [B, 4 nf]: positional (DDPM) or Fourier features of log(label)
-    (NCSN++, whose label is positive: sigma on VE, 999 t on VP), then Linear-SiLU-Linear;
+    (NCSN++; labels below 1e-3 are clamped there), then Linear-SiLU-Linear;
     plus a class embedding with a null label."""
+
+    MIN_FOURIER_LABEL = 1e-3
 
     def __init__(self, nf: int, kind: str = "positional", fourier_scale: float = 16.0,
                  num_classes: int = 0):
@@ -78,7 +80,8 @@ class NoiseEmbedding(nn.Module):
 
     def forward(self, noise_label: Tensor, y: Tensor | None = None) -> Tensor:
         if self.fourier is not None:
-            emb = self.fourier(torch.log(noise_label))
+            # The discrete losses use label 0 (DDPM step 0); continuous labels are >= 0.01.
+            emb = self.fourier(torch.log(noise_label.clamp_min(self.MIN_FOURIER_LABEL)))
         else:
             emb = sinusoidal_embedding(noise_label, self.nf, ddpm=True)
         emb = self.dense1(F.silu(self.dense0(emb)))
