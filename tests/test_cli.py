@@ -73,18 +73,50 @@ def test_sample_writes_grid_and_npz(trained):
     assert info["nfe_per_sample"] == 8
 
 
+EVAL = ["metrics=[fid,is,bpd]", "metrics.bpd.num_examples=5", "metrics.bpd.chunk=2",
+        "metrics.bpd.rtol=1e-4", "metrics.bpd.atol=1e-4", "num_samples=30",
+        "sample_batch_size=8",
+        "sampler=dpm_solver", "sampler.steps=4"]
+
+
 def test_evaluate_writes_metrics(trained):
     out = trained / "eval"
-    run("evaluate.py", f"ckpt={trained / 'train/checkpoints/last.ckpt'}", f"hydra.run.dir={out}",
-        "bpd_examples=3", "likelihood.rtol=1e-3", "likelihood.atol=1e-3", "num_samples=5",
-        "sampler=dpm_solver", "sampler.steps=4", cwd=trained)
+    proc = run("evaluate.py", f"ckpt={trained / 'train/checkpoints/last.ckpt'}", *EVAL,
+               f"metrics.fid.cache_dir={trained / 'stats'}", f"hydra.run.dir={out}",
+               cwd=trained)
     m = json.loads((out / "metrics.json").read_text())
-    assert 0 < m["bpd"] < 20 and m["likelihood"]["num_examples"] == 3
-    assert m["samples"]["sampler"]["name"] == "dpm_solver" and m["samples"]["nfe"] == 4
-    assert np.load(out / "samples.npz")["samples"].shape == (5, 1, 8, 8)
+    assert 0 < m["bpd"] < 20 and m["bpd_settings"]["num_examples"] == 5
+    assert m["fid"] > 0 and 1 <= m["is"] <= 10
+    s = m["sample_settings"]
+    assert s["sampler"]["name"] == "dpm_solver" and s["nfe"] == 4 and s["num_samples"] == 30
+    assert s["features"] == "digits" and s["seed"] == 0 and s["reference"].endswith(".npz")
+    assert list((trained / "stats").glob("fid_stats_digits_digits-*.npz"))   # cached
+    assert "fid" in proc.stdout and "sample_settings" in proc.stdout          # the table
     train_m = json.loads((trained / "train/metrics.json").read_text())
     assert m["weights"] == "ema" and m["num_val_examples"] == 180
     assert m["val_loss"] == pytest.approx(train_m["val_loss"], rel=1e-5)
+    # plain sampling without metrics still saves the samples
+    run("evaluate.py", f"ckpt={trained / 'train/checkpoints/last.ckpt'}", "num_samples=5",
+        "sampler=ddim", "sampler.steps=3", f"hydra.run.dir={trained / 'eval2'}", cwd=trained)
+    assert np.load(trained / "eval2/samples.npz")["samples"].shape == (5, 1, 8, 8)
+
+
+def test_evaluate_gives_the_same_metrics_on_two_processes(trained):
+    """DDP with the gloo backend on CPU: each process samples its chunks, features are
+    gathered; FID and IS agree exactly, bits/dim to the ODE solver's tolerance."""
+    results = {}
+    for devices in (1, 2):
+        out = trained / f"eval_ddp{devices}"
+        run("evaluate.py", f"ckpt={trained / 'train/checkpoints/last.ckpt'}", *EVAL,
+            "num_samples=13", f"metrics.fid.cache_dir={trained / 'stats'}", "trainer=ddp",
+            f"trainer.devices={devices}", "trainer.accelerator=cpu", f"hydra.run.dir={out}",
+            cwd=trained)
+        results[devices] = json.loads((out / "metrics.json").read_text())
+    one, two = results[1], results[2]
+    assert one["processes"] == 1 and two["processes"] == 2
+    assert two["fid"] == pytest.approx(one["fid"], rel=1e-9)
+    assert two["is"] == pytest.approx(one["is"], rel=1e-9)
+    assert two["bpd"] == pytest.approx(one["bpd"], rel=1e-3)
 
 
 def test_existing_run_is_never_overwritten_and_resume_continues(trained):
@@ -180,10 +212,19 @@ def test_training_without_ema(tmp_path):
     assert np.load(tmp_path / "s2/samples.npz")["samples"].shape == (50, 2)
 
 
-def test_wandb_offline_logger(tmp_path):
+def test_wandb_offline_run_holds_metrics_and_images(tmp_path):
+    """logger=wandb with WANDB_MODE=offline: the run file has the loss, FID / IS / bits/dim
+    from the metric callbacks (every 30 steps and at the end) and the sample grids."""
     out = tmp_path / "w"
-    run("train.py", "experiment=gmm_vp_eps", "logger=wandb", "trainer.max_steps=20",
-        "trainer.val_check_interval=10", "sampler.steps=10", "num_samples=100",
+    run("train.py", *TINY, "logger=wandb", "callbacks=metrics",
+        "callbacks.fid.every_n_steps=30", "callbacks.fid.num_samples=20",
+        "callbacks.fid.batch_size=10", "callbacks.fid.sampler={name: ddim, steps: 4}",
+        f"callbacks.fid.cache_dir={tmp_path / 'stats'}", "callbacks.bpd.num_examples=2",
+        "callbacks.bpd.likelihood.rtol=1e-3", "callbacks.bpd.likelihood.atol=1e-3",
         f"hydra.run.dir={out}", cwd=tmp_path)
     runs = list((out / "wandb").glob("offline-run-*"))
-    assert runs and list(runs[0].glob("*.wandb"))
+    assert runs
+    blob = b"".join(p.read_bytes() for p in runs[0].glob("*.wandb"))
+    for key in (b"train/loss_step", b"metrics/fid", b"metrics/is", b"metrics/bpd"):
+        assert key in blob, key
+    assert list(runs[0].glob("files/media/images/samples_*.png"))

@@ -1,13 +1,19 @@
-"""Lightning callbacks: EMA of the weights, periodic sample grids."""
+"""Lightning callbacks: EMA of the weights, sample grids, FID / IS and bits/dim."""
 
 from __future__ import annotations
 
+import math
+import time
 from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
+from lightning.pytorch.trainer.states import TrainerFn
 
+from scorelab.metrics.evaluation import (gather_union, heldout_bits_per_dim, reference_statistics,
+                                         resolve_features, sample_features, sample_metrics)
+from scorelab.metrics.features import get_extractor
 from scorelab.visualize import save_samples
 
 
@@ -89,3 +95,139 @@ class SampleGrid(L.Callback):
         for logger in trainer.loggers:
             if hasattr(logger, "log_image"):
                 logger.log_image("samples", [str(path)], step=step)
+
+
+class _MetricCallback(L.Callback):
+    """Runs ``compute`` at the end of validation (EMA weights swapped in, so put it before
+    EMA like SampleGrid) every ``every_n_steps`` training steps, and in the validation that
+    train.py runs after training when ``at_end``. Every process takes part (DDP: each
+    computes its share, results are gathered); rank 0 logs ``metrics/<name>``."""
+
+    def __init__(self, every_n_steps: int = 0, at_end: bool = True, seed: int = 0):
+        self.every_n_steps, self.at_end, self.seed = every_n_steps, at_end, seed
+        self.history: list[dict] = []
+        self._last = -1
+
+    def _due(self, trainer) -> bool:
+        if trainer.sanity_checking or trainer.global_step == self._last:
+            return False
+        if trainer.state.fn == TrainerFn.VALIDATING:
+            return self.at_end
+        return self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if not self._due(trainer):
+            return
+        self._last = step = trainer.global_step
+        gather = pl_module.all_gather if trainer.world_size > 1 else None
+        # Validation runs in inference mode; the likelihood's divergence needs autograd.
+        with torch.inference_mode(False):
+            values = self.compute(trainer, pl_module, gather)
+        self.history.append({"step": step, **values})
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics({f"metrics/{k}": v for k, v in values.items()}, step=step)
+
+
+class FIDCallback(_MetricCallback):
+    """FID (and IS, class accuracy) of ``num_samples`` samples from the module's sampler
+    (or ``sampler``) against the dataset's reference statistics.
+
+    Args:
+        every_n_steps / at_end / seed: when to run (see ``_MetricCallback``).
+        num_samples: samples per evaluation, split across processes.
+        sampler: sampler settings {name, steps, ...}; None: the module's.
+        features: "auto" | "digits" | "inception".
+        reference: precomputed statistics file; None: computed from the data once, cached.
+        cache_dir: where computed statistics are cached.
+        inception_weights: local InceptionV3 weights file.
+        batch_size: samples per chunk (the unit that makes results independent of the
+            number of processes).
+        splits: Inception Score splits.
+        datamodule: the run's DataModule (set by train.py).
+    """
+
+    def __init__(self, every_n_steps: int = 0, at_end: bool = True, num_samples: int = 1000,
+                 sampler: dict | None = None, features: str = "auto", reference=None,
+                 cache_dir=None, inception_weights=None, batch_size: int = 250, seed: int = 0,
+                 splits: int = 10, datamodule=None):
+        super().__init__(every_n_steps, at_end, seed)
+        self.num_samples, self.batch_size, self.splits = num_samples, batch_size, splits
+        self.sampler = dict(sampler) if sampler else None
+        self.reference, self.cache_dir = reference, cache_dir
+        self.datamodule = datamodule
+        self.features = resolve_features(features, getattr(datamodule, "name", ""))
+        # Built now, so that missing Inception weights stop the run before training.
+        self.extractor = get_extractor(self.features, "cpu", inception_weights)
+        self._reference, self.reference_path, self.settings = None, None, {}
+
+    def reference_statistics(self, trainer) -> dict:
+        if self._reference is None:
+            dm = self.datamodule
+            self._reference, self.reference_path = reference_statistics(
+                dm.load(), dm.name, self.extractor, self.reference, self.cache_dir,
+                getattr(dm, "root", None))
+        return self._reference
+
+    def compute(self, trainer, pl_module, gather) -> dict:
+        settings = self.sampler or pl_module.sampler
+        num_classes = pl_module.num_classes if pl_module.conditional else 0
+
+        def sample_fn(m, y, gen):
+            res = pl_module.sample(m, y=y, generator=gen, sampler=settings)
+            return res.x, res.nfe
+
+        start = time.perf_counter()
+        reference = self.reference_statistics(trainer)
+        local, nfe = sample_features(sample_fn, self.extractor, self.num_samples,
+                                     self.batch_size, self.seed, pl_module.device, num_classes,
+                                     trainer.global_rank, trainer.world_size)
+        values = sample_metrics(gather_union(local, gather), reference, self.splits)
+        self.settings = {"sampler": settings, "steps": settings["steps"], "nfe": nfe,
+                         "num_samples": self.num_samples, "features": self.features,
+                         "reference": self.reference_path, "seed": self.seed,
+                         "processes": trainer.world_size,
+                         "wall_time_s": round(time.perf_counter() - start, 2)}
+        return values
+
+
+class BitsPerDimCallback(_MetricCallback):
+    """Bits/dim (images) or NLL in nats/dim (vectors) of the first ``num_examples``
+    held-out examples through the probability-flow ODE, with the EMA weights.
+
+    Args:
+        every_n_steps / at_end / seed: when to run (see ``_MetricCallback``).
+        num_examples: held-out examples, split across processes in chunks of ``chunk``.
+        chunk: examples per ODE solve.
+        likelihood: options of ``log_likelihood`` (divergence, n_probes, probe, eps, rtol,
+            atol).
+        datamodule: the run's DataModule (set by train.py).
+    """
+
+    def __init__(self, every_n_steps: int = 0, at_end: bool = True, num_examples: int = 256,
+                 chunk: int = 64, likelihood: dict | None = None, seed: int = 0,
+                 datamodule=None):
+        super().__init__(every_n_steps, at_end, seed)
+        self.num_examples, self.chunk = num_examples, chunk
+        self.likelihood = dict(likelihood or {})
+        self.datamodule = datamodule
+        self.settings: dict = {}
+
+    def compute(self, trainer, pl_module, gather) -> dict:
+        val = self.datamodule.val_set
+        n = min(self.num_examples, len(val))
+        x = torch.stack([val[i][0] for i in range(n)]).to(pl_module.device)
+        y = torch.tensor([int(val[i][1]) for i in range(n)], device=pl_module.device)
+        model = pl_module.model
+        start = time.perf_counter()
+        local, nfe = heldout_bits_per_dim(
+            lambda yb: model.conditional_score_fn(yb if pl_module.conditional else None),
+            model.sde, x, y, self.chunk, self.seed, pl_module.is_image,
+            trainer.global_rank, trainer.world_size, **self.likelihood)
+        values = gather_union(local, gather)["value"]
+        key = "bpd" if pl_module.is_image else "nll_nats_per_dim"
+        self.settings = {**self.likelihood, "num_examples": n, "chunk": self.chunk,
+                         "nfe_last_chunk": nfe, "seed": self.seed,
+                         "processes": trainer.world_size,
+                         "wall_time_s": round(time.perf_counter() - start, 2)}
+        return {key: float(values.mean()), f"{key}_stderr": float(values.std() / math.sqrt(n))}

@@ -1,56 +1,92 @@
-"""python evaluate.py ckpt=PATH: metrics of a checkpoint, written to metrics.json.
+"""python evaluate.py ckpt=PATH [metrics=[fid,is,bpd]] ...: metrics of a checkpoint, written
+to metrics.json with the settings of every number, and printed as a table.
 
 * loss: validation loss of the held-out split (EMA weights by default).
-* bpd (``bpd_examples`` > 0): bits/dim of that many held-out examples through the
-  probability-flow ODE (8-bit dequantised images; nats/dim for vector data).
-* samples (``num_samples`` > 0): draws with the ``sampler`` group (default: the checkpoint's),
-  writes samples.png / samples.npz and records sampler settings, NFE and time.
-FID and IS come with the evaluation issue.
+* ``metrics=[fid,is,bpd]`` (any subset), computed by the training callbacks
+  (``FIDCallback``, ``BitsPerDimCallback``) in one validation pass, so they run on as many
+  processes as the ``trainer`` group gives (``trainer=ddp trainer.devices=2``) and give
+  the same numbers as on one:
+  - bpd: bits/dim of ``metrics.bpd.num_examples`` held-out examples (PF-ODE);
+  - fid / is: ``num_samples`` samples with the ``sampler`` group (default: the
+    checkpoint's) against the dataset's reference statistics, on the digit classifier or
+    Inception features (``metrics.fid.*``); class accuracy for conditional models.
+* samples (``num_samples`` > 0 without fid / is): writes samples.png / samples.npz.
 """
 
 from __future__ import annotations
 
-import math
-import time
-
 import lightning as L
-import torch
 from omegaconf import DictConfig, OmegaConf
 
+from scorelab.callbacks import BitsPerDimCallback, FIDCallback
 from scorelab.cli.build import LoadedCheckpoint, build_datamodule, pick_device
 from scorelab.cli.common import log, output_dir, reports_errors, write_json
 from scorelab.cli.sample import draw_samples, resolve_sampler, save_sample_files
-from scorelab.data.base import inverse_scaler
-from scorelab.likelihood import bits_per_dim, log_likelihood
+from scorelab.errors import ConfigError
+from scorelab.metrics.features import FeatureWeightsMissing
 
 
-def _validation_loss(loaded, dm, device, out) -> dict:
-    trainer = L.Trainer(accelerator=device.type, devices=1, logger=False,
+def _metric_callbacks(cfg, dm, loaded) -> list:
+    """FID/IS and bits/dim as the training callbacks, run once at validation. Built before
+    anything runs, so that missing feature weights or statistics stop evaluate.py at once."""
+    selected = cfg.get("metrics") or {}
+    unknown = set(selected) - {"fid", "is", "bpd"}
+    if unknown:
+        raise ConfigError(f"metrics: unknown {sorted(unknown)}; choose from fid, is, bpd")
+    callbacks = []
+    if "fid" in selected or "is" in selected:
+        if cfg.num_samples <= 0:
+            raise ConfigError("metrics fid / is need num_samples > 0 (e.g. num_samples=1000)")
+        fid = selected.get("fid") or {}
+        try:
+            cb = FIDCallback(num_samples=cfg.num_samples,
+                             sampler=resolve_sampler(cfg.sampler, loaded.module.sampler),
+                             features=fid.get("features", "auto"),
+                             reference=fid.get("reference"), cache_dir=fid.get("cache_dir"),
+                             inception_weights=fid.get("inception_weights"),
+                             batch_size=cfg.sample_batch_size, seed=cfg.seed, datamodule=dm,
+                             splits=(selected.get("is") or {}).get("splits", 10))
+            if "fid" in selected:
+                cb.reference_statistics(None)
+        except (FeatureWeightsMissing, FileNotFoundError, ValueError) as e:
+            raise ConfigError(f"metrics.fid: {e}") from None
+        callbacks.append(cb)
+    if "bpd" in selected:
+        opts = OmegaConf.to_container(selected.bpd, resolve=True)
+        callbacks.append(BitsPerDimCallback(num_examples=opts.pop("num_examples"),
+                                            chunk=opts.pop("chunk"), likelihood=opts,
+                                            seed=cfg.seed, datamodule=dm))
+    return callbacks
+
+
+def _validate(cfg, loaded, dm, callbacks, out):
+    """One validation pass (validation loss, and the metric callbacks) on the processes of
+    the ``trainer`` group (``trainer=ddp trainer.devices=2``)."""
+    args = OmegaConf.to_container(cfg.trainer, resolve=True)
+    keep = {k: args[k] for k in ("accelerator", "devices", "num_nodes", "strategy") if k in args}
+    trainer = L.Trainer(**keep, precision="32-true", logger=False, callbacks=list(callbacks),
+                        enable_checkpointing=False,
                         enable_model_summary=False, default_root_dir=str(out))
     trainer.validate(loaded.module, datamodule=dm, verbose=False)
-    return {"val_loss": float(trainer.callback_metrics["val/loss"]),
-            "num_val_examples": len(dm.val_set)}
+    return trainer
 
 
-def _likelihood(cfg, loaded, dm, device) -> dict:
-    module = loaded.module.to(device)
-    n = min(cfg.bpd_examples, len(dm.val_set))
-    x = torch.stack([dm.val_set[i][0] for i in range(n)]).to(device)
-    y = torch.stack([torch.as_tensor(dm.val_set[i][1]) for i in range(n)]).to(device)
-    score_fn = module.model.conditional_score_fn(y if module.conditional else None)
-    opts = OmegaConf.to_container(cfg.likelihood, resolve=True)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    start = time.perf_counter()
-    if loaded.is_image:
-        values, nfe = bits_per_dim(score_fn, module.model.sde, inverse_scaler(x, True),
-                                   generator=gen, **opts)
-        key = "bpd"
-    else:
-        res = log_likelihood(score_fn, module.model.sde, x, generator=gen, **opts)
-        values, nfe, key = -res.logp / x[0].numel(), res.nfe, "nll_nats_per_dim"
-    return {key: float(values.mean()), f"{key}_stderr": float(values.std() / math.sqrt(n)),
-            "likelihood": {**opts, "num_examples": n, "nfe": nfe,
-                           "wall_time_s": round(time.perf_counter() - start, 2)}}
+def _results(trainer, dm, callbacks, selected) -> dict:
+    out = {"val_loss": float(trainer.callback_metrics["val/loss"]),
+           "num_val_examples": len(dm.val_set)}
+    for cb in callbacks:
+        values = {k: v for k, v in cb.history[-1].items() if k != "step"}
+        if isinstance(cb, FIDCallback):
+            if "is" not in selected:
+                values = {k: v for k, v in values.items() if not k.startswith("is")}
+            if "fid" not in selected:
+                values.pop("fid", None)
+            out.update(values)
+            out["sample_settings"] = cb.settings
+        else:
+            out.update(values)
+            out[next(iter(values)) + "_settings"] = cb.settings
+    return out
 
 
 def _samples(cfg, loaded, device, out) -> dict:
@@ -59,6 +95,15 @@ def _samples(cfg, loaded, device, out) -> dict:
     save_sample_files(x, labels, nfe, out, loaded.is_image)
     return {"samples": {"sampler": settings, "num_samples": cfg.num_samples, "nfe": nfe,
                         "wall_time_s": round(seconds, 2)}}
+
+
+def _table(metrics: dict) -> str:
+    """Numbers first, one per line, then the settings they were computed with."""
+    numbers = [(k, v) for k, v in metrics.items() if isinstance(v, float)]
+    rest = [(k, v) for k, v in metrics.items() if not isinstance(v, float)]
+    width = max(len(k) for k, _ in metrics.items())
+    lines = [f"{k:>{width}}  {v:.6g}" for k, v in numbers] + ["-" * (width + 12)]
+    return "\n".join(lines + [f"{k:>{width}}  {v}" for k, v in rest])
 
 
 @reports_errors
@@ -71,16 +116,19 @@ def main(cfg: DictConfig) -> dict:
         data_cfg = OmegaConf.merge(data_cfg, {"data": {"batch_size": cfg.batch_size}})
     dm = build_datamodule(data_cfg)
     dm.setup("validate")
-    device = pick_device(cfg.device)
+    selected = set(cfg.get("metrics") or {})
+    callbacks = _metric_callbacks(cfg, dm, loaded)
+    trainer = _validate(cfg, loaded, dm, callbacks, out)
+    if not trainer.is_global_zero:
+        return {}
     metrics = {"ckpt": str(loaded.path), "weights": "ema" if loaded.ema else "raw",
                "global_step": loaded.global_step, "seed": cfg.seed,
-               "loss": OmegaConf.to_container(loaded.cfg.loss)}
-    metrics.update(_validation_loss(loaded, dm, device, out))
-    if cfg.bpd_examples > 0:
-        metrics.update(_likelihood(cfg, loaded, dm, device))
-    if cfg.num_samples > 0:
-        metrics.update(_samples(cfg, loaded, device, out))
+               "processes": trainer.world_size,
+               "loss": OmegaConf.to_container(loaded.cfg.loss),
+               **_results(trainer, dm, callbacks, selected)}
+    if cfg.num_samples > 0 and not selected & {"fid", "is"}:
+        metrics.update(_samples(cfg, loaded, pick_device({'gpu': 'cuda'}.get(cfg.trainer.accelerator, cfg.trainer.accelerator)), out))
     write_json(out / "metrics.json", metrics)
-    print("\n".join(f"{k:>18}: {v}" for k, v in metrics.items()))
+    print(_table(metrics))
     log.info("wrote %s", out / "metrics.json")
     return metrics

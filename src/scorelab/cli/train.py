@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from scorelab.callbacks import EMA, SampleGrid
+from scorelab.callbacks import EMA, SampleGrid, _MetricCallback
 from scorelab.cli.build import (LoadedCheckpoint, build_datamodule, build_module, make,
                                 pick_device)
 from scorelab.cli.common import fresh_path, log, output_dir, reports_errors, write_json
@@ -21,17 +21,22 @@ from scorelab.visualize import save_samples
 
 
 def _callbacks(cfg: DictConfig, dm) -> list:
-    """Callbacks from the ``callbacks`` group; an entry set to null is switched off. The
-    sample grid goes before EMA so that it sees the EMA weights (see SampleGrid)."""
+    """Callbacks from the ``callbacks`` group; an entry set to null is switched off. Sample
+    grids and metric callbacks go before EMA so that they see the EMA weights."""
     made = {}
     for name, node in (cfg.callbacks or {}).items():
         if node is None:
             continue
-        extra = {"inverse_scaler": dm.inverse_scaler, "is_image": dm.is_image} \
-            if name == "sample_grid" else {}
+        target = str(node.get("_target_", ""))
+        if target.endswith(("FIDCallback", "BitsPerDimCallback")):
+            extra = {"datamodule": dm}
+        elif name == "sample_grid":
+            extra = {"inverse_scaler": dm.inverse_scaler, "is_image": dm.is_image}
+        else:
+            extra = {}
         made[name] = make(cfg.callbacks, name, **extra)
-    grids = [c for c in made.values() if isinstance(c, SampleGrid)]
-    return grids + [c for c in made.values() if not isinstance(c, SampleGrid)]
+    first = [c for c in made.values() if isinstance(c, (SampleGrid, _MetricCallback))]
+    return first + [c for c in made.values() if c not in first]
 
 
 def _checkpoint_callback(callbacks):

@@ -1,0 +1,1 @@
+"""Sample-quality metrics: FID, Inception Score and class accuracy on shipped or Inception features."""
