@@ -18,4 +18,7 @@ def test_train_throughput_prints_a_ratio_per_backbone():
     assert [r[0] for r in rows] == ["dit_digits", "ddpmpp_digits"]
     for row in rows:
         plain, lightning, ratio = map(float, row[2:5])
-        assert plain > 0 and lightning > 0 and abs(ratio - lightning / plain) < 2e-3
+        assert plain > 0 and lightning > 0
+        # img/s are printed to 0.1, the ratio to 0.001
+        rounding = ratio * (0.05 / plain + 0.05 / lightning) + 5e-4
+        assert abs(ratio - lightning / plain) <= rounding

@@ -228,3 +228,22 @@ def test_wandb_offline_run_holds_metrics_and_images(tmp_path):
     for key in (b"train/loss_step", b"metrics/fid", b"metrics/is", b"metrics/bpd"):
         assert key in blob, key
     assert list(runs[0].glob("files/media/images/samples_*.png"))
+
+
+def test_ddp_training_with_metric_callbacks(tmp_path):
+    """trainer=ddp on 2 gloo processes: training, FID during training and FID / bits/dim at
+    the end (the callbacks gather every process's share), one metrics.csv from rank 0."""
+    out = tmp_path / "ddp"
+    run("train.py", *TINY, "trainer.max_steps=30", "trainer.val_check_interval=15",
+        "callbacks=metrics", "callbacks.fid.every_n_steps=15", "callbacks.fid.num_samples=20",
+        "callbacks.fid.batch_size=10", "callbacks.fid.sampler={name: ddim, steps: 4}",
+        f"callbacks.fid.cache_dir={tmp_path / 'stats'}", "callbacks.bpd.num_examples=2",
+        "callbacks.bpd.likelihood.rtol=1e-3", "callbacks.bpd.likelihood.atol=1e-3",
+        "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu",
+        f"hydra.run.dir={out}", cwd=tmp_path)
+    import csv
+    rows = list(csv.DictReader((out / "csv/version_0/metrics.csv").open()))
+    fid_steps = [int(r["step"]) for r in rows if r.get("metrics/fid")]
+    assert 15 in fid_steps and 30 in fid_steps
+    assert any(r.get("metrics/bpd") for r in rows)
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 30

@@ -176,3 +176,25 @@ def test_fid_vs_nfe_script_collects_a_sweep(tmp_path):
     md = (tmp_path / "out.md").read_text()
     assert "| ddim | 10 | 10 | 30.00 |" in md and "| dpm_solver++ 2M | 10 | 10 | 9.00 |" in md
     assert (tmp_path / "out.png").stat().st_size > 1000
+
+
+def test_inception_path_end_to_end_with_stand_in_weights(tmp_path, monkeypatch):
+    """Offline, the real TF-FID weights cannot be fetched; a weights file of the right
+    layout (random values) exercises the whole Inception path: uint8 quantisation, grey to
+    RGB, resizing inside torch-fidelity, 2048-d features and 1008 logits, FID and IS."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    from scorelab.metrics.features import InceptionFeatures
+    monkeypatch.setattr(FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd: None)
+    monkeypatch.setattr(torch, "load", lambda *a, **k: {})
+    net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
+                                      feature_extractor_weights_path="unused")
+    monkeypatch.undo()
+    torch.save(net.state_dict(), tmp_path / "inception.pth")
+    extractor = InceptionFeatures(weights=str(tmp_path / "inception.pth"))
+    feats, logits = extractor(torch.rand(6, 1, 28, 28) * 2 - 1)
+    assert feats.shape == (6, 2048) and logits.shape == (6, 1008)
+    assert feats.dtype == torch.float64
+    stats = feature_statistics(feats)
+    assert abs(frechet_distance(stats, stats)) < 1e-6
+    assert inception_score(logits, splits=2)[0] >= 1.0 - 1e-9     # IS >= 1 (KL >= 0)
