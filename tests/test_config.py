@@ -107,7 +107,10 @@ def test_other_groups_instantiate(tmp_path, group):
             assert isinstance(opt, torch.optim.Optimizer)
         elif group == "callbacks":
             for name in node:
-                make(node, name)
+                metric = str(node[name].get("_target_", "")).endswith(
+                    ("FIDCallback", "BitsPerDimCallback"))
+                # train.py hands the metric callbacks the run's DataModule
+                make(node, name, **({"datamodule": build_datamodule(cfg)} if metric else {}))
         elif node:
             make(cfg, group)
 
