@@ -144,7 +144,7 @@ class FIDCallback(_MetricCallback):
         batch_size: samples per chunk (the unit that makes results independent of the
             number of processes).
         splits: Inception Score splits.
-        datamodule: the run's DataModule (set by train.py).
+        datamodule: the run's DataModule; None: the trainer's, at ``setup``.
     """
 
     def __init__(self, every_n_steps: int = 0, at_end: bool = True, num_samples: int = 1000,
@@ -155,11 +155,22 @@ class FIDCallback(_MetricCallback):
         self.num_samples, self.batch_size, self.splits = num_samples, batch_size, splits
         self.sampler = dict(sampler) if sampler else None
         self.reference, self.cache_dir = reference, cache_dir
-        self.datamodule = datamodule
-        self.features = resolve_features(features, getattr(datamodule, "name", ""))
-        # Built now, so that missing Inception weights stop the run before training.
-        self.extractor = get_extractor(self.features, "cpu", inception_weights)
+        self.requested_features, self.inception_weights = features, inception_weights
+        self.datamodule, self.extractor = None, None
         self._reference, self.reference_path, self.settings = None, None, {}
+        if datamodule is not None:
+            self.prepare(datamodule)
+
+    def prepare(self, datamodule) -> None:
+        """Pick and build the feature extractor for this data (missing Inception weights
+        fail here: at construction with a DataModule, else in ``setup``, before training)."""
+        self.datamodule = datamodule
+        self.features = resolve_features(self.requested_features, datamodule.name)
+        self.extractor = get_extractor(self.features, "cpu", self.inception_weights)
+
+    def setup(self, trainer, pl_module, stage):
+        if self.extractor is None:
+            self.prepare(trainer.datamodule)
 
     def reference_statistics(self, trainer) -> dict:
         if self._reference is None:
@@ -201,7 +212,7 @@ class BitsPerDimCallback(_MetricCallback):
         chunk: examples per ODE solve.
         likelihood: options of ``log_likelihood`` (divergence, n_probes, probe, eps, rtol,
             atol).
-        datamodule: the run's DataModule (set by train.py).
+        datamodule: the run's DataModule; None: the trainer's, at ``setup``.
     """
 
     def __init__(self, every_n_steps: int = 0, at_end: bool = True, num_examples: int = 256,
@@ -212,6 +223,10 @@ class BitsPerDimCallback(_MetricCallback):
         self.likelihood = dict(likelihood or {})
         self.datamodule = datamodule
         self.settings: dict = {}
+
+    def setup(self, trainer, pl_module, stage):
+        if self.datamodule is None:
+            self.datamodule = trainer.datamodule
 
     def compute(self, trainer, pl_module, gather) -> dict:
         val = self.datamodule.val_set

@@ -76,15 +76,23 @@ class DiffusionModule(L.LightningModule):
         self._loss_count += 1
         return loss
 
-    def on_before_optimizer_step(self, optimizer):
-        """Fused optimisers skip their update on the device when ``found_inf`` is set (the
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None,
+                                    gradient_clip_algorithm=None):
+        """Clipping as configured; with a fused optimiser the same gradient norm also tells
+        the fused kernel to skip a non-finite step on the device (``found_inf``, the
         GradScaler protocol), so a NaN never reaches the weights without a host sync per
-        step. Judged on the gradients after DDP's all-reduce, every rank skips together;
-        the count is read every NAN_CHECK_EVERY steps."""
-        if self._guarded_optimizer is None:
-            return
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
-        bad = (~torch.isfinite(torch.nn.utils.get_total_norm(grads))).float()
+        step. The norm is taken after DDP's all-reduce, so every rank skips together; the
+        count is read every NAN_CHECK_EVERY steps."""
+        if self._guarded_optimizer is None or gradient_clip_algorithm == "value":
+            super().configure_gradient_clipping(optimizer, gradient_clip_val,
+                                                gradient_clip_algorithm)
+            if self._guarded_optimizer is None:
+                return
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        if gradient_clip_val and gradient_clip_algorithm != "value":
+            torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, norm)
+        bad = (~torch.isfinite(norm)).float()
         self._guarded_optimizer.found_inf = bad
         self._nonfinite = bad if self._nonfinite is None else self._nonfinite + bad
 

@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from scorelab.callbacks import EMA, SampleGrid, _MetricCallback
+from scorelab.callbacks import EMA, FIDCallback, SampleGrid, _MetricCallback
 from scorelab.cli.build import (LoadedCheckpoint, build_datamodule, build_module, make,
                                 pick_device)
 from scorelab.cli.common import fresh_path, log, output_dir, reports_errors, write_json
@@ -27,14 +27,14 @@ def _callbacks(cfg: DictConfig, dm) -> list:
     for name, node in (cfg.callbacks or {}).items():
         if node is None:
             continue
-        target = str(node.get("_target_", ""))
-        if target.endswith(("FIDCallback", "BitsPerDimCallback")):
-            extra = {"datamodule": dm}
-        elif name == "sample_grid":
-            extra = {"inverse_scaler": dm.inverse_scaler, "is_image": dm.is_image}
-        else:
-            extra = {}
+        extra = {"inverse_scaler": dm.inverse_scaler, "is_image": dm.is_image} \
+            if name == "sample_grid" else {}
         made[name] = make(cfg.callbacks, name, **extra)
+        if isinstance(made[name], FIDCallback):
+            try:
+                made[name].prepare(dm)      # missing feature weights stop the run here
+            except ValueError as e:
+                raise ConfigError(f"callbacks.{name}: {e}") from None
     first = [c for c in made.values() if isinstance(c, (SampleGrid, _MetricCallback))]
     return first + [c for c in made.values() if c not in first]
 
