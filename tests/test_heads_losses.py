@@ -1,5 +1,7 @@
 """Heads: exact round trips for every head x SDE; losses vanish at the exact target."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -51,10 +53,13 @@ class OracleBackbone(nn.Module):
         self.dummy = nn.Parameter(torch.zeros(()))
 
     def forward(self, x_in, label, y=None):
-        t = label * self.sde.T / (self.sde.N - 1)
-        a_c, s_c = (v[:, None] for v in self.sde.alpha_sigma(t))
-        x = x_in * torch.sqrt(a_c ** 2 + s_c ** 2)
+        if isinstance(self.sde, VESDE):    # Score SDE's VE label is sigma(t)
+            t = torch.log(label / self.sde.sigma_min) / math.log(self.sde.sigma_max
+                                                                 / self.sde.sigma_min)
+        else:                              # 999 t
+            t = label * self.sde.T / (self.sde.N - 1)
         alpha, sigma = (v[:, None] for v in self.coeffs(t))
+        x = x_in / self.head.c_in(alpha, sigma)
         noise = (x - alpha * self.c) / sigma
         return self.head.target(self.c.expand_as(x), noise, alpha, sigma)
 

@@ -45,26 +45,96 @@ def test_shipped_classifier_is_accurate_on_heldout_digits(mnist):
 
 
 def test_fid_baselines_self_halves_noise(digit_features):
-    """FID(data, data) = 0; two disjoint halves of MNIST-5k: small; data vs noise: large."""
+    """FID(data, data) = 0; the numbers README's baselines quote (scripts/fid_baselines.py):
+    two disjoint halves of MNIST-5k 0.209, 500 real digits against the full statistics
+    1.399, uniform noise against real digits 2,772. Deterministic data and weights; 1 %
+    leaves room for float32 summation order in the classifier, not for a changed pipeline
+    (a different quantisation, resizing or feature layer moves them by far more)."""
     feats = digit_features[0]
     full = feature_statistics(feats)
     assert abs(frechet_distance(full, full)) < 1e-6
     perm = torch.randperm(len(feats), generator=torch.Generator().manual_seed(0))
     half_a, half_b = feats[perm[:2500]], feats[perm[2500:]]
     halves = frechet_distance(feature_statistics(half_a), feature_statistics(half_b))
-    noise = DigitFeatures()(torch.rand(2500, 1, 28, 28) * 2 - 1)[0]
+    noise_images = torch.rand(2500, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    noise = DigitFeatures()(noise_images * 2 - 1)[0]
     vs_noise = frechet_distance(feature_statistics(half_a), feature_statistics(noise))
-    assert 0 < halves < 0.02 * vs_noise
+    subset = frechet_distance(feature_statistics(feats[perm[:500]]), full)
+    assert halves == pytest.approx(0.2092, rel=0.01)
+    assert subset == pytest.approx(1.399, rel=0.01)
+    assert vs_noise == pytest.approx(2772.0, rel=0.01)
+
+
+def _sqrtm_psd(m):
+    w, v = np.linalg.eigh(m)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def test_frechet_distance_against_the_closed_form():
+    """FID is the Frechet distance of N(mu_1, S_1) and N(mu_2, S_2):
+    |mu_1 - mu_2|^2 + tr(S_1 + S_2 - 2 (S_1^1/2 S_2 S_1^1/2)^1/2), here from an
+    eigendecomposition (not torch-fidelity's sqrtm); for diagonal covariances it is
+    |mu_1 - mu_2|^2 + |s_1 - s_2|^2 of the standard deviations. From samples, the
+    statistics are the sample mean and the unbiased covariance, and the distance between
+    two Gaussians' samples is the closed form within sampling error."""
+    rng = np.random.default_rng(0)
+    d = 6
+    s1, s2 = rng.uniform(0.5, 2.0, d), rng.uniform(0.5, 2.0, d)
+    m1, m2 = rng.normal(size=d), rng.normal(size=d)
+    diag = frechet_distance({"mu": m1, "sigma": np.diag(s1 ** 2)},
+                            {"mu": m2, "sigma": np.diag(s2 ** 2)})
+    assert diag == pytest.approx(((m1 - m2) ** 2).sum() + ((s1 - s2) ** 2).sum(), rel=1e-9)
+    a, b = rng.normal(size=(d, d)), rng.normal(size=(d, d))
+    c1, c2 = a @ a.T + 0.1 * np.eye(d), b @ b.T + 0.1 * np.eye(d)       # non-commuting
+    r1 = _sqrtm_psd(c1)
+    closed = ((m1 - m2) ** 2).sum() + np.trace(c1 + c2 - 2 * _sqrtm_psd(r1 @ c2 @ r1))
+    assert frechet_distance({"mu": m1, "sigma": c1}, {"mu": m2, "sigma": c2}) == \
+        pytest.approx(closed, rel=1e-7)
+    x = rng.multivariate_normal(m1, c1, size=4000)
+    stats = feature_statistics(torch.from_numpy(x))
+    np.testing.assert_allclose(stats["mu"], x.mean(0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(stats["sigma"], np.cov(x, rowvar=False), rtol=1e-10, atol=1e-12)
+    y = rng.multivariate_normal(m2, c2, size=4000)
+    sampled = frechet_distance(stats, feature_statistics(torch.from_numpy(y)))
+    assert sampled == pytest.approx(closed, rel=0.05)
+
+
+def _is_closed_form(logits):
+    """exp(mean_x KL(p(y|x) || mean_x p(y|x))) in numpy (one split)."""
+    p = torch.softmax(logits.double(), 1).numpy()
+    marginal = p.mean(0)
+    return float(np.exp((p * (np.log(p) - np.log(marginal))).sum(1).mean()))
 
 
 def test_inception_score_closed_forms_and_class_accuracy(digit_features):
+    """IS = exp(E_x KL(p(y|x) || p(y))): 1 for identical predictions, K for confident
+    predictions spread evenly over K classes, and the value computed by hand for a known
+    mixture of predictive distributions."""
     uniform = torch.zeros(100, 10)
     assert inception_score(uniform, splits=1)[0] == pytest.approx(1.0)
     confident = torch.full((100, 10), -50.0)
     confident[torch.arange(100), torch.arange(100) % 10] = 50.0
     assert inception_score(confident, splits=1)[0] == pytest.approx(10.0, rel=1e-6)
-    assert inception_score(digit_features[1], splits=10)[0] > 9.0    # real digits
+    assert inception_score(confident[:, :4][torch.arange(100) % 10 < 4], splits=1)[0] == \
+        pytest.approx(4.0, rel=1e-6)
+    # predictive distributions p_0, p_1, p_2 with weights 1/2, 1/4, 1/4:
+    # IS = exp(sum_i w_i KL(p_i || sum_j w_j p_j))
+    p = torch.tensor([[0.7, 0.2, 0.1, 0.0, 0.0], [0.1, 0.1, 0.8, 0.0, 0.0],
+                      [0.2, 0.2, 0.2, 0.2, 0.2]], dtype=torch.float64)
+    w = torch.tensor([0.5, 0.25, 0.25], dtype=torch.float64)
+    marginal = (w[:, None] * p).sum(0)
+    kl = torch.where(p > 0, p * (p / marginal).log(), torch.zeros_like(p)).sum(1)
+    by_hand = float(torch.exp((w * kl).sum()))
+    logits = torch.log(p).clamp(min=-1e4)[torch.tensor([0, 0, 1, 2] * 25)]
+    assert inception_score(logits, splits=1)[0] == pytest.approx(by_hand, rel=1e-9)
+    random_logits = torch.randn(500, 10, generator=torch.Generator().manual_seed(0)) * 3
+    assert inception_score(random_logits, splits=1)[0] == \
+        pytest.approx(_is_closed_form(random_logits), rel=1e-9)
+    real = inception_score(digit_features[1], splits=1)[0]
+    assert real == pytest.approx(_is_closed_form(digit_features[1]), rel=1e-9)
+    assert 9.0 < real < 10.0                              # 99 % accurate on 10 balanced classes
     assert class_accuracy(confident, torch.arange(100) % 10) == 1.0
+    assert class_accuracy(confident, (torch.arange(100) + 1) % 10) == 0.0
 
 
 def test_statistics_files_round_trip_and_are_checked(tmp_path, digit_features):
@@ -152,7 +222,13 @@ def test_sharded_sampling_gives_the_single_process_union(n, chunk):
 def test_classifier_loads_from_the_package():
     net = load_digit_classifier()
     assert not any(p.requires_grad for p in net.parameters())
-    assert net(torch.zeros(2, 1, 8, 8, dtype=torch.uint8)).shape == (2, 10)   # any size
+    # any size: uint8 scaled to [0, 1] and resized bilinearly to 28x28, as in training
+    small = torch.randint(0, 256, (2, 1, 8, 8), dtype=torch.uint8,
+                          generator=torch.Generator().manual_seed(0))
+    big = torch.nn.functional.interpolate(small.float() / 255, size=(28, 28), mode="bilinear",
+                                          align_corners=False)
+    torch.testing.assert_close(net(small), net(big), rtol=0, atol=0)
+    assert net(small).shape == (2, 10)
 
 
 def test_fid_vs_nfe_script_collects_a_sweep(tmp_path):
@@ -195,6 +271,13 @@ def test_inception_path_end_to_end_with_stand_in_weights(tmp_path, monkeypatch):
     feats, logits = extractor(torch.rand(6, 1, 28, 28) * 2 - 1)
     assert feats.shape == (6, 2048) and logits.shape == (6, 1008)
     assert feats.dtype == torch.float64
-    stats = feature_statistics(feats)
-    assert abs(frechet_distance(stats, stats)) < 1e-6
-    assert inception_score(logits, splits=2)[0] >= 1.0 - 1e-9     # IS >= 1 (KL >= 0)
+    # the wrapper's numbers are torch-fidelity's network on 8-bit RGB images, unchanged
+    img = torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    feats, logits = extractor(img)
+    rgb = ((img + 1) * 127.5).round().to(torch.uint8).repeat(1, 3, 1, 1)
+    with torch.no_grad():
+        ref_feats, ref_logits = extractor.net(rgb)
+    torch.testing.assert_close(feats, ref_feats.double(), rtol=0, atol=0)
+    torch.testing.assert_close(logits, ref_logits.double(), rtol=0, atol=0)
+    assert inception_score(logits, splits=1)[0] == pytest.approx(_is_closed_form(logits),
+                                                                  rel=1e-9)

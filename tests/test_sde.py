@@ -182,3 +182,44 @@ def test_discretize_with_dt_is_the_exact_kernel(sde):
     a = alpha_t / alpha_s
     torch.testing.assert_close(x + f, a[:, None] * x)
     torch.testing.assert_close(G ** 2 + a ** 2 * sigma_s ** 2, sigma_t ** 2)
+
+
+def test_ve_noise_label_is_sigma():
+    """Score SDE labels VE by the noise scale itself (NCSN++'s Fourier embedding logs it)."""
+    sde = VESDE(0.01, 50.0)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    torch.testing.assert_close(sde.noise_label(t), sde.alpha_sigma(t)[1])
+
+
+SDE_SCHEDULES = {
+    "vp_linear": lambda: VPSDE(schedule="linear"), "vp_cosine": lambda: VPSDE(schedule="cosine"),
+    "subvp_linear": lambda: SubVPSDE(schedule="linear"),
+    "subvp_cosine": lambda: SubVPSDE(schedule="cosine"), "ve": lambda: VESDE(),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", sorted(SDE_SCHEDULES))
+def test_every_sde_is_finite_at_the_grid_ends(name, dtype):
+    """sde, alpha_sigma, discretize (chain and exact kernel), reverse and log_snr are finite
+    (and the square-rooted quantities real) at t = 0, the sampling end eps and t = T."""
+    sde = SDE_SCHEDULES[name]()
+    ends = torch.tensor([0.0, sde.sampling_eps, sde.T], dtype=dtype)
+    x = torch.randn(3, 4, dtype=dtype)
+
+    def score(x, t):   # any finite score: the coefficients are what is under test
+        return -x
+
+    alpha, sigma = sde.alpha_sigma(ends)
+    drift, g = sde.sde(x, ends)
+    f, G = sde.discretize(x, ends)
+    fe, Ge = sde.discretize(x[1:], ends[1:], torch.tensor(sde.sampling_eps, dtype=dtype))
+    rd, rg = sde.reverse(score).sde(x, ends)
+    pd, _ = sde.reverse(score, probability_flow=True).sde(x, ends)
+    rf, rG = sde.reverse(score).discretize(x, ends)
+    for value in (alpha, sigma, drift, g, f, G, fe, Ge, rd, rg, pd, rf, rG):
+        assert torch.isfinite(value).all(), f"{name}: non-finite value at t in {ends.tolist()}"
+    assert (sigma >= 0).all() and (g >= 0).all() and (G >= 0).all()
+    # log-SNR is +inf at t = 0 where sigma = 0 (VP family); the grids use [eps, T]
+    lam = sde.log_snr(ends[1:])
+    assert torch.isfinite(lam).all() and lam[0] > lam[1]

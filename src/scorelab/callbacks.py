@@ -11,9 +11,13 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
 from lightning.pytorch.trainer.states import TrainerFn
 
-from scorelab.metrics.evaluation import (gather_union, heldout_bits_per_dim, reference_statistics,
-                                         resolve_features, sample_features, sample_metrics)
+from scorelab.checks import check_values, integer, one_of
+from scorelab.likelihood import check_likelihood_options
+from scorelab.metrics.evaluation import (gather_union, heldout_bits_per_dim, my_chunks,
+                                         reference_statistics, resolve_features,
+                                         sample_features, sample_metrics)
 from scorelab.metrics.features import get_extractor
+from scorelab.progress import WorkProgress
 from scorelab.visualize import save_samples
 
 
@@ -104,6 +108,8 @@ class _MetricCallback(L.Callback):
     computes its share, results are gathered); rank 0 logs ``metrics/<name>``."""
 
     def __init__(self, every_n_steps: int = 0, at_end: bool = True, seed: int = 0):
+        check_values("", dict(every_n_steps=every_n_steps, seed=seed),
+                     {"every_n_steps": integer(0), "seed": integer()})
         self.every_n_steps, self.at_end, self.seed = every_n_steps, at_end, seed
         self.history: list[dict] = []
         self._last = -1
@@ -129,6 +135,15 @@ class _MetricCallback(L.Callback):
                 logger.log_metrics({f"metrics/{k}": v for k, v in values.items()}, step=step)
 
 
+def _progress(trainer, n: int, chunk: int, desc: str) -> WorkProgress:
+    """A bar over this process's share of n units done in chunks (shown on rank 0 only)."""
+    mine = sum(size for _, _, size in my_chunks(n, chunk, trainer.global_rank,
+                                                 trainer.world_size))
+    if trainer.world_size > 1:
+        desc = f"{desc} (rank 0 of {trainer.world_size})"
+    return WorkProgress(mine, desc, enabled=trainer.is_global_zero)
+
+
 class FIDCallback(_MetricCallback):
     """FID (and IS, class accuracy) of ``num_samples`` samples from the module's sampler
     (or ``sampler``) against the dataset's reference statistics.
@@ -152,6 +167,10 @@ class FIDCallback(_MetricCallback):
                  cache_dir=None, inception_weights=None, batch_size: int = 250, seed: int = 0,
                  splits: int = 10, datamodule=None):
         super().__init__(every_n_steps, at_end, seed)
+        check_values("", dict(num_samples=num_samples, batch_size=batch_size, splits=splits,
+                              features=features),
+                     {"num_samples": integer(1), "batch_size": integer(1), "splits": integer(1),
+                      "features": one_of(("auto", "digits", "inception"), "features")})
         self.num_samples, self.batch_size, self.splits = num_samples, batch_size, splits
         self.sampler = dict(sampler) if sampler else None
         self.reference, self.cache_dir = reference, cache_dir
@@ -190,9 +209,14 @@ class FIDCallback(_MetricCallback):
 
         start = time.perf_counter()
         reference = self.reference_statistics(trainer)
-        local, nfe = sample_features(sample_fn, self.extractor, self.num_samples,
-                                     self.batch_size, self.seed, pl_module.device, num_classes,
-                                     trainer.global_rank, trainer.world_size)
+        bar = _progress(trainer, self.num_samples, self.batch_size, "FID/IS samples")
+        try:
+            local, nfe = sample_features(sample_fn, self.extractor, self.num_samples,
+                                         self.batch_size, self.seed, pl_module.device,
+                                         num_classes, trainer.global_rank, trainer.world_size,
+                                         progress=bar)
+        finally:
+            bar.close()
         values = sample_metrics(gather_union(local, gather), reference, self.splits)
         self.settings = {"sampler": settings, "steps": settings["steps"], "nfe": nfe,
                          "num_samples": self.num_samples, "features": self.features,
@@ -219,6 +243,9 @@ class BitsPerDimCallback(_MetricCallback):
                  chunk: int = 64, likelihood: dict | None = None, seed: int = 0,
                  datamodule=None):
         super().__init__(every_n_steps, at_end, seed)
+        check_values("", dict(num_examples=num_examples, chunk=chunk),
+                     {"num_examples": integer(1), "chunk": integer(1)})
+        check_likelihood_options(dict(likelihood or {}))
         self.num_examples, self.chunk = num_examples, chunk
         self.likelihood = dict(likelihood or {})
         self.datamodule = datamodule
@@ -235,10 +262,15 @@ class BitsPerDimCallback(_MetricCallback):
         y = torch.tensor([int(val[i][1]) for i in range(n)], device=pl_module.device)
         model = pl_module.model
         start = time.perf_counter()
-        local, nfe = heldout_bits_per_dim(
-            lambda yb: model.conditional_score_fn(yb if pl_module.conditional else None),
-            model.sde, x, y, self.chunk, self.seed, pl_module.is_image,
-            trainer.global_rank, trainer.world_size, **self.likelihood)
+        bar = _progress(trainer, n, self.chunk,
+                        "bits/dim examples" if pl_module.is_image else "NLL examples")
+        try:
+            local, nfe = heldout_bits_per_dim(
+                lambda yb: model.conditional_score_fn(yb if pl_module.conditional else None),
+                model.sde, x, y, self.chunk, self.seed, pl_module.is_image,
+                trainer.global_rank, trainer.world_size, progress=bar, **self.likelihood)
+        finally:
+            bar.close()
         values = gather_union(local, gather)["value"]
         key = "bpd" if pl_module.is_image else "nll_nats_per_dim"
         self.settings = {**self.likelihood, "num_examples": n, "chunk": self.chunk,

@@ -8,15 +8,25 @@ With x = alpha x0 + sigma eps (any of the SDEs; alpha, sigma broadcastable to x)
                 x0_hat  = (alpha x - sigma v) / (alpha^2 + sigma^2)
                 eps_hat = (sigma x + alpha v) / (alpha^2 + sigma^2)
     score head: s_hat = out;    eps_hat = -sigma out;   x0_hat = (x + sigma^2 out) / alpha
+    edm   head (Karras et al. 2022, Table 1, written for any alpha; s_d = sigma_data):
+                x0_hat = c_skip x + c_out out,   r = sigma^2 + alpha^2 s_d^2,
+                c_skip = alpha s_d^2 / r,  c_out = sigma s_d / sqrt(r),  c_in = 1 / sqrt(r)
 
 and for every head the score is s = -eps_hat / sigma (Tweedie; Vincent 2011). The v
 formulas hold for any alpha, sigma (VE included), not only alpha^2 + sigma^2 = 1.
+
+EDM's coefficients are its own (c_skip(s), c_out(s), c_in(s) at s = sigma / alpha, on the
+input x / alpha) multiplied out, so they stay finite where alpha = 0. With s_d = 1 on VP the
+edm head is the v head up to sign. ``c_in`` is the input scaling the backbone sees
+(``ScoreModel``): 1 / sqrt(alpha^2 + sigma^2) for every head (EDM's c_in with s_d = 1; exactly
+1 on VP), 1 / sqrt(sigma^2 + alpha^2 s_d^2) for the edm head.
 
 ``loss_scale`` is the factor applied to (out - target) in the unweighted loss: 1 for the
 eps and x0 heads (plain MSE in the head's own space); 1 / sqrt(alpha^2 + sigma^2) for the v
 head, which is 1 on VP and keeps the target at unit variance on VE, where |v| grows like
 sigma; sigma for the score head, which gives Score SDE's default lambda(t) = sigma^2 — an
-unscaled score MSE would be dominated by t -> 0 where the target grows like 1 / sigma.
+unscaled score MSE would be dominated by t -> 0 where the target grows like 1 / sigma; 1 for
+the edm head, whose unit-weight MSE on the raw output is EDM's lambda = 1 / c_out^2 on x0.
 """
 
 from __future__ import annotations
@@ -47,6 +57,10 @@ class Head(abc.ABC):
 
     def loss_scale(self, alpha: Tensor, sigma: Tensor):
         return 1.0
+
+    def c_in(self, alpha: Tensor, sigma: Tensor) -> Tensor:
+        """Input scaling of the backbone: EDM's c_in with sigma_data = 1, for any alpha."""
+        return torch.rsqrt(alpha * alpha + sigma * sigma)
 
     def __repr__(self):
         return f"{type(self).__name__}()"
@@ -116,11 +130,51 @@ class ScoreHead(Head):
         return sigma
 
 
-HEADS = {cls.name: cls for cls in (EpsHead, X0Head, VHead, ScoreHead)}
+class EDMHead(Head):
+    """EDM's preconditioned denoiser D = c_skip x + c_out F (Karras et al. 2022, Eq. 7 and
+    Table 1). Args: sigma_data: the data's standard deviation (EDM: 0.5)."""
+
+    name = "edm"
+
+    def __init__(self, sigma_data: float = 0.5):
+        if not sigma_data > 0:
+            raise ValueError(f"head.sigma_data must be > 0, got {sigma_data}")
+        self.sigma_data = float(sigma_data)
+
+    def _skip_out(self, alpha, sigma):
+        sd = self.sigma_data
+        r = sigma * sigma + alpha * alpha * (sd * sd)
+        return alpha * (sd * sd) / r, sigma * sd * torch.rsqrt(r)
+
+    def target(self, x0, noise, alpha, sigma):
+        c_skip, c_out = self._skip_out(alpha, sigma)
+        return (x0 - c_skip * (alpha * x0 + sigma * noise)) / c_out
+
+    def to_x0(self, out, x, alpha, sigma):
+        c_skip, c_out = self._skip_out(alpha, sigma)
+        return c_skip * x + c_out * out
+
+    def to_eps(self, out, x, alpha, sigma):
+        return (x - alpha * self.to_x0(out, x, alpha, sigma)) / sigma
+
+    def c_in(self, alpha, sigma):
+        return torch.rsqrt(sigma * sigma + alpha * alpha * (self.sigma_data ** 2))
+
+    def __repr__(self):
+        return f"EDMHead(sigma_data={self.sigma_data})"
 
 
-def get_head(name: str) -> Head:
+HEADS = {cls.name: cls for cls in (EpsHead, X0Head, VHead, ScoreHead, EDMHead)}
+
+
+def get_head(name: str, **options) -> Head:
+    """A head by name; ``options`` are its constructor's (e.g. ``sigma_data`` of edm)."""
     try:
-        return HEADS[name]()
+        cls = HEADS[name]
     except KeyError:
         raise ValueError(f"unknown head {name!r}; known heads: {', '.join(HEADS)}") from None
+    try:
+        return cls(**options)
+    except TypeError:
+        raise ValueError(f"head {name!r} takes no option(s) {', '.join(sorted(options))}") \
+            from None

@@ -3,7 +3,9 @@ the instantaneous change of variables of Chen et al. 2018):
 
     log p_0(x) = log p_T(x(T)) + int_eps^T div v(x(t), t) dt,   v = f - 1/2 g^2 score,
 
-integrated from x(eps) = x to T together with the divergence, by adaptive RK45 (scipy).
+integrated from x(eps) = x to T together with the divergence, by adaptive Dormand–Prince
+(``solver``: torchdiffeq's dopri5 on the data's device, default, or scipy's RK45 on the host;
+see ``scorelab.sampling.ode_solvers``).
 The divergence is exact (trace of the Jacobian, one backward pass per dimension: low
 dimension only) or Hutchinson–Skilling's unbiased estimate E_e[e^T (dv/dx) e] with
 Rademacher or Gaussian probes e, fixed along the trajectory (``n_probes`` averaged).
@@ -23,10 +25,26 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from scorelab.sampling.ode_solvers import probability_flow_drift, solve_ivp_torch
+from scorelab.checks import check_values, integer, number, one_of
+from scorelab.sampling.ode_solvers import SOLVERS, probability_flow_drift, solve_ode
 
 DIVERGENCES = ("hutchinson", "exact")
 PROBES = ("rademacher", "gaussian")
+# Allowed values of log_likelihood's options (checked at every call, and by the bits/dim
+# callback when it is configured).
+RULES = {"divergence": one_of(DIVERGENCES, "divergence"), "n_probes": integer(1),
+         "probe": one_of(PROBES, "probe"), "eps": number(0, lo_open=True),
+         "rtol": number(0, lo_open=True), "atol": number(0, lo_open=True),
+         "solver": one_of(SOLVERS, "solver")}
+
+
+def check_likelihood_options(options: dict, prefix: str = "likelihood") -> None:
+    """Names and values of ``log_likelihood`` options; ValueError naming the key."""
+    unknown = sorted(set(options) - set(RULES))
+    if unknown:
+        raise ValueError(f"{prefix}: no option(s) {', '.join(unknown)}; the options are: "
+                         f"{', '.join(RULES)}")
+    check_values(prefix, options, RULES)
 
 
 class LikelihoodResult(NamedTuple):
@@ -59,8 +77,6 @@ def _hutchinson_divergence(drift, x: Tensor, t: Tensor, probes: Tensor) -> tuple
 
 
 def draw_probes(x: Tensor, n_probes: int, probe: str, generator=None) -> Tensor:
-    if probe not in PROBES:
-        raise ValueError(f"unknown probe {probe!r}; known: {', '.join(PROBES)}")
     z = torch.randn((n_probes,) + tuple(x.shape), generator=generator, device=x.device,
                     dtype=x.dtype)
     return z.sign() if probe == "rademacher" else z
@@ -68,7 +84,7 @@ def draw_probes(x: Tensor, n_probes: int, probe: str, generator=None) -> Tensor:
 
 def log_likelihood(score_fn, sde, x: Tensor, divergence: str = "hutchinson",
                    n_probes: int = 1, probe: str = "rademacher", eps: float = 1e-5,
-                   rtol: float = 1e-5, atol: float = 1e-5,
+                   rtol: float = 1e-5, atol: float = 1e-5, solver: str = "torchdiffeq",
                    generator: torch.Generator | None = None) -> LikelihoodResult:
     """Per-sample log p(x) in nats under the model's probability-flow ODE.
 
@@ -80,13 +96,12 @@ def log_likelihood(score_fn, sde, x: Tensor, divergence: str = "hutchinson",
         n_probes: Hutchinson probes averaged at every evaluation.
         probe: "rademacher" or "gaussian".
         eps: starting time of the ODE (Score SDE: 1e-5).
-        rtol, atol: RK45 tolerances.
+        rtol, atol: Dormand–Prince tolerances.
+        solver: "torchdiffeq" (on x's device) or "scipy" (host).
         generator: for the probes.
     """
-    if divergence not in DIVERGENCES:
-        raise ValueError(f"unknown divergence {divergence!r}; known: {', '.join(DIVERGENCES)}")
-    if n_probes < 1:
-        raise ValueError(f"n_probes must be >= 1, got {n_probes}")
+    check_likelihood_options(dict(divergence=divergence, n_probes=n_probes, probe=probe,
+                                  eps=eps, rtol=rtol, atol=atol, solver=solver))
     drift = probability_flow_drift(sde, score_fn)
     batch, dims = x.shape[0], x[0].numel()
     probes = draw_probes(x, n_probes, probe, generator) if divergence == "hutchinson" else None
@@ -100,7 +115,7 @@ def log_likelihood(score_fn, sde, x: Tensor, divergence: str = "hutchinson",
         return torch.cat([v.flatten(1), div[:, None]], dim=1)
 
     state = torch.cat([x.flatten(1), torch.zeros(batch, 1, device=x.device, dtype=x.dtype)], 1)
-    end, nfe = solve_ivp_torch(augmented, state, eps, sde.T, rtol, atol)
+    end, nfe = solve_ode(augmented, state, eps, sde.T, rtol, atol, solver)
     z = end[:, :dims].reshape(x.shape)
     return LikelihoodResult(sde.prior_logp(z) + end[:, dims], nfe, z)
 

@@ -1,12 +1,24 @@
 """Training losses. All three regress the backbone's raw output on its head's target at
 x_t = alpha x0 + sigma z; they differ in how the noise level is drawn.
 
-* ``DSMLoss`` — continuous denoising score matching (Score SDE Eq. 7), t ~ U(eps, T):
+* ``DSMLoss`` — continuous denoising score matching (Score SDE Eq. 7):
       weighting="none":       E || c (out - target) ||^2, c = head.loss_scale
                               (= Score SDE's lambda(t) = sigma^2 for the eps and score heads,
-                              plain MSE in the head's own space for x0 and v);
+                              plain MSE in the head's own space for x0 and v, EDM's
+                              lambda = 1 / c_out^2 for the edm head);
       weighting="likelihood": E g(t)^2 || s_theta(x_t, t) - grad log p_0t(x_t | x0) ||^2
-                              = E (g/sigma)^2 || eps_hat - z ||^2   (Song et al. 2021b, Thm. 1).
+                              = E (g/sigma)^2 || eps_hat - z ||^2   (Song et al. 2021b, Thm. 1);
+      weighting="min_snr":    E min(SNR, gamma) || x0_hat - x0 ||^2, SNR = alpha^2 / sigma^2
+                              (Hang et al. 2023). In each head's own space this is the
+                              paper's per-head weight: eps min(SNR, gamma) / SNR, x0
+                              min(SNR, gamma), v min(SNR, gamma) / (SNR + 1) on VP.
+  The noise level is drawn by ``time_sampling``:
+      "uniform":     t ~ U(eps, T) (Score SDE);
+      "log_normal":  EDM's sigma = sigma(t) / alpha(t) with ln sigma ~ N(p_mean, p_std^2)
+                     (Karras et al. 2022, Table 1: -1.2, 1.2), mapped to t through the
+                     SDE's inverse log-SNR and clipped to [eps, T];
+      "logit_normal": t = eps + (T - eps) sigmoid(u), u ~ N(p_mean, p_std^2)
+                     (Esser et al. 2024).
 * ``DDPMLoss`` — Ho et al. 2020 Eq. 14: integer step i ~ U{0..N-1}, DDPM's discrete
   alpha_bar_i (VP only).
 * ``SMLDLoss`` — Song & Ermon 2019 Eq. 5 with lambda = sigma_i^2: noise level sigma_i from
@@ -48,10 +60,13 @@ class DenoisingLoss(abc.ABC):
              dtype=torch.float32) -> tuple[Tensor, Tensor, Tensor]:
         """Noise levels for a batch: times t [n], alpha [n], sigma [n]."""
 
-    def weight(self, model: ScoreModel, x_t: Tensor, t: Tensor, alpha: Tensor,
-               sigma: Tensor) -> Tensor | None:
-        """Score-space weighting g^2 if any; None means the head's own scale."""
-        return None
+    def squared_error(self, model: ScoreModel, out: Tensor, x0: Tensor, noise: Tensor,
+                      x_t: Tensor, t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+        """Weighted squared error per element; (alpha, sigma) broadcast against x0. The
+        discrete losses use the head's own scale (``weighting="none"``)."""
+        err = (out - model.head.target(x0, noise, alpha, sigma)) * model.head.loss_scale(alpha,
+                                                                                         sigma)
+        return err * err
 
     def __call__(self, model: ScoreModel, x0: Tensor, y: Tensor | None = None,
                  generator: torch.Generator | None = None) -> Tensor:
@@ -63,13 +78,7 @@ class DenoisingLoss(abc.ABC):
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         x_t = a * x0 + s * noise
         out = model.output(x_t, t, y, (a, s))
-        g2 = self.weight(model, x_t, t, alpha, sigma)
-        if g2 is None:
-            err = (out - model.head.target(x0, noise, a, s)) * model.head.loss_scale(a, s)
-            sq = err * err
-        else:
-            err = model.head.to_eps(out, x_t, a, s) - noise
-            sq = _bcast(g2, x0) / (s * s) * err * err
+        sq = self.squared_error(model, out, x0, noise, x_t, t, a, s)
         per_sample = sq.flatten(1)
         per_sample = per_sample.mean(1) if self.reduce == "mean" else per_sample.sum(1)
         return per_sample.mean()
@@ -77,30 +86,64 @@ class DenoisingLoss(abc.ABC):
 
 class DSMLoss(DenoisingLoss):
     """Args:
-        weighting: "none" or "likelihood" (g(t)^2, the likelihood bound's weighting).
+        weighting: "none", "likelihood" (g(t)^2, the likelihood bound's weighting) or
+            "min_snr" (min(SNR, gamma) on the x0 error).
         reduce: "mean" or "sum" over data dimensions.
-        eps: smallest training time (Score SDE: 1e-5), t ~ U(eps, T).
+        eps: smallest training time (Score SDE: 1e-5); times lie in [eps, T].
+        time_sampling: "uniform", "log_normal" (EDM) or "logit_normal" (SD3).
+        p_mean, p_std: mean and std of ln sigma (log_normal) or of logit(t) (logit_normal).
+        gamma: the min-SNR clip (Hang et al. 2023: 5).
     """
 
-    WEIGHTINGS = ("none", "likelihood")
+    WEIGHTINGS = ("none", "likelihood", "min_snr")
+    TIME_SAMPLINGS = ("uniform", "log_normal", "logit_normal")
 
-    def __init__(self, weighting: str = "none", reduce: str = "mean", eps: float = 1e-5):
+    def __init__(self, weighting: str = "none", reduce: str = "mean", eps: float = 1e-5,
+                 time_sampling: str = "uniform", p_mean: float = -1.2, p_std: float = 1.2,
+                 gamma: float = 5.0):
         super().__init__(reduce)
         if weighting not in self.WEIGHTINGS:
-            raise ValueError(f"loss weighting must be one of {self.WEIGHTINGS}, got {weighting!r}")
+            raise ValueError(f"loss.weighting must be one of {self.WEIGHTINGS}, got {weighting!r}")
+        if time_sampling not in self.TIME_SAMPLINGS:
+            raise ValueError(f"loss.time_sampling must be one of {self.TIME_SAMPLINGS}, "
+                             f"got {time_sampling!r}")
+        if not 0 <= eps < 1:
+            raise ValueError(f"loss.eps must be in [0, 1), got {eps}")
+        if not p_std > 0:
+            raise ValueError(f"loss.p_std must be > 0, got {p_std}")
+        if not gamma > 0:
+            raise ValueError(f"loss.gamma must be > 0, got {gamma}")
         self.weighting = weighting
         self.eps = float(eps)
+        self.time_sampling = time_sampling
+        self.p_mean, self.p_std, self.gamma = float(p_mean), float(p_std), float(gamma)
 
     def draw(self, sde, n, device, generator, dtype=torch.float32):
-        t = torch.rand(n, generator=generator, device=device, dtype=dtype) \
-            * (sde.T - self.eps) + self.eps
+        lo = max(self.eps, 0.0)
+        if self.time_sampling == "uniform":
+            t = torch.rand(n, generator=generator, device=device, dtype=dtype) * (sde.T - lo) + lo
+        else:
+            u = torch.randn(n, generator=generator, device=device, dtype=dtype) * self.p_std \
+                + self.p_mean
+            if self.time_sampling == "logit_normal":
+                t = lo + (sde.T - lo) * torch.sigmoid(u)
+            else:   # ln sigma_EDM = ln(sigma / alpha) = -log-SNR
+                ends = sde.log_snr(torch.tensor([sde.T, lo], dtype=torch.float64))
+                lam = (-u.double()).clamp(float(ends[0]), float(ends[1]))
+                t = sde.t_from_log_snr(lam).to(device=device, dtype=dtype).clamp(lo, sde.T)
         alpha, sigma = sde.alpha_sigma(t)
         return t, alpha, sigma
 
-    def weight(self, model, x_t, t, alpha, sigma):
+    def squared_error(self, model, out, x0, noise, x_t, t, alpha, sigma):
         if self.weighting == "none":
-            return None
-        return model.sde.sde(x_t, t)[1] ** 2
+            return super().squared_error(model, out, x0, noise, x_t, t, alpha, sigma)
+        if self.weighting == "likelihood":
+            g2 = _bcast(model.sde.sde(x_t, t)[1] ** 2, x0)
+            err = model.head.to_eps(out, x_t, alpha, sigma) - noise
+            return g2 / (sigma * sigma) * err * err
+        snr = (alpha * alpha) / (sigma * sigma)
+        err = model.head.to_x0(out, x_t, alpha, sigma) - x0
+        return snr.clamp(max=self.gamma) * err * err
 
 
 class DDPMLoss(DenoisingLoss):

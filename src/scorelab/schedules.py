@@ -64,7 +64,10 @@ class CosineBetaSchedule(BetaSchedule):
         return (t * self.u_max + self.s) / (1 + self.s) * math.pi / 2
 
     def integral(self, t):
-        return -2.0 * (torch.log(torch.cos(self._phi(t))) - math.log(math.cos(self._phi0)))
+        # B(0) = 0 exactly in theory, but log cos phi(0) - log cos phi0 rounds to about
+        # -1e-8 in float32; a negative B makes sqrt(1 - exp(-2B)) (sub-VP's g) NaN at t = 0.
+        B = -2.0 * (torch.log(torch.cos(self._phi(t))) - math.log(math.cos(self._phi0)))
+        return B.clamp(min=0.0)
 
     def beta(self, t):
         # d/dt [-2 log cos phi] = 2 tan(phi) dphi/dt

@@ -1,14 +1,22 @@
 """ScoreModel = backbone + head + SDE: the one object that turns a network into a score_fn.
 
-    label   = sde.noise_label(t)                       (the only place it is computed)
-    x_in    = x / sqrt(alpha(t)^2 + sigma(t)^2)        (input scaling, optional)
+    label   = noise_label(t)                           (the only place it is computed)
+    x_in    = head.c_in(alpha, sigma) x                (input scaling, optional)
     out     = backbone(x_in, label, y)[:, :C]       (DiT with learned sigma: mean part)
     out     = out / sigma(t)                        (backbone.scale_by_sigma: NCSN++ on VE)
     score   = head.to_score(out, x, alpha(t), sigma(t))
 
-The input scaling is EDM's c_in (Karras et al. 2022, Table 1) with sigma_data = 1, written for
-any alpha: it is exactly 1 on VP and keeps the backbone's input at unit scale on VE, where
-x_t has std up to sigma_max.
+The input scaling is EDM's c_in (Karras et al. 2022, Table 1), written for any alpha: with
+sigma_data = 1 (every head but edm) it is exactly 1 on VP and keeps the backbone's input at
+unit scale on VE, where x_t has std up to sigma_max.
+
+The noise label belongs to the preconditioning:
+
+* ``"sde"`` (Score SDE): the SDE's own ``noise_label(t)``: 999 t on VP / sub-VP (the DDPM
+  step index), sigma(t) on VE (NCSN++'s Fourier embedding takes its log);
+* ``"log_sigma"`` (EDM): c_noise = 1/4 log(sigma / alpha), the log of EDM's sigma, for any
+  SDE. It is read off the same (alpha, sigma) the loss drew, so the discrete DDPM / SMLD
+  losses label their own noise levels exactly.
 """
 
 from __future__ import annotations
@@ -19,6 +27,8 @@ from torch import Tensor, nn
 from scorelab.heads import Head
 from scorelab.sde import SDE, _bcast
 
+NOISE_LABELS = ("sde", "log_sigma")
+
 
 class ScoreModel(nn.Module):
     """Args:
@@ -26,15 +36,29 @@ class ScoreModel(nn.Module):
             (2C channels when its ``learn_sigma`` is set; optional ``scale_by_sigma`` flag).
         head: a ``scorelab.heads.Head`` saying what the backbone's output means.
         sde: the forward SDE whose marginals the model is trained on.
-        input_scaling: divide the input by sqrt(alpha^2 + sigma^2) before the backbone.
+        input_scaling: multiply the input by the head's c_in before the backbone.
+        noise_label: ``"sde"`` (Score SDE's label) or ``"log_sigma"`` (EDM's c_noise).
     """
 
-    def __init__(self, backbone: nn.Module, head: Head, sde: SDE, input_scaling: bool = True):
+    def __init__(self, backbone: nn.Module, head: Head, sde: SDE, input_scaling: bool = True,
+                 noise_label: str = "sde"):
         super().__init__()
+        if noise_label not in NOISE_LABELS:
+            raise ValueError(f"noise_label must be one of {', '.join(NOISE_LABELS)}, "
+                             f"got {noise_label!r}")
         self.backbone = backbone
         self.head = head
         self.sde = sde
         self.input_scaling = input_scaling
+        self.noise_label_kind = noise_label
+
+    def noise_label(self, t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+        """The backbone's conditioning label [B] at times t [B] (alpha, sigma broadcast
+        against the data or shaped like t)."""
+        if self.noise_label_kind == "sde":
+            return self.sde.noise_label(t)
+        a, s = alpha.reshape(alpha.shape[0], -1)[:, 0], sigma.reshape(sigma.shape[0], -1)[:, 0]
+        return 0.25 * (torch.log(s) - torch.log(a))
 
     def coefficients(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """alpha(t), sigma(t) broadcast against x."""
@@ -46,8 +70,8 @@ class ScoreModel(nn.Module):
         """The backbone's raw output (what the head's target is compared with).
         ``coefficients``: (alpha, sigma) already broadcast against x, if the caller has them."""
         alpha, sigma = coefficients if coefficients is not None else self.coefficients(x, t)
-        x_in = x * torch.rsqrt(alpha * alpha + sigma * sigma) if self.input_scaling else x
-        out = self.backbone(x_in, self.sde.noise_label(t), y)
+        x_in = x * self.head.c_in(alpha, sigma) if self.input_scaling else x
+        out = self.backbone(x_in, self.noise_label(t, alpha, sigma).to(x.dtype), y)
         if getattr(self.backbone, "learn_sigma", False):
             out = out[:, :x.shape[1]]
         if getattr(self.backbone, "scale_by_sigma", False):

@@ -86,9 +86,9 @@ class SDE(abc.ABC):
         return -0.5 * d * math.log(2 * math.pi * s * s) - _per_sample_sum(z * z) / (2 * s * s)
 
     def noise_label(self, t: Tensor) -> Tensor:
-        """The conditioning label the backbone sees: (N - 1) t / T, i.e. the DDPM timestep
-        index for VP (Score SDE's 999 t). For VE, log sigma(t) is affine in t, so this is
-        also an affine log-sigma label — the one place the label is defined."""
+        """Score SDE's conditioning label: (N - 1) t / T, the DDPM timestep index for VP and
+        sub-VP (999 t); VE overrides it with sigma(t). ``ScoreModel.noise_label`` chooses
+        between this and EDM's log-sigma label."""
         return t * ((self.N - 1) / self.T)
 
     def discrete_index(self, t: Tensor) -> Tensor:
@@ -294,6 +294,10 @@ class VESDE(SDE):
 
     def sde(self, x, t):
         return torch.zeros_like(x), self.sigma(t) * math.sqrt(2 * self._log_ratio)
+
+    def noise_label(self, t):
+        """Score SDE's VE label: the noise scale sigma(t) itself (NCSN++ embeds its log)."""
+        return self.sigma(t)
 
     def prior_std(self):
         return self.sigma_max

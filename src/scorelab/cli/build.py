@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from scorelab.data import DiffusionDataModule
+from scorelab.checks import Rule, check_value, integer, optional, positive
 from scorelab.errors import ConfigError, ScorelabError
 from scorelab.module import DiffusionModule
 from scorelab.sampling import check_options, get_sampler
@@ -20,8 +21,9 @@ log = logging.getLogger("scorelab")
 
 
 def make(cfg: DictConfig, group: str, **kwargs):
-    """instantiate(cfg[group]) with errors that name the config group."""
-    node = cfg.get(group)
+    """instantiate(cfg[group]) with errors that name the config group (``group`` may be a
+    dotted key, e.g. "callbacks.fid")."""
+    node = OmegaConf.select(cfg, group)
     if node is None:
         raise ConfigError(f"config group {group!r} is missing")
     try:
@@ -30,7 +32,13 @@ def make(cfg: DictConfig, group: str, **kwargs):
         cause = e.__cause__ or e
         if isinstance(cause, ScorelabError):
             raise cause from None
-        raise ConfigError(f"{group}: {cause}") from None
+        raise ConfigError(_naming(group, str(cause))) from None
+
+
+def _naming(group: str, message: str) -> str:
+    """``message`` prefixed with the config group, unless it already names a key of it
+    (value rules write "data.n_components: must be ...")."""
+    return message if message.startswith(group) else f"{group}: {message}"
 
 
 def sampler_settings(node) -> dict:
@@ -41,13 +49,51 @@ def sampler_settings(node) -> dict:
         raise ConfigError("sampler: no sampler name given (sampler=<name>)")
     try:
         get_sampler(settings["name"])
-        options = {k: v for k, v in settings.items() if k not in ("name", "steps")}
-        check_options(settings["name"], options)
-    except ValueError as e:
-        raise ConfigError(f"sampler: {e}") from None
-    if int(settings.get("steps") or 0) < 1:
-        raise ConfigError(f"sampler.steps must be >= 1, got {settings.get('steps')}")
+        options = {k: v for k, v in settings.items() if k != "name"}
+        check_options(settings["name"], {"steps": settings.get("steps"), **options})
+    except ValueError as e:          # the registry's own rules, as sample() checks them
+        raise ConfigError(_naming("sampler", str(e))) from None
     return settings
+
+
+def check_config_values(cfg: DictConfig, rules: dict[str, Rule]) -> None:
+    """Check config values by dotted key (``{"trainer.max_steps": integer(1)}``) before
+    anything runs; a missing key is skipped. ConfigError names the key."""
+    for key, rule in rules.items():
+        value = OmegaConf.select(cfg, key, default=_MISSING)
+        if value is _MISSING:
+            continue
+        try:
+            check_value(key, value, rule)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+
+_MISSING = object()
+_LIMIT = Rule(lambda v: v == -1 or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+              "an integer >= 1 (or -1: no limit)")
+# Values of train.py's config that no constructor sees before training starts.
+TRAIN_RULES = {"seed": integer(), "num_samples": integer(1),
+               "optim.warmup_steps": integer(0), "optim.optimizer.lr": positive(),
+               "trainer.max_steps": _LIMIT, "trainer.max_epochs": optional(_LIMIT),
+               "trainer.log_every_n_steps": integer(1),
+               "trainer.gradient_clip_val": optional(positive())}
+
+
+def check_training_config(cfg: DictConfig) -> None:
+    """train.py's start-up checks: ``TRAIN_RULES``, a training run that ends, and the
+    optimizer's own argument checks (run on a dummy parameter, so that e.g. betas outside
+    [0, 1) fail now rather than in the first training step)."""
+    check_config_values(cfg, TRAIN_RULES)
+    trainer = cfg.get("trainer") or {}
+    if trainer.get("max_steps", -1) == -1 and trainer.get("max_epochs", None) == -1:
+        raise ConfigError("trainer.max_steps=-1 with trainer.max_epochs=-1 never stops; "
+                          "set trainer.max_steps=N")
+    optimizer = make(cfg.optim, "optimizer")
+    try:
+        optimizer([torch.nn.Parameter(torch.zeros(1))])
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"optim.optimizer: {e}") from None
 
 
 def build_datamodule(cfg: DictConfig) -> DiffusionDataModule:
@@ -93,7 +139,16 @@ def build_module(cfg: DictConfig, data_shape, num_classes: int,
                     num_classes=backbone_classes(cfg, num_classes))
     loss = make(cfg, "loss")
     loss.check(sde)
-    model = ScoreModel(backbone, head, sde, input_scaling=cfg.input_scaling)
+    noise_label = cfg.get("noise_label", "sde")
+    if noise_label == "log_sigma" and cfg.backbone.get("embedding") == "fourier":
+        raise ConfigError("noise_label=log_sigma is a log already, but backbone.embedding="
+                          "fourier embeds log(label): use backbone.embedding=positional or "
+                          "noise_label=sde")
+    try:
+        model = ScoreModel(backbone, head, sde, input_scaling=cfg.input_scaling,
+                           noise_label=noise_label)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     try:
         sampler = sampler_settings(cfg.sampler)
     except ConfigError as e:

@@ -19,11 +19,18 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from scorelab.callbacks import BitsPerDimCallback, FIDCallback
-from scorelab.cli.build import LoadedCheckpoint, build_datamodule, pick_device
+from scorelab.checks import integer, optional
+from scorelab.cli.build import (LoadedCheckpoint, build_datamodule, check_config_values,
+                                pick_device)
 from scorelab.cli.common import log, output_dir, reports_errors, write_json
 from scorelab.cli.sample import draw_samples, resolve_sampler, save_sample_files
 from scorelab.errors import ConfigError
 from scorelab.metrics.features import FeatureWeightsMissing
+
+
+# Values of evaluate.py's own keys, checked before the checkpoint is read.
+EVALUATE_RULES = {"seed": integer(), "num_samples": integer(0),
+                  "sample_batch_size": integer(1), "batch_size": optional(integer(1))}
 
 
 def _metric_callbacks(cfg, dm, loaded) -> list:
@@ -53,9 +60,12 @@ def _metric_callbacks(cfg, dm, loaded) -> list:
         callbacks.append(cb)
     if "bpd" in selected:
         opts = OmegaConf.to_container(selected.bpd, resolve=True)
-        callbacks.append(BitsPerDimCallback(num_examples=opts.pop("num_examples"),
-                                            chunk=opts.pop("chunk"), likelihood=opts,
-                                            seed=cfg.seed, datamodule=dm))
+        try:
+            callbacks.append(BitsPerDimCallback(num_examples=opts.pop("num_examples"),
+                                                chunk=opts.pop("chunk"), likelihood=opts,
+                                                seed=cfg.seed, datamodule=dm))
+        except ValueError as e:
+            raise ConfigError(f"metrics.bpd: {e}") from None
     return callbacks
 
 
@@ -109,6 +119,7 @@ def _table(metrics: dict) -> str:
 @reports_errors
 def main(cfg: DictConfig) -> dict:
     out = output_dir()
+    check_config_values(cfg, EVALUATE_RULES)
     L.seed_everything(cfg.seed, verbose=False)
     loaded = LoadedCheckpoint(cfg.ckpt, use_ema=cfg.use_ema)
     data_cfg = loaded.cfg

@@ -11,8 +11,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from scorelab.callbacks import EMA, FIDCallback, SampleGrid, _MetricCallback
-from scorelab.cli.build import (LoadedCheckpoint, build_datamodule, build_module, make,
-                                pick_device)
+from scorelab.cli.build import (LoadedCheckpoint, build_datamodule, build_module,
+                                check_training_config, make, pick_device)
 from scorelab.cli.common import fresh_path, log, output_dir, reports_errors, write_json
 from scorelab.cli.sample import draw_samples
 from scorelab.errors import ConfigError
@@ -29,7 +29,7 @@ def _callbacks(cfg: DictConfig, dm) -> list:
             continue
         extra = {"inverse_scaler": dm.inverse_scaler, "is_image": dm.is_image} \
             if name == "sample_grid" else {}
-        made[name] = make(cfg.callbacks, name, **extra)
+        made[name] = make(cfg, f"callbacks.{name}", **extra)
         if isinstance(made[name], FIDCallback):
             try:
                 made[name].prepare(dm)      # missing feature weights stop the run here
@@ -49,6 +49,7 @@ def _checkpoint_callback(callbacks):
 @reports_errors
 def main(cfg: DictConfig) -> dict:
     out = output_dir()
+    check_training_config(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision(cfg.matmul_precision)
     dm = build_datamodule(cfg)

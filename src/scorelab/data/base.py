@@ -8,7 +8,13 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset, random_split
 
+from scorelab.checks import boolean, check_values, integer, number
 from scorelab.errors import ScorelabError
+
+# Allowed values of the DataModule arguments (checked in the constructors, so that a bad
+# value stops a run when the config is built).
+RULES = {"batch_size": integer(1), "val_fraction": number(0, 1, lo_open=True, hi_open=True),
+         "num_workers": integer(0), "pin_memory": boolean(), "seed": integer()}
 
 
 class DataMissingError(ScorelabError, FileNotFoundError):
@@ -36,8 +42,9 @@ class DiffusionDataModule(L.LightningDataModule, abc.ABC):
     def __init__(self, batch_size: int = 128, val_fraction: float = 0.1, num_workers: int = 0,
                  pin_memory: bool = True, seed: int = 0):
         super().__init__()
-        if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+        check_values("data", dict(batch_size=batch_size, val_fraction=val_fraction,
+                                  num_workers=num_workers, pin_memory=pin_memory, seed=seed),
+                     RULES)
         self.batch_size = batch_size
         self.val_fraction = val_fraction
         self.num_workers = num_workers

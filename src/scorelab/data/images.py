@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from scorelab.checks import boolean, check_values, integer, one_of
 from scorelab.data.base import DataMissingError, DiffusionDataModule, tensor_dataset, to_unit_range
 
 
@@ -104,6 +105,10 @@ class ImageFolderDataModule(DiffusionDataModule):
     def __init__(self, root: str = "data/images", image_size: int = 32, channels: int = 3,
                  random_flip: bool = False, **kwargs):
         super().__init__(**kwargs)
+        check_values("data", dict(image_size=image_size, channels=channels,
+                                  random_flip=random_flip),
+                     {"image_size": integer(1), "channels": one_of((1, 3), "channel count"),
+                      "random_flip": boolean()})
         self.root, self.random_flip = root, random_flip
         self.shape = (channels, image_size, image_size)
         folder = Path(root)

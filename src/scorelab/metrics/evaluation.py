@@ -59,6 +59,7 @@ def sample_features(sample_fn: Callable, extractor, n: int, chunk: int, seed: in
     ``sample_fn(m, y, generator) -> (x in [-1, 1], nfe)``; ``extractor(x) -> (features,
     logits)`` in float64 with attributes ``dim`` and ``num_logits``; a conditional model
     (``num_classes`` > 0) gets label i % num_classes for sample i.
+    ``progress(m, nfe)`` is called after every chunk of m samples (e.g. ``WorkProgress``).
     Returns ({"index", "features", "logits"[, "labels"]} on ``device``, NFE per sample)."""
     rows = {"index": [], "features": [], "logits": []}
     if num_classes > 0:
@@ -75,7 +76,7 @@ def sample_features(sample_fn: Callable, extractor, n: int, chunk: int, seed: in
         if y is not None:
             rows["labels"].append(y)
         if progress is not None:
-            progress(size)
+            progress(size, nfe)
     # A process without chunks (n < chunk * world) still sends rows of the right width,
     # so that every process makes the same all_gather calls.
     empty = {"index": torch.zeros(0, dtype=torch.long, device=device),
@@ -99,10 +100,12 @@ def sample_metrics(union: dict[str, Tensor], reference: dict | None, splits: int
 @torch.no_grad()
 def heldout_bits_per_dim(score_fn_for: Callable, sde, x: Tensor, y: Tensor | None,
                          chunk: int, seed: int, is_image: bool, rank: int = 0, world: int = 1,
+                         progress: Callable | None = None,
                          **likelihood_kwargs) -> tuple[dict[str, Tensor], int]:
     """This process's share of per-example bits/dim (images, 8-bit dequantised) or NLL in
     nats/dim (vectors) of held-out x ([-1, 1] for images). ``score_fn_for(y)`` gives the
-    score function for labels y (None: unconditional).
+    score function for labels y (None: unconditional). ``progress(m, nfe)`` is called after
+    every chunk of m examples.
     Returns ({"index", "value"}, NFE of the last chunk)."""
     index, values, nfe = [], [], 0
     for k, start, size in my_chunks(x.shape[0], chunk, rank, world):
@@ -117,6 +120,8 @@ def heldout_bits_per_dim(score_fn_for: Callable, sde, x: Tensor, y: Tensor | Non
             v, nfe = -res.logp / xb[0].numel(), res.nfe
         index.append(torch.arange(start, start + size, device=x.device))
         values.append(v)
+        if progress is not None:
+            progress(size, nfe)
     empty = torch.zeros(0, device=x.device)
     return {"index": torch.cat(index) if index else empty.long(),
             "value": torch.cat(values) if values else empty}, nfe

@@ -48,9 +48,11 @@ def sample(score_fn, sde, shape, sampler: str = "pc", steps: int = 500,
         eps: final time (default: ``sde.sampling_eps``).
         callback: called as callback(step_index, x) after every step (progress bars).
         **options: the sampler's own options (``sampler_options(name)``).
+
+    Option names and values are checked (``check_options``) before anything is drawn.
     """
     fn = get_sampler(sampler)
-    check_options(sampler, options)
+    check_options(sampler, {"steps": steps, "grid": grid, "rho": rho, "eps": eps, **options})
     if x_init is not None:
         x = x_init
     else:

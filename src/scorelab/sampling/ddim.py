@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import torch
 
+from scorelab.checks import number
 from scorelab.sampling._util import randn_like, x0_from_score
 from scorelab.sampling.registry import register
 
 
-@register("ddim", grid="uniform")
+@register("ddim", grid="uniform", rules={"eta": number(0)})
 def ddim(score_fn, sde, x, ts, *, generator=None, callback=None, eta: float = 0.0):
-    if eta < 0:
-        raise ValueError(f"ddim: eta must be >= 0, got {eta}")
     alphas, sigmas = sde.alpha_sigma(ts)
     times = ts[:, None].expand(len(ts), x.shape[0])
     for i in range(len(ts) - 1):

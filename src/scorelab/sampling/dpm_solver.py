@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import torch
 
+from scorelab.checks import boolean, integer
 from scorelab.sampling._util import x0_from_score
 from scorelab.sampling.registry import register
 
 
-@register("dpm_solver", grid="logsnr")
+@register("dpm_solver", grid="logsnr",
+          rules={"order": integer(1, 3), "lower_order_final": boolean()})
 def dpm_solver_pp(score_fn, sde, x, ts, *, generator=None, callback=None, order: int = 2,
                   lower_order_final: bool = True):
-    if order not in (1, 2, 3):
-        raise ValueError(f"dpm_solver: order must be 1, 2 or 3, got {order}")
     alphas, sigmas = sde.alpha_sigma(ts)
     lams = torch.log(alphas) - torch.log(sigmas)
     times = ts[:, None].expand(len(ts), x.shape[0])

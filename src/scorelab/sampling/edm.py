@@ -13,11 +13,14 @@ import math
 
 import torch
 
+from scorelab.checks import number
 from scorelab.sampling._util import randn_like, x0_from_score
 from scorelab.sampling.registry import register
 
 
-@register("edm", grid="karras")
+@register("edm", grid="karras",
+          rules={"s_churn": number(0), "s_tmin": number(0), "s_tmax": number(0),
+                 "s_noise": number(0)})
 def edm_heun(score_fn, sde, x, ts, *, generator=None, callback=None, s_churn: float = 0.0,
              s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0):
     batch = x.shape[0]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import torch
 
+from scorelab.checks import boolean, integer, number, one_of
 from scorelab.sampling._util import randn_like, tweedie_denoise, x0_from_score
 from scorelab.sampling.registry import register
 from scorelab.sde import _bcast
@@ -110,18 +111,20 @@ class _Context:
         return None if self._own_chain else self.dts[i]
 
 
-@register("pc", grid="uniform")
+def _check_pc(options):
+    if options["predictor"] == "none" and options["corrector"] == "none":
+        raise ValueError("sampler: predictor=none with corrector=none does nothing")
+
+
+@register("pc", grid="uniform", combined=_check_pc,
+          rules={"predictor": one_of(PREDICTORS, "predictor"),
+                 "corrector": one_of(CORRECTORS, "corrector"),
+                 "snr": number(0, lo_open=True), "n_steps": integer(1), "denoise": boolean()})
 def predictor_corrector(score_fn, sde, x, ts, *, generator=None, callback=None,
                         predictor: str = "euler_maruyama", corrector: str = "none",
                         snr: float = 0.16, n_steps: int = 1, denoise: bool = True):
     """Alg. 1 of Score SDE: at each grid time a corrector then a predictor step.
     ``denoise``: finish with the noise-free Tweedie step x0_hat(x, eps) (+1 NFE)."""
-    if predictor not in PREDICTORS:
-        raise ValueError(f"pc: unknown predictor {predictor!r}; known: {', '.join(PREDICTORS)}")
-    if corrector not in CORRECTORS:
-        raise ValueError(f"pc: unknown corrector {corrector!r}; known: {', '.join(CORRECTORS)}")
-    if predictor == "none" and corrector == "none":
-        raise ValueError("pc: predictor=none with corrector=none does nothing")
     predict, correct = PREDICTORS[predictor], CORRECTORS[corrector]
     ctx = _Context(score_fn, sde, x, ts, generator, snr, n_steps)
     nfe = 0

@@ -1,23 +1,41 @@
 """The one registry of samplers: name -> function(score_fn, sde, x, ts, *, generator,
-callback, **options) -> (x, nfe), plus the time grid each uses by default."""
+callback, **options) -> (x, nfe), plus the time grid each uses by default and the allowed
+values of its options (``scorelab.checks`` rules), checked by ``check_options`` before any
+sampling: ``sample()`` and the command line's ``sampler_settings`` use the same rules."""
 
 from __future__ import annotations
 
 import inspect
 
+from scorelab.checks import Rule, check_values, integer, number, one_of, optional
+from scorelab.sampling.grids import GRIDS
+
 SAMPLERS: dict = {}
 DEFAULT_GRIDS: dict = {}
+RULES: dict = {}            # name -> {option: Rule}
+COMBINED: dict = {}         # name -> check(options with defaults filled in) or None
 # Options that every sampler takes through ``sample()`` (they shape the time grid).
 COMMON_OPTIONS = ("grid", "rho", "eps")
+COMMON_RULES: dict[str, Rule] = {
+    "steps": integer(1),
+    "grid": optional(one_of(GRIDS, "time grid")),       # None: the sampler's own grid
+    "rho": number(0, lo_open=True),
+    "eps": optional(number(0)),                         # None: sde.sampling_eps
+}
 _ARGS = {"score_fn", "sde", "x", "ts", "generator", "callback"}
 
 
-def register(name: str, grid: str = "uniform"):
+def register(name: str, grid: str = "uniform", rules: dict[str, Rule] | None = None,
+             combined=None):
+    """Register a sampler. ``rules``: allowed values of its own options; ``combined``:
+    ``check(options) -> None`` raising ValueError for combinations no single rule sees."""
     def wrap(fn):
         if name in SAMPLERS:
             raise ValueError(f"sampler {name!r} registered twice")
         SAMPLERS[name] = fn
         DEFAULT_GRIDS[name] = grid
+        RULES[name] = dict(rules or {})
+        COMBINED[name] = combined
         return fn
     return wrap
 
@@ -36,9 +54,20 @@ def sampler_options(name: str) -> list[str]:
     return [p for p in params if p not in _ARGS]
 
 
+def _defaults(name: str) -> dict:
+    params = inspect.signature(get_sampler(name)).parameters
+    return {p: params[p].default for p in sampler_options(name)}
+
+
 def check_options(name: str, options: dict) -> None:
-    allowed = set(sampler_options(name)) | set(COMMON_OPTIONS)
+    """Check option names and values of sampler ``name`` (``options`` may hold ``steps``
+    and the COMMON_OPTIONS too). Raises ValueError naming the option, e.g.
+    "sampler.order: must be an integer in [1, 3], got 4"."""
+    allowed = set(sampler_options(name)) | set(COMMON_OPTIONS) | {"steps"}
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise ValueError(f"sampler {name!r} has no option(s) {', '.join(unknown)}; its "
                          f"options are: {', '.join(sampler_options(name) + list(COMMON_OPTIONS))}")
+    check_values("sampler", options, {**COMMON_RULES, **RULES[name]})
+    if COMBINED[name] is not None:
+        COMBINED[name]({**_defaults(name), **options})
