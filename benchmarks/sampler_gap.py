@@ -66,8 +66,9 @@ def label(settings: dict) -> str:
     return name
 
 
-def evaluate(ckpt: str, specs: list[str], n: int, batch: int, seed: int) -> list[dict]:
-    loaded = LoadedCheckpoint(ckpt)
+def evaluate(ckpt: str, specs: list[str], n: int, batch: int, seed: int,
+             use_ema: bool = True) -> list[dict]:
+    loaded = LoadedCheckpoint(ckpt, use_ema=use_ema)
     module = loaded.module
     dm = build_datamodule(loaded.cfg)
     extractor = get_extractor(resolve_features("auto", dm.name))
@@ -101,13 +102,14 @@ def main():
     p.add_argument("--n", type=int, default=500, help="samples per sampler")
     p.add_argument("--batch", type=int, default=125, help="samples per chunk")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--raw", action="store_true", help="the raw weights instead of the EMA")
     p.add_argument("--samplers", nargs="+", default=DEFAULT_SAMPLERS)
     p.add_argument("--out", type=Path, default=None, help="stem of OUT.md / OUT.png")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
     torch.manual_seed(args.seed)
     rows = [r for ckpt in args.ckpts for r in evaluate(ckpt, args.samplers, args.n,
-                                                       args.batch, args.seed)]
+                                                       args.batch, args.seed, not args.raw)]
     for ckpt in args.ckpts:
         mine = [r for r in rows if r["ckpt"] == ckpt]
         best = min(r["fid"] for r in mine)

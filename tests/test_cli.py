@@ -203,6 +203,13 @@ def test_existing_run_is_never_overwritten_and_resume_continues(trained):
     (["data=mnist", "data.root=nowhere"], "data=mnist: no MNIST files"),
     (["data=digits", "backbone=ddpmpp_mnist"], "built for inputs [1, 28, 28]"),
     (["speed.compile=yes"], "speed.compile must be true, false or auto"),
+    (["noise_label=log_sigma", "backbone=ncsnpp_mnist"], "noise_label=log_sigma is a log"),
+    (["noise_label=time"], "noise_label must be one of"),
+    (["head=edm", "head.sigma_data=0"], "head.sigma_data must be > 0"),
+    (["loss.time_sampling=beta"], "loss.time_sampling must be one of"),
+    (["optim.lr_decay=step"], "optim.lr_decay"),
+    (["optim.lr_decay=cosine", "trainer.max_steps=-1", "trainer.max_epochs=2"],
+     "optim.lr_decay=cosine decays to 0 at trainer.max_steps"),
     (["conditional=true", "data=gmm", "backbone=mlp", "data.n_samples=500", "trainer.max_steps=1"],
      None),
 ])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import lightning as L
@@ -12,6 +13,20 @@ from scorelab.losses import DenoisingLoss
 from scorelab.sampling import SampleResult, sample
 from scorelab.score import ScoreModel
 from scorelab.speed import fused_optimizer
+
+
+LR_DECAYS = ("none", "cosine", "linear")
+
+
+def lr_factor(step: int, warmup: int, total: int, decay: str = "none") -> float:
+    """Learning-rate multiplier at optimizer step ``step``: linear warm-up over ``warmup``
+    steps, then 1 ("none"), or a cosine / linear decay that reaches 0 at step ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if decay == "none":
+        return 1.0
+    progress = min(1.0, (step - warmup + 1) / max(1, total - warmup))
+    return 0.5 * (1 + math.cos(math.pi * progress)) if decay == "cosine" else 1.0 - progress
 
 
 class DiffusionModule(L.LightningModule):
@@ -28,6 +43,8 @@ class DiffusionModule(L.LightningModule):
         is_image: whether samples are images in [-1, 1] (for saving and metrics).
         conditional: feed class labels to the backbone.
         warmup_steps: linear learning-rate warm-up from 0 (Score SDE: 5000).
+        lr_decay: after the warm-up, "none" (constant), "cosine" or "linear" decay to 0 at
+            the trainer's ``max_steps``.
         sampler: default sampler settings for ``sample()``: {"name": ..., "steps": ..., **options}.
         config: the composed run config as a plain dict, stored in every checkpoint.
         fused_optimizer: ask the optimiser for fused kernels (true / false / "auto": when
@@ -40,8 +57,12 @@ class DiffusionModule(L.LightningModule):
                  optimizer: Callable[..., torch.optim.Optimizer], data_shape,
                  num_classes: int = 0, is_image: bool = True, conditional: bool = False,
                  warmup_steps: int = 0, sampler: dict | None = None, config: dict | None = None,
-                 fused_optimizer: bool | str = "auto"):
+                 fused_optimizer: bool | str = "auto", lr_decay: str = "none"):
         super().__init__()
+        if lr_decay not in LR_DECAYS:
+            raise ValueError(f"optim.lr_decay must be one of {', '.join(LR_DECAYS)}, "
+                             f"got {lr_decay!r}")
+        self.lr_decay = lr_decay
         loss.check(model.sde)
         self.model = model
         self.loss_fn = loss
@@ -130,10 +151,14 @@ class DiffusionModule(L.LightningModule):
         fused = fused_optimizer(self.fused_optimizer, params)
         opt = self.optimizer_factory(params, **({"fused": True} if fused else {}))
         self._guarded_optimizer = opt if fused else None
-        if self.warmup_steps <= 0:
+        if self.warmup_steps <= 0 and self.lr_decay == "none":
             return opt
-        warmup = self.warmup_steps
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
+        total = self.trainer.max_steps if self._trainer is not None else -1
+        if self.lr_decay != "none" and total <= 0:
+            raise ValueError(f"optim.lr_decay={self.lr_decay} needs trainer.max_steps > 0")
+        warmup, decay = self.warmup_steps, self.lr_decay
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: lr_factor(step, warmup, total, decay))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint):

@@ -11,9 +11,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from scorelab.data import DiffusionDataModule
-from scorelab.checks import Rule, check_value, integer, optional, positive
+from scorelab.checks import Rule, check_value, integer, one_of, optional, positive
 from scorelab.errors import ConfigError, ScorelabError
-from scorelab.module import DiffusionModule
+from scorelab.module import LR_DECAYS, DiffusionModule
 from scorelab.sampling import check_options, get_sampler
 from scorelab.score import ScoreModel
 
@@ -75,6 +75,7 @@ _LIMIT = Rule(lambda v: v == -1 or (isinstance(v, int) and not isinstance(v, boo
 # Values of train.py's config that no constructor sees before training starts.
 TRAIN_RULES = {"seed": integer(), "num_samples": integer(1),
                "optim.warmup_steps": integer(0), "optim.optimizer.lr": positive(),
+               "optim.lr_decay": one_of(LR_DECAYS, "optim.lr_decay"),
                "trainer.max_steps": _LIMIT, "trainer.max_epochs": optional(_LIMIT),
                "trainer.log_every_n_steps": integer(1),
                "trainer.gradient_clip_val": optional(positive())}
@@ -89,6 +90,10 @@ def check_training_config(cfg: DictConfig) -> None:
     if trainer.get("max_steps", -1) == -1 and trainer.get("max_epochs", None) == -1:
         raise ConfigError("trainer.max_steps=-1 with trainer.max_epochs=-1 never stops; "
                           "set trainer.max_steps=N")
+    decay = (cfg.get("optim") or {}).get("lr_decay", "none")
+    if decay != "none" and trainer.get("max_steps", -1) == -1:
+        raise ConfigError(f"optim.lr_decay={decay} decays to 0 at trainer.max_steps: set "
+                          f"trainer.max_steps=N")
     optimizer = make(cfg.optim, "optimizer")
     try:
         optimizer([torch.nn.Parameter(torch.zeros(1))])
@@ -159,7 +164,7 @@ def build_module(cfg: DictConfig, data_shape, num_classes: int,
     return DiffusionModule(
         model, loss, optimizer=make(cfg.optim, "optimizer"), data_shape=data_shape,
         num_classes=num_classes, is_image=is_image, conditional=cfg.conditional,
-        warmup_steps=cfg.optim.warmup_steps,
+        warmup_steps=cfg.optim.warmup_steps, lr_decay=cfg.optim.get("lr_decay", "none"),
         sampler=sampler, fused_optimizer=(cfg.get("speed") or {}).get("fused_optimizer", "auto"),
         config=OmegaConf.to_container(cfg, resolve=True))
 
