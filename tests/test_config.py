@@ -34,17 +34,22 @@ def options(group):
 
 def test_default_config_is_the_mnist5k_experiment(tmp_path):
     cfg = compose_train([], tmp_path)
-    named = compose_train(["experiment=mnist5k_vp_eps"], tmp_path)
+    named = compose_train(["experiment=mnist5k_vp_v"], tmp_path)
     assert cfg.data._target_.endswith("MNIST5kDataModule")
-    assert cfg.sde._target_.endswith("VPSDE") and cfg.head.name == "eps"
-    assert cfg.backbone._target_.endswith("UNet")
-    for key in ("data", "sde", "head", "backbone", "loss", "sampler", "trainer"):
+    assert cfg.sde._target_.endswith("VPSDE") and cfg.head.name == "v"
+    assert cfg.backbone._target_.endswith("UNet") and cfg.sampler.name == "edm"
+    assert cfg.optim.lr_decay == "cosine"
+    for key in ("data", "sde", "head", "backbone", "loss", "optim", "sampler", "trainer"):
         assert cfg[key] == named[key]
+    # Score SDE's recipe stays one override away
+    eps = compose_train(["experiment=mnist5k_vp_eps"], tmp_path)
+    assert eps.head.name == "eps" and eps.optim.lr_decay == "none"
+    assert eps.trainer.max_steps == 800 and eps.sampler.name == "pc"
 
 
 def test_command_line_overrides_beat_experiment(tmp_path):
-    cfg = compose_train(["experiment=mnist5k_vp_eps", "sde=subvp", "head=v"], tmp_path)
-    assert cfg.sde._target_.endswith("SubVPSDE") and cfg.head.name == "v"
+    cfg = compose_train(["experiment=mnist5k_vp_eps", "sde=subvp", "head=x0"], tmp_path)
+    assert cfg.sde._target_.endswith("SubVPSDE") and cfg.head.name == "x0"
 
 
 @pytest.mark.parametrize("sde", options("sde"))

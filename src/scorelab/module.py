@@ -44,7 +44,7 @@ class DiffusionModule(L.LightningModule):
         conditional: feed class labels to the backbone.
         warmup_steps: linear learning-rate warm-up from 0 (Score SDE: 5000).
         lr_decay: after the warm-up, "none" (constant), "cosine" or "linear" decay to 0 at
-            the trainer's ``max_steps``.
+            the end of the run (``trainer.estimated_stepping_batches``).
         sampler: default sampler settings for ``sample()``: {"name": ..., "steps": ..., **options}.
         config: the composed run config as a plain dict, stored in every checkpoint.
         fused_optimizer: ask the optimiser for fused kernels (true / false / "auto": when
@@ -153,9 +153,12 @@ class DiffusionModule(L.LightningModule):
         self._guarded_optimizer = opt if fused else None
         if self.warmup_steps <= 0 and self.lr_decay == "none":
             return opt
-        total = self.trainer.max_steps if self._trainer is not None else -1
-        if self.lr_decay != "none" and total <= 0:
-            raise ValueError(f"optim.lr_decay={self.lr_decay} needs trainer.max_steps > 0")
+        # the run's length in optimizer steps (from max_steps, or max_epochs x batches)
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else 0
+        if self.lr_decay != "none" and not 0 < total < float("inf"):
+            raise ValueError(f"optim.lr_decay={self.lr_decay} needs a run of known length "
+                             f"(trainer.max_steps or trainer.max_epochs)")
+        total = int(total)
         warmup, decay = self.warmup_steps, self.lr_decay
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda step: lr_factor(step, warmup, total, decay))

@@ -90,10 +90,6 @@ def check_training_config(cfg: DictConfig) -> None:
     if trainer.get("max_steps", -1) == -1 and trainer.get("max_epochs", None) == -1:
         raise ConfigError("trainer.max_steps=-1 with trainer.max_epochs=-1 never stops; "
                           "set trainer.max_steps=N")
-    decay = (cfg.get("optim") or {}).get("lr_decay", "none")
-    if decay != "none" and trainer.get("max_steps", -1) == -1:
-        raise ConfigError(f"optim.lr_decay={decay} decays to 0 at trainer.max_steps: set "
-                          f"trainer.max_steps=N")
     optimizer = make(cfg.optim, "optimizer")
     try:
         optimizer([torch.nn.Parameter(torch.zeros(1))])
