@@ -48,7 +48,10 @@ BF16_PEAK = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L40S": 362e12}
 
 def build(name: str, gpu: bool):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"backbone={name}", "~callbacks", "~logger", "~hydra"])
+        # warm-up only: the plain loop builds the schedule without a trainer, so it cannot
+        # know the run's length; the schedule's shape costs nothing per step either way
+        cfg = compose("train", overrides=[f"backbone={name}", "~callbacks", "~logger", "~hydra",
+                                          "optim.lr_decay=none"])
     shape = tuple(cfg.backbone.get("data_shape") or (1, 28, 28))
     module = build_module(cfg, shape, num_classes=0)
     return module, shape

@@ -36,6 +36,8 @@ import abc
 import torch
 from torch import Tensor
 
+from scorelab.checks import check_value, number
+
 
 class Head(abc.ABC):
     name: str = ""
@@ -137,8 +139,7 @@ class EDMHead(Head):
     name = "edm"
 
     def __init__(self, sigma_data: float = 0.5):
-        if not sigma_data > 0:
-            raise ValueError(f"head.sigma_data must be > 0, got {sigma_data}")
+        check_value("head.sigma_data", sigma_data, number(0, lo_open=True))
         self.sigma_data = float(sigma_data)
 
     def _skip_out(self, alpha, sigma):

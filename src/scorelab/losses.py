@@ -35,6 +35,7 @@ import abc
 import torch
 from torch import Tensor
 
+from scorelab.checks import check_values, number, one_of
 from scorelab.errors import ConfigError
 from scorelab.sde import SDE, _bcast
 from scorelab.score import ScoreModel
@@ -102,17 +103,12 @@ class DSMLoss(DenoisingLoss):
                  time_sampling: str = "uniform", p_mean: float = -1.2, p_std: float = 1.2,
                  gamma: float = 5.0):
         super().__init__(reduce)
-        if weighting not in self.WEIGHTINGS:
-            raise ValueError(f"loss.weighting must be one of {self.WEIGHTINGS}, got {weighting!r}")
-        if time_sampling not in self.TIME_SAMPLINGS:
-            raise ValueError(f"loss.time_sampling must be one of {self.TIME_SAMPLINGS}, "
-                             f"got {time_sampling!r}")
-        if not 0 <= eps < 1:
-            raise ValueError(f"loss.eps must be in [0, 1), got {eps}")
-        if not p_std > 0:
-            raise ValueError(f"loss.p_std must be > 0, got {p_std}")
-        if not gamma > 0:
-            raise ValueError(f"loss.gamma must be > 0, got {gamma}")
+        check_values("loss", dict(weighting=weighting, time_sampling=time_sampling, eps=eps,
+                                  p_mean=p_mean, p_std=p_std, gamma=gamma),
+                     {"weighting": one_of(self.WEIGHTINGS, "weighting"),
+                      "time_sampling": one_of(self.TIME_SAMPLINGS, "time sampling"),
+                      "eps": number(0, 1, hi_open=True), "p_mean": number(),
+                      "p_std": number(0, lo_open=True), "gamma": number(0, lo_open=True)})
         self.weighting = weighting
         self.eps = float(eps)
         self.time_sampling = time_sampling

@@ -8,6 +8,7 @@ from typing import Callable
 import lightning as L
 import torch
 
+from scorelab.checks import check_value, one_of
 from scorelab.errors import NonFiniteLossError
 from scorelab.losses import DenoisingLoss
 from scorelab.sampling import SampleResult, sample
@@ -16,6 +17,7 @@ from scorelab.speed import fused_optimizer
 
 
 LR_DECAYS = ("none", "cosine", "linear")
+LR_DECAY_RULE = one_of(LR_DECAYS, "learning-rate decay")
 
 
 def lr_factor(step: int, warmup: int, total: int, decay: str = "none") -> float:
@@ -59,9 +61,7 @@ class DiffusionModule(L.LightningModule):
                  warmup_steps: int = 0, sampler: dict | None = None, config: dict | None = None,
                  fused_optimizer: bool | str = "auto", lr_decay: str = "none"):
         super().__init__()
-        if lr_decay not in LR_DECAYS:
-            raise ValueError(f"optim.lr_decay must be one of {', '.join(LR_DECAYS)}, "
-                             f"got {lr_decay!r}")
+        check_value("optim.lr_decay", lr_decay, LR_DECAY_RULE)
         self.lr_decay = lr_decay
         loss.check(model.sde)
         self.model = model

@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from scorelab.checks import check_value, one_of
 from scorelab.heads import Head
 from scorelab.sde import SDE, _bcast
 
@@ -43,9 +44,7 @@ class ScoreModel(nn.Module):
     def __init__(self, backbone: nn.Module, head: Head, sde: SDE, input_scaling: bool = True,
                  noise_label: str = "sde"):
         super().__init__()
-        if noise_label not in NOISE_LABELS:
-            raise ValueError(f"noise_label must be one of {', '.join(NOISE_LABELS)}, "
-                             f"got {noise_label!r}")
+        check_value("noise_label", noise_label, one_of(NOISE_LABELS, "noise label"))
         self.backbone = backbone
         self.head = head
         self.sde = sde

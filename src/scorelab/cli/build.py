@@ -11,9 +11,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from scorelab.data import DiffusionDataModule
-from scorelab.checks import Rule, check_value, integer, one_of, optional, positive
+from scorelab.checks import Rule, check_value, integer, optional, positive
 from scorelab.errors import ConfigError, ScorelabError
-from scorelab.module import LR_DECAYS, DiffusionModule
+from scorelab.module import LR_DECAY_RULE, DiffusionModule
 from scorelab.sampling import check_options, get_sampler
 from scorelab.score import ScoreModel
 
@@ -75,7 +75,7 @@ _LIMIT = Rule(lambda v: v == -1 or (isinstance(v, int) and not isinstance(v, boo
 # Values of train.py's config that no constructor sees before training starts.
 TRAIN_RULES = {"seed": integer(), "num_samples": integer(1),
                "optim.warmup_steps": integer(0), "optim.optimizer.lr": positive(),
-               "optim.lr_decay": one_of(LR_DECAYS, "optim.lr_decay"),
+               "optim.lr_decay": LR_DECAY_RULE,
                "trainer.max_steps": _LIMIT, "trainer.max_epochs": optional(_LIMIT),
                "trainer.log_every_n_steps": integer(1),
                "trainer.gradient_clip_val": optional(positive())}
