@@ -204,7 +204,7 @@ def test_existing_run_is_never_overwritten_and_resume_continues(trained):
     (["data=digits", "backbone=ddpmpp_mnist"], "built for inputs [1, 28, 28]"),
     (["speed.compile=yes"], "speed.compile must be true, false or auto"),
     (["noise_label=log_sigma", "backbone=ncsnpp_mnist"], "noise_label=log_sigma is a log"),
-    (["noise_label=time"], "noise_label: unknown noise label 'time'"),
+    (["noise_label=foo"], "noise_label: unknown noise label 'foo'"),
     (["head=edm", "head.sigma_data=0"], "head.sigma_data: must be a number > 0"),
     (["loss.time_sampling=beta"], "loss.time_sampling: unknown time sampling 'beta'"),
     (["optim.lr_decay=step"], "optim.lr_decay: unknown learning-rate decay 'step'"),

@@ -79,8 +79,11 @@ def test_noise_labels(name):
     edm = ScoreModel(net, get_head("eps"), sde, noise_label="log_sigma")
     torch.testing.assert_close(edm.noise_label(t, alpha, sigma),
                                0.25 * torch.log(sigma[:, 0] / alpha[:, 0]))
+    torch.testing.assert_close(
+        ScoreModel(net, get_head("eps"), sde, noise_label="time").noise_label(t, alpha, sigma),
+        999 * t)
     with pytest.raises(ValueError, match="noise_label"):
-        ScoreModel(net, get_head("eps"), sde, noise_label="time")
+        ScoreModel(net, get_head("eps"), sde, noise_label="foo")
 
 
 class _Fixed(torch.nn.Module):
@@ -188,3 +191,24 @@ def test_edm_recipe_composes_and_trains_on_the_toy(tmp_path):
               enable_model_summary=False, limit_val_batches=0, accelerator="cpu").fit(
         module, datamodule=dm)
     assert val_loss() < 0.9 * before
+
+
+def test_checkpoints_from_before_the_label_choice_load_with_the_time_label(tmp_path):
+    """A stored config without ``noise_label`` was trained with 999 t on every SDE."""
+    from test_config import compose_train
+    from omegaconf import OmegaConf
+
+    from scorelab.cli.build import LoadedCheckpoint, build_module
+
+    cfg = compose_train(["experiment=gmm_vp_eps", "sde=ve"], tmp_path)
+    module = build_module(cfg, (2,), 0, False)
+    stored = OmegaConf.to_container(cfg, resolve=True)
+    del stored["noise_label"]
+    path = tmp_path / "old.ckpt"
+    torch.save({"state_dict": module.state_dict(), "current_model_state": module.state_dict(),
+                "scorelab": {"config": stored, "data_shape": [2], "num_classes": 0,
+                             "is_image": False}}, path)
+    loaded = LoadedCheckpoint(str(path))
+    assert loaded.module.model.noise_label_kind == "time"
+    t = torch.tensor([0.5])
+    assert loaded.module.model.noise_label(t, *loaded.module.model.sde.alpha_sigma(t)) == 499.5

@@ -14,6 +14,8 @@ The noise label belongs to the preconditioning:
 
 * ``"sde"`` (Score SDE): the SDE's own ``noise_label(t)``: 999 t on VP / sub-VP (the DDPM
   step index), sigma(t) on VE (NCSN++'s Fourier embedding takes its log);
+* ``"time"``: 999 t on every SDE (on VE an affine function of log sigma; what checkpoints
+  written before the label became a choice were trained with);
 * ``"log_sigma"`` (EDM): c_noise = 1/4 log(sigma / alpha), the log of EDM's sigma, for any
   SDE. It is read off the same (alpha, sigma) the loss drew, so the discrete DDPM / SMLD
   losses label their own noise levels exactly.
@@ -28,7 +30,7 @@ from scorelab.checks import check_value, one_of
 from scorelab.heads import Head
 from scorelab.sde import SDE, _bcast
 
-NOISE_LABELS = ("sde", "log_sigma")
+NOISE_LABELS = ("sde", "time", "log_sigma")
 
 
 class ScoreModel(nn.Module):
@@ -38,7 +40,8 @@ class ScoreModel(nn.Module):
         head: a ``scorelab.heads.Head`` saying what the backbone's output means.
         sde: the forward SDE whose marginals the model is trained on.
         input_scaling: multiply the input by the head's c_in before the backbone.
-        noise_label: ``"sde"`` (Score SDE's label) or ``"log_sigma"`` (EDM's c_noise).
+        noise_label: ``"sde"`` (Score SDE's label), ``"time"`` (999 t) or ``"log_sigma"``
+            (EDM's c_noise).
     """
 
     def __init__(self, backbone: nn.Module, head: Head, sde: SDE, input_scaling: bool = True,
@@ -56,6 +59,8 @@ class ScoreModel(nn.Module):
         against the data or shaped like t)."""
         if self.noise_label_kind == "sde":
             return self.sde.noise_label(t)
+        if self.noise_label_kind == "time":
+            return self.sde.time_label(t)
         a, s = alpha.reshape(alpha.shape[0], -1)[:, 0], sigma.reshape(sigma.shape[0], -1)[:, 0]
         return 0.25 * (torch.log(s) - torch.log(a))
 

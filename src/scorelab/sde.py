@@ -88,7 +88,11 @@ class SDE(abc.ABC):
     def noise_label(self, t: Tensor) -> Tensor:
         """Score SDE's conditioning label: (N - 1) t / T, the DDPM timestep index for VP and
         sub-VP (999 t); VE overrides it with sigma(t). ``ScoreModel.noise_label`` chooses
-        between this and EDM's log-sigma label."""
+        between this, the time label and EDM's log-sigma label."""
+        return self.time_label(t)
+
+    def time_label(self, t: Tensor) -> Tensor:
+        """(N - 1) t / T on any SDE (scorelab's VE label before it followed Score SDE)."""
         return t * ((self.N - 1) / self.T)
 
     def discrete_index(self, t: Tensor) -> Tensor:

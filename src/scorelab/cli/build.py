@@ -182,6 +182,9 @@ class LoadedCheckpoint:
             raise ConfigError(f"ckpt={path}: not a scorelab checkpoint (no 'scorelab' entry)")
         self.path = p
         self.cfg = OmegaConf.create(meta["config"])
+        if "noise_label" not in self.cfg:
+            # written before the label was a choice: every SDE was labelled 999 t
+            self.cfg.noise_label = "time"
         self.data_shape = tuple(meta["data_shape"])
         self.num_classes = int(meta["num_classes"])
         self.is_image = bool(meta["is_image"])
