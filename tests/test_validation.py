@@ -1,8 +1,6 @@
 """Option values are checked when the config is built: bad values stop train.py at start-up
 with one line naming the key (exit status 2), before any training; the rules themselves."""
 
-import time
-
 import pytest
 
 from conftest import ROOT  # noqa: F401  (puts src/ on the path)
@@ -18,7 +16,7 @@ from test_cli import run
 
 
 @pytest.mark.parametrize("overrides, key", [
-    (["sampler.predictor=foo"], "sampler.predictor"),
+    (["sampler=pc_vp", "sampler.predictor=foo"], "sampler.predictor"),
     (["sampler=dpm_solver", "sampler.order=4"], "sampler.order"),
     (["sampler.grid=cosine"], "sampler.grid"),
     (["data=gmm", "data.n_components=0"], "data.n_components"),
@@ -26,17 +24,14 @@ from test_cli import run
     (["trainer.max_steps=0"], "trainer.max_steps"),
 ])
 def test_bad_value_stops_train_before_training(tmp_path, overrides, key):
-    start = time.perf_counter()
     proc = run("train.py", *overrides, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
                check=False)
-    seconds = time.perf_counter() - start
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("scorelab: error:")]
     assert len(lines) == 1 and key in lines[0], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     for produced in ("checkpoints", "csv", "samples.png", "metrics.json", "config.yaml"):
         assert not (tmp_path / "run" / produced).exists(), produced
-    assert seconds < 120          # start-up only (a training run takes minutes); not a benchmark
 
 
 def test_rules_and_their_messages():
