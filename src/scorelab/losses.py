@@ -115,7 +115,7 @@ class DSMLoss(DenoisingLoss):
         self.p_mean, self.p_std, self.gamma = float(p_mean), float(p_std), float(gamma)
 
     def draw(self, sde, n, device, generator, dtype=torch.float32):
-        lo = max(self.eps, 0.0)
+        lo = self.eps            # validated to lie in [0, 1)
         if self.time_sampling == "uniform":
             t = torch.rand(n, generator=generator, device=device, dtype=dtype) * (sde.T - lo) + lo
         else:
