@@ -10,17 +10,28 @@ sys.path.insert(0, str(ROOT / "src"))
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
+from scorelab.paths import CosinePath, LinearPath  # noqa: E402
 from scorelab.sde import SubVPSDE, VESDE, VPSDE  # noqa: E402
 
 
 def all_sdes():
-    """One of each SDE family (VE with a sigma_max suited to unit-scale data)."""
+    """One of each SDE family (VE with a sigma_max suited to unit-scale data) and each
+    flow-matching path."""
     return {
         "vp": VPSDE(),
         "vp_cosine": VPSDE(schedule="cosine"),
         "subvp": SubVPSDE(),
         "ve": VESDE(sigma_min=0.01, sigma_max=50.0),
+        "linear": LinearPath(),
+        "cosine": CosinePath(),
     }
+
+
+def oracle(gmm, sde):
+    """The exact model of a mixture: a plain score function on the SDEs (the wrapped
+    user-code path), the exact denoiser on paths with alpha(T) = 0, where x0 cannot be read
+    off a score."""
+    return gmm.prediction_fn(sde) if sde.alpha_vanishes else gmm.score_fn(sde)
 
 
 @pytest.fixture(params=list(all_sdes()))

@@ -208,6 +208,10 @@ def test_existing_run_is_never_overwritten_and_resume_continues(trained):
     (["head=edm", "head.sigma_data=0"], "head.sigma_data: must be a number > 0"),
     (["loss.time_sampling=beta"], "loss.time_sampling: unknown time sampling 'beta'"),
     (["optim.lr_decay=step"], "optim.lr_decay: unknown learning-rate decay 'step'"),
+    (["path=linear", "head=eps"], "head=eps cannot give x0 where alpha = 0"),
+    (["path=linear", "sampler=pc_vp"], "the path's g(t) is infinite at t = T"),
+    (["path=linear", "sampler=pc"], "predictor=reverse_diffusion needs alpha(T) > 0"),
+    (["sde=ve", "path=linear"], "path=linear and sde=ve disagree"),
     (["conditional=true", "data=gmm", "backbone=mlp", "data.n_samples=500", "trainer.max_steps=1"],
      None),
 ])
@@ -221,6 +225,40 @@ def test_bad_config_fails_at_startup_with_one_message(tmp_path, overrides, needl
     assert needle in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+FM = ["experiment=digits_fm", "backbone.channels=8", "trainer.max_steps=40",
+      "trainer.val_check_interval=20", "sampler.steps=5", "num_samples=9",
+      "callbacks.sample_grid=null", "callbacks.progress.refresh_rate=50"]
+
+
+def test_flow_matching_trains_samples_and_evaluates(tmp_path, one_thread):
+    """digits_fm (linear path, velocity head, flow-matching loss) through the command line:
+    the flow ODE in training, then every sampler family from the checkpoint, from alpha = 0,
+    and its bits/dim through the same PF-ODE code."""
+    run("train.py", *FM, f"hydra.run.dir={tmp_path / 'fm'}", cwd=tmp_path, threads=1)
+    m = json.loads((tmp_path / "fm/metrics.json").read_text())
+    assert m["sampler"]["name"] == "ode" and m["nfe"] == 10 and np.isfinite(m["val_loss"])
+    ckpt = tmp_path / "fm/checkpoints/last.ckpt"
+    for i, sampler in enumerate([["sampler=euler", "sampler.steps=6"],
+                                 ["sampler=dpm_solver", "sampler.steps=6"],
+                                 ["sampler=ddim", "sampler.steps=6"],
+                                 ["sampler=edm", "sampler.steps=3"],
+                                 ["sampler=sde_sigma", "sampler.steps=6"],
+                                 ["sampler=ode", "sampler.rtol=1e-3", "sampler.atol=1e-3"]]):
+        run("sample.py", f"ckpt={ckpt}", *sampler, "num_samples=6",
+            f"hydra.run.dir={tmp_path / f's{i}'}", cwd=tmp_path, threads=1)
+        x = np.load(tmp_path / f"s{i}/samples.npz")["samples"]
+        assert x.shape == (6, 1, 8, 8) and np.isfinite(x).all(), sampler
+    run("evaluate.py", f"ckpt={ckpt}", "metrics=[bpd]", "metrics.bpd.num_examples=4",
+        "metrics.bpd.chunk=2", "metrics.bpd.rtol=1e-4", "metrics.bpd.atol=1e-4",
+        "num_samples=0", f"hydra.run.dir={tmp_path / 'ev'}", cwd=tmp_path, threads=1)
+    bpd = json.loads((tmp_path / "ev/metrics.json").read_text())["bpd"]
+    assert 0 < bpd < 20
+    bad = run("sample.py", f"ckpt={ckpt}", "sampler=pc_vp", f"hydra.run.dir={tmp_path / 'b'}",
+              cwd=tmp_path, check=False)
+    assert bad.returncode != 0 and "g(t) is infinite" in bad.stderr
+    assert "Traceback" not in bad.stderr
 
 
 DIT = ["experiment=digits_ve_eps", "backbone=dit_digits", "conditional=true",

@@ -52,14 +52,48 @@ def test_command_line_overrides_beat_experiment(tmp_path):
     assert cfg.sde._target_.endswith("SubVPSDE") and cfg.head.name == "x0"
 
 
+def test_path_is_another_name_for_the_sde_group(tmp_path):
+    from scorelab.cli.build import check_path_choice
+
+    cfg = compose_train(["path=linear"], tmp_path)
+    assert cfg.sde._target_.endswith("LinearPath")
+    check_path_choice()
+    # over an experiment's SDE too
+    cfg = compose_train(["experiment=mnist5k_vp_eps", "path=cosine"], tmp_path)
+    assert cfg.sde._target_.endswith("CosinePath")
+    check_path_choice()
+    assert options("path") == options("sde")
+    compose_train(["sde=ve", "path=linear"], tmp_path)
+    with pytest.raises(ConfigError, match="path=linear and sde=ve disagree"):
+        check_path_choice()
+
+
+def test_flow_matching_experiments_compose(tmp_path):
+    for name in ("gmm_fm", "digits_fm", "mnist5k_fm"):
+        cfg = compose_train([f"experiment={name}"], tmp_path)
+        assert cfg.sde._target_.endswith("LinearPath") and cfg.head.name == "velocity"
+        assert cfg.loss.weighting == "velocity" and cfg.sampler.name == "ode"
+    # the MNIST-5k one differs from the default run only where flow matching does
+    fm, default = compose_train(["experiment=mnist5k_fm"], tmp_path), compose_train([], tmp_path)
+    for key in ("data", "backbone", "optim", "trainer"):
+        assert fm[key] == default[key]
+
+
 @pytest.mark.parametrize("sde", options("sde"))
 @pytest.mark.parametrize("head", options("head"))
 def test_sde_x_head_trains_on_toy(tmp_path, sde, head):
+    # the toy's Euler–Maruyama sampler needs a finite g(T); flow paths take SiT's diffusion
+    flow = sde in ("linear", "cosine")
     cfg = compose_train(["experiment=gmm_vp_eps", f"sde={sde}", f"head={head}",
-                         "data.n_samples=2000", "sde.N=100"], tmp_path)
+                         "data.n_samples=2000", "sde.N=100"]
+                        + (["sampler=sde_sigma"] if flow else []), tmp_path)
     L.seed_everything(0, verbose=False)
     dm = build_datamodule(cfg)
     dm.setup("fit")
+    if flow and head in ("eps", "score"):
+        with pytest.raises(ConfigError, match=f"head={head} cannot give x0 where alpha = 0"):
+            build_module(cfg, dm.shape, dm.num_classes, dm.is_image)
+        return
     module = build_module(cfg, dm.shape, dm.num_classes, dm.is_image)
     x = torch.stack([dm.val_set[i][0] for i in range(len(dm.val_set))])
 

@@ -9,6 +9,7 @@ from torch import nn
 from scorelab.heads import HEADS, get_head
 from scorelab.losses import DDPMLoss, DSMLoss, IncompatibleError, SMLDLoss
 from scorelab.score import ScoreModel
+from scorelab.paths import CosinePath, LinearPath
 from scorelab.sde import SubVPSDE, VESDE, VPSDE
 
 
@@ -18,12 +19,29 @@ def test_round_trip_exact(sde, head_name):
     x0 = torch.randn(64, 3, dtype=torch.float64)
     noise = torch.randn(64, 3, dtype=torch.float64)
     t = torch.rand(64, dtype=torch.float64) * (1 - 1e-3) + 1e-3
-    alpha, sigma = (v[:, None] for v in sde.alpha_sigma(t))
+    c = sde.coefficients(t, like=x0)
+    alpha, sigma = c[:2]
     x = alpha * x0 + sigma * noise
-    out = head.target(x0, noise, alpha, sigma)
-    torch.testing.assert_close(head.to_x0(out, x, alpha, sigma), x0)
-    torch.testing.assert_close(head.to_eps(out, x, alpha, sigma), noise)
-    torch.testing.assert_close(head.to_score(out, x, alpha, sigma), -noise / sigma)
+    out = head.target(x0, noise, *c)
+    torch.testing.assert_close(head.to_x0(out, x, *c), x0)
+    torch.testing.assert_close(head.to_eps(out, x, *c), noise)
+    torch.testing.assert_close(head.to_score(out, x, *c), -noise / sigma)
+
+
+@pytest.mark.parametrize("head_name", [name for name, cls in HEADS.items()
+                                       if cls.x0_at_pure_noise])
+@pytest.mark.parametrize("path", [LinearPath(), CosinePath()], ids=["linear", "cosine"])
+def test_round_trip_at_pure_noise(path, head_name):
+    # At t = T, alpha = 0: every head but eps and score still gives x0 exactly.
+    head = get_head(head_name)
+    x0 = torch.randn(8, 3, dtype=torch.float64)
+    noise = torch.randn(8, 3, dtype=torch.float64)
+    c = path.coefficients(torch.ones(8, dtype=torch.float64), like=x0)
+    assert (c[0] == 0).all()
+    x = c[1] * noise
+    out = head.target(x0, noise, *c)
+    torch.testing.assert_close(head.to_x0(out, x, *c), x0)
+    torch.testing.assert_close(head.to_eps(out, x, *c), noise)
 
 
 def test_v_head_general_alpha_sigma():
@@ -59,13 +77,14 @@ class OracleBackbone(nn.Module):
         else:                              # 999 t
             t = label * self.sde.T / (self.sde.N - 1)
         alpha, sigma = (v[:, None] for v in self.coeffs(t))
+        d_alpha, d_sigma = (v[:, None] for v in self.sde.derivatives(t))
         x = x_in / self.head.c_in(alpha, sigma)
         noise = (x - alpha * self.c) / sigma
-        return self.head.target(self.c.expand_as(x), noise, alpha, sigma)
+        return self.head.target(self.c.expand_as(x), noise, alpha, sigma, d_alpha, d_sigma)
 
 
 @pytest.mark.parametrize("head_name", list(HEADS))
-@pytest.mark.parametrize("weighting", ["none", "likelihood"])
+@pytest.mark.parametrize("weighting", ["none", "likelihood", "velocity"])
 def test_dsm_loss_zero_at_exact_target(sde, head_name, weighting):
     head = get_head(head_name)
     c = torch.randn(1, 4, dtype=torch.float64)

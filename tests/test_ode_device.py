@@ -4,6 +4,7 @@ the host, both against the Gaussian-mixture oracle's exact density."""
 import pytest
 import torch
 
+from conftest import oracle
 from scorelab.likelihood import log_likelihood
 from scorelab.mixture import GaussianMixture
 from scorelab.sampling import sample
@@ -28,7 +29,7 @@ def test_solvers_agree_on_a_linear_ode_with_a_closed_form():
 
 def test_ode_samples_from_the_same_start_agree(gmm, sde):
     x_init = sde.prior_sampling((400, 2), generator=torch.Generator().manual_seed(0))
-    res = {s: sample(gmm.score_fn(sde), sde, (400, 2), sampler="ode", steps=1,
+    res = {s: sample(oracle(gmm, sde), sde, (400, 2), sampler="ode", steps=1,
                      x_init=x_init.clone(), method="rk45", rtol=1e-5, atol=1e-5, solver=s)
            for s in SOLVERS}
     a, b = res["torchdiffeq"].x, res["scipy"].x
@@ -42,7 +43,7 @@ def test_log_likelihoods_agree_and_match_the_exact_density(gmm, sde):
     exact = gmm.log_prob_fn(sde)(x, torch.full((100,), 1e-5))
     logp = {}
     for s in SOLVERS:
-        res = log_likelihood(gmm.score_fn(sde), sde, x, divergence="exact", rtol=1e-6,
+        res = log_likelihood(oracle(gmm, sde), sde, x, divergence="exact", rtol=1e-6,
                              atol=1e-6, solver=s)
         logp[s] = res.logp
         assert res.nfe > 0

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from conftest import oracle
 from scorelab.mixture import GaussianMixture
 from scorelab.sampling import GRIDS, SAMPLERS, make_grid, sample, sampler_options
 
@@ -57,7 +58,13 @@ def true_vs_true(gmm):
 def test_exact_score_reproduces_mixture(gmm, true_vs_true, sde, config):
     name, options, steps = CONFIGS[config]
     truth, floor = true_vs_true
-    res = sample(gmm.score_fn(sde), sde, (N, 2), sampler=name, steps=steps,
+    if sde.alpha_vanishes and options.get("predictor") == "reverse_diffusion":
+        with pytest.raises(ValueError, match="reverse_diffusion needs alpha"):
+            sample(oracle(gmm, sde), sde, (8, 2), sampler=name, steps=steps, **options)
+        return
+    if sde.alpha_vanishes and name == "pc" and options["predictor"] == "euler_maruyama":
+        options = {**options, "diffusion": "sigma"}      # g(T) is infinite there
+    res = sample(oracle(gmm, sde), sde, (N, 2), sampler=name, steps=steps,
                  generator=torch.Generator().manual_seed(0), **options)
     assert torch.isfinite(res.x).all()
     assert energy_distance(res.x, truth) < 4 * max(floor, 1e-3)
@@ -72,7 +79,7 @@ def test_annealed_langevin_alone_on_ve(gmm):
     from scorelab.sde import VESDE
 
     sde = VESDE(sigma_min=0.01, sigma_max=5.0)
-    res = sample(gmm.score_fn(sde), sde, (N, 2), sampler="pc", predictor="none",
+    res = sample(oracle(gmm, sde), sde, (N, 2), sampler="pc", predictor="none",
                  corrector="ald", snr=0.1, n_steps=5, steps=200,
                  generator=torch.Generator().manual_seed(0))
     assert_mode_weights(res.x, gmm)
@@ -80,7 +87,7 @@ def test_annealed_langevin_alone_on_ve(gmm):
 
 
 def test_nfe_counts(gmm, sde):
-    score = gmm.score_fn(sde)
+    score = oracle(gmm, sde)
 
     def nfe(name, steps, **kw):
         calls = []
@@ -88,10 +95,12 @@ def test_nfe_counts(gmm, sde):
                      steps=steps, **kw)
         assert res.nfe == len(calls)
         return res.nfe
-    assert nfe("pc", 10) == 11
-    assert nfe("pc", 10, corrector="langevin", n_steps=2) == 31
+    pc = {"diffusion": "sigma"} if sde.alpha_vanishes else {}
+    assert nfe("pc", 10, **pc) == 11
+    assert nfe("pc", 10, corrector="langevin", n_steps=2, **pc) == 31
     assert nfe("ode", 10, method="heun") == 20
-    assert nfe("ddim", 10) == 10 and nfe("dpm_solver", 10) == 10 and nfe("edm", 10) == 20
+    assert nfe("ddim", 10) == 10 and nfe("dpm_solver", 10) == 10
+    assert nfe("edm", 10) == 20 - sde.alpha_vanishes     # from alpha = 0: one Euler step
 
 
 # Deterministic samplers: (sampler, options, order of convergence in the step count).
@@ -126,12 +135,12 @@ def test_deterministic_samplers_converge_to_the_exact_pf_ode_map(sde, one_thread
     gauss = GaussianMixture(mean, torch.tensor([std]))
     x_init = sde.prior_sampling((64, 2), generator=torch.Generator().manual_seed(3)).double()
     exact = gaussian_flow_map(sde, x_init, mean, std, sde.sampling_eps)
-    res = sample(gauss.score_fn(sde), sde, None, "ode", x_init=x_init, method="rk45",
+    res = sample(oracle(gauss, sde), sde, None, "ode", x_init=x_init, method="rk45",
                  rtol=1e-7, atol=1e-7)
     assert res.x.dtype == torch.float64
     torch.testing.assert_close(res.x, exact, rtol=0, atol=1e-5)
     for name, (sampler, options, order) in DETERMINISTIC.items():
-        errors = [(sample(gauss.score_fn(sde), sde, None, sampler, steps=steps,
+        errors = [(sample(oracle(gauss, sde), sde, None, sampler, steps=steps,
                           x_init=x_init, **options).x - exact).abs().max().item()
                   for steps in (40, 80)]
         assert errors[1] < 0.5 and errors[0] / errors[1] > 0.8 * 2 ** order, (name, errors)
@@ -139,16 +148,17 @@ def test_deterministic_samplers_converge_to_the_exact_pf_ode_map(sde, one_thread
 
 def test_generator_makes_stochastic_sampling_reproducible(gmm, sde):
     def draw(seed):
-        return sample(gmm.score_fn(sde), sde, (16, 2), "pc", steps=20,
-                      generator=torch.Generator().manual_seed(seed)).x
+        pc = {"diffusion": "sigma"} if sde.alpha_vanishes else {}
+        return sample(oracle(gmm, sde), sde, (16, 2), "pc", steps=20,
+                      generator=torch.Generator().manual_seed(seed), **pc).x
     torch.testing.assert_close(draw(4), draw(4), rtol=0, atol=0)
     assert (draw(4) - draw(5)).abs().min() > 0         # the generator drives every draw
 
 
 def test_ddim_eta0_is_dpm_solver_order1(gmm, sde):
     x_init = sde.prior_sampling((32, 2), generator=torch.Generator().manual_seed(5))
-    a = sample(gmm.score_fn(sde), sde, None, "ddim", steps=15, x_init=x_init, grid="logsnr").x
-    b = sample(gmm.score_fn(sde), sde, None, "dpm_solver", steps=15, x_init=x_init, order=1).x
+    a = sample(oracle(gmm, sde), sde, None, "ddim", steps=15, x_init=x_init, grid="logsnr").x
+    b = sample(oracle(gmm, sde), sde, None, "dpm_solver", steps=15, x_init=x_init, order=1).x
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
@@ -159,6 +169,10 @@ def test_grids_run_from_T_to_eps(sde, grid):
     assert torch.all(ts[1:] < ts[:-1])
     if grid == "logsnr":
         lam = sde.log_snr(ts.double())
+        if sde.alpha_vanishes:      # lambda(T) = -inf: equal steps from t_1 on
+            assert lam[0] == float("-inf")
+            assert ts[1].item() == pytest.approx(1 - (1 - 1e-3) / 25)
+            lam = lam[1:]
         steps = lam[1:] - lam[:-1]
         torch.testing.assert_close(steps, steps.mean().expand_as(steps), rtol=1e-3, atol=1e-4)
 
@@ -170,37 +184,44 @@ def test_t_from_log_snr_inverts_log_snr(sde):
 
 def test_unknown_sampler_option_and_component_errors(gmm, sde):
     with pytest.raises(ValueError, match="known samplers: .*dpm_solver"):
-        sample(gmm.score_fn(sde), sde, (4, 2), sampler="heun")
+        sample(oracle(gmm, sde), sde, (4, 2), sampler="heun")
     with pytest.raises(ValueError, match="no option.*snr.*options are: method"):
-        sample(gmm.score_fn(sde), sde, (4, 2), sampler="ode", snr=0.1)
+        sample(oracle(gmm, sde), sde, (4, 2), sampler="ode", snr=0.1)
     with pytest.raises(ValueError, match="unknown predictor 'ddpm'"):
-        sample(gmm.score_fn(sde), sde, (4, 2), sampler="pc", predictor="ddpm")
+        sample(oracle(gmm, sde), sde, (4, 2), sampler="pc", predictor="ddpm")
     with pytest.raises(ValueError, match="unknown time grid"):
-        sample(gmm.score_fn(sde), sde, (4, 2), sampler="ddim", grid="cosine")
+        sample(oracle(gmm, sde), sde, (4, 2), sampler="ddim", grid="cosine")
     assert set(SAMPLERS) == {"pc", "ode", "ddim", "edm", "dpm_solver"}
     assert sampler_options("ddim") == ["eta"]
 
 
-def test_trained_mlp_against_the_mixture_oracle(gmm, one_thread):
+@pytest.mark.parametrize("recipe", ["vp_eps_dsm", "linear_velocity_flow_matching"])
+def test_trained_mlp_against_the_mixture_oracle(gmm, recipe, one_thread):
     """DESIGN §6: with a trained network, the gap to the oracle is the training error.
-    The MLP backbone (eps head, VP, DSM loss) trained for 2,000 seeded steps on fresh
-    mixture draws (~8 s on one thread) must sample the mixture (energy distance within 6x
-    the true-vs-true floor; measured 2.5-2.9x over training seeds 0-2) with the right mode
-    weights, and its PF-ODE NLL of true samples must lie within 0.6 nats/dim of the exact
-    density's (measured 0.26-0.34) and not below it (cross-entropy >= entropy).
-    An untrained MLP gives 77,000x and 6.2 nats/dim, the trained net read through the wrong
-    head (v) 15x and 1.9 nats/dim, 500 training steps 11x: all fail."""
+    The MLP backbone trained for 2,000 seeded steps on fresh mixture draws (~8 s on one
+    thread), by diffusion (eps head, VP, DSM loss) or by flow matching (velocity head,
+    linear path, conditional flow-matching loss), must sample the mixture (energy distance
+    within 6x the true-vs-true floor; measured 2.5-2.9x for diffusion and 1.8-2.1x for flow
+    matching over training seeds 0-2) with the right mode weights, and its PF-ODE NLL of
+    true samples must lie within 0.6 nats/dim of the exact density's (measured 0.26-0.34 and
+    0.19-0.24) and not below it (cross-entropy >= entropy).
+    An untrained MLP gives 77,000x and 6.2 nats/dim, the trained eps net read through the
+    wrong head (v) 15x and 1.9 nats/dim, 500 training steps 11x: all fail."""
     from scorelab.heads import get_head
     from scorelab.likelihood import log_likelihood
     from scorelab.losses import DSMLoss
     from scorelab.nets.mlp import MLP
+    from scorelab.paths import LinearPath
     from scorelab.score import ScoreModel
     from scorelab.sde import VPSDE
 
-    sde, steps, lr = VPSDE(), 2000, 3e-3
+    steps, lr = 2000, 3e-3
+    if recipe == "vp_eps_dsm":
+        sde, head, loss_fn = VPSDE(), "eps", DSMLoss()
+    else:
+        sde, head, loss_fn = LinearPath(), "velocity", DSMLoss(weighting="velocity")
     torch.manual_seed(0)
-    model = ScoreModel(MLP((2,), width=128, depth=3, emb_dim=64), get_head("eps"), sde)
-    loss_fn = DSMLoss()
+    model = ScoreModel(MLP((2,), width=128, depth=3, emb_dim=64), get_head(head), sde)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.1)
     gen = torch.Generator().manual_seed(0)
@@ -217,13 +238,13 @@ def test_trained_mlp_against_the_mixture_oracle(gmm, one_thread):
     truth, _ = gmm.sample(n, torch.Generator().manual_seed(1))
     other, _ = gmm.sample(n, torch.Generator().manual_seed(2))
     floor = energy_distance(truth, other)
-    res = sample(model.score_fn, sde, (n, 2), sampler="dpm_solver", steps=20,
+    res = sample(model.prediction_fn(), sde, (n, 2), sampler="dpm_solver", steps=20,
                  generator=torch.Generator().manual_seed(0))
     assert energy_distance(res.x, truth) < 6 * floor
     assert_mode_weights(res.x, gmm)
 
     x, _ = gmm.sample(100, torch.Generator().manual_seed(3))
-    model_logp = log_likelihood(model.score_fn, sde, x, divergence="exact", rtol=1e-3,
+    model_logp = log_likelihood(model.prediction_fn(), sde, x, divergence="exact", rtol=1e-3,
                                 atol=1e-3).logp
     gap = (gmm.log_prob(x) - model_logp) / 2                 # nats per dimension, per point
     stderr = gap.std() / len(gap) ** 0.5

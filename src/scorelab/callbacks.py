@@ -266,7 +266,7 @@ class BitsPerDimCallback(_MetricCallback):
                         "bits/dim examples" if pl_module.is_image else "NLL examples")
         try:
             local, nfe = heldout_bits_per_dim(
-                lambda yb: model.conditional_score_fn(yb if pl_module.conditional else None),
+                lambda yb: model.prediction_fn(yb if pl_module.conditional else None),
                 model.sde, x, y, self.chunk, self.seed, pl_module.is_image,
                 trainer.global_rank, trainer.world_size, progress=bar, **self.likelihood)
         finally:

@@ -3,6 +3,9 @@ the instantaneous change of variables of Chen et al. 2018):
 
     log p_0(x) = log p_T(x(T)) + int_eps^T div v(x(t), t) dt,   v = f - 1/2 g^2 score,
 
+v being the prediction's velocity alpha' x0_hat + sigma' eps_hat, so the same code gives the
+likelihood of a flow-matching model (a path with alpha(T) = 0; its prior N(0, sigma(T)^2)).
+
 integrated from x(eps) = x to T together with the divergence, by adaptive Dormand–Prince
 (``solver``: torchdiffeq's dopri5 on the data's device, default, or scipy's RK45 on the host;
 see ``scorelab.sampling.ode_solvers``).
@@ -26,7 +29,8 @@ import torch
 from torch import Tensor
 
 from scorelab.checks import check_values, integer, number, one_of
-from scorelab.sampling.ode_solvers import SOLVERS, probability_flow_drift, solve_ode
+from scorelab.prediction import as_prediction_fn
+from scorelab.sampling.ode_solvers import SOLVERS, solve_ode, velocity_field
 
 DIVERGENCES = ("hutchinson", "exact")
 PROBES = ("rademacher", "gaussian")
@@ -82,15 +86,15 @@ def draw_probes(x: Tensor, n_probes: int, probe: str, generator=None) -> Tensor:
     return z.sign() if probe == "rademacher" else z
 
 
-def log_likelihood(score_fn, sde, x: Tensor, divergence: str = "hutchinson",
+def log_likelihood(model, sde, x: Tensor, divergence: str = "hutchinson",
                    n_probes: int = 1, probe: str = "rademacher", eps: float = 1e-5,
                    rtol: float = 1e-5, atol: float = 1e-5, solver: str = "torchdiffeq",
                    generator: torch.Generator | None = None) -> LikelihoodResult:
     """Per-sample log p(x) in nats under the model's probability-flow ODE.
 
     Args:
-        score_fn: differentiable ``score_fn(x, t)``.
-        sde: the forward SDE.
+        model: differentiable ``model(x, t)`` returning a ``Prediction`` or a score.
+        sde: the forward SDE or path.
         x: data in model space [B, ...].
         divergence: "hutchinson" (any dimension) or "exact" (low dimension).
         n_probes: Hutchinson probes averaged at every evaluation.
@@ -102,7 +106,7 @@ def log_likelihood(score_fn, sde, x: Tensor, divergence: str = "hutchinson",
     """
     check_likelihood_options(dict(divergence=divergence, n_probes=n_probes, probe=probe,
                                   eps=eps, rtol=rtol, atol=atol, solver=solver))
-    drift = probability_flow_drift(sde, score_fn)
+    drift = velocity_field(as_prediction_fn(model, sde))
     batch, dims = x.shape[0], x[0].numel()
     probes = draw_probes(x, n_probes, probe, generator) if divergence == "hutchinson" else None
 
@@ -120,7 +124,7 @@ def log_likelihood(score_fn, sde, x: Tensor, divergence: str = "hutchinson",
     return LikelihoodResult(sde.prior_logp(z) + end[:, dims], nfe, z)
 
 
-def bits_per_dim(score_fn, sde, images: Tensor, n_bits: int = 8, dequantize: bool = True,
+def bits_per_dim(model, sde, images: Tensor, n_bits: int = 8, dequantize: bool = True,
                  generator: torch.Generator | None = None, **kwargs) -> tuple[Tensor, int]:
     """Per-sample bits/dim of images with values k / (2^n_bits - 1) in [0, 1] (e.g. a
     torchvision ``ToTensor`` output), through ``log_likelihood`` (``kwargs``)."""
@@ -131,7 +135,7 @@ def bits_per_dim(score_fn, sde, images: Tensor, n_bits: int = 8, dequantize: boo
         unit = (k + u) / bins
     else:
         unit = images
-    res = log_likelihood(score_fn, sde, 2 * unit - 1, generator=generator, **kwargs)
+    res = log_likelihood(model, sde, 2 * unit - 1, generator=generator, **kwargs)
     dims = images[0].numel()
     bpd = -(res.logp + dims * math.log(2)) / (dims * math.log(2)) + n_bits
     return bpd, res.nfe

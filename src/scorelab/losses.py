@@ -11,7 +11,12 @@ x_t = alpha x0 + sigma z; they differ in how the noise level is drawn.
       weighting="min_snr":    E min(SNR, gamma) || x0_hat - x0 ||^2, SNR = alpha^2 / sigma^2
                               (Hang et al. 2023). In each head's own space this is the
                               paper's per-head weight: eps min(SNR, gamma) / SNR, x0
-                              min(SNR, gamma), v min(SNR, gamma) / (SNR + 1) on VP.
+                              min(SNR, gamma), v min(SNR, gamma) / (SNR + 1) on VP;
+      weighting="velocity":   E || u_hat - (alpha' x0 + sigma' z) ||^2, conditional flow
+                              matching (Lipman et al. 2023, Eq. 9) for any head: u_hat is the
+                              velocity its prediction implies. It is DSM weighted by
+                              (alpha' sigma - alpha sigma')^2 / alpha^2 on eps_hat, and the
+                              velocity head's own MSE (``loss=flow_matching``).
   The noise level is drawn by ``time_sampling``:
       "uniform":     t ~ U(eps, T) (Score SDE);
       "log_normal":  EDM's sigma = sigma(t) / alpha(t) with ln sigma ~ N(p_mean, p_std^2)
@@ -37,6 +42,7 @@ from torch import Tensor
 
 from scorelab.checks import check_values, number, one_of
 from scorelab.errors import ConfigError
+from scorelab.prediction import Prediction
 from scorelab.sde import SDE, _bcast
 from scorelab.score import ScoreModel
 
@@ -62,11 +68,11 @@ class DenoisingLoss(abc.ABC):
         """Noise levels for a batch: times t [n], alpha [n], sigma [n]."""
 
     def squared_error(self, model: ScoreModel, out: Tensor, x0: Tensor, noise: Tensor,
-                      x_t: Tensor, t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
-        """Weighted squared error per element; (alpha, sigma) broadcast against x0. The
-        discrete losses use the head's own scale (``weighting="none"``)."""
-        err = (out - model.head.target(x0, noise, alpha, sigma)) * model.head.loss_scale(alpha,
-                                                                                         sigma)
+                      x_t: Tensor, t: Tensor, c: tuple[Tensor, ...]) -> Tensor:
+        """Weighted squared error per element; ``c`` = (alpha, sigma, alpha', sigma')
+        broadcast against x0. The discrete losses use the head's own scale
+        (``weighting="none"``)."""
+        err = (out - model.head.target(x0, noise, *c)) * model.head.loss_scale(c[0], c[1])
         return err * err
 
     def __call__(self, model: ScoreModel, x0: Tensor, y: Tensor | None = None,
@@ -74,12 +80,13 @@ class DenoisingLoss(abc.ABC):
         # times in float64 for float64 data (exactness tests), else float32 (never lower)
         tdtype = torch.float64 if x0.dtype == torch.float64 else torch.float32
         t, alpha, sigma = self.draw(model.sde, x0.shape[0], x0.device, generator, tdtype)
-        a = _bcast(alpha, x0).to(x0.dtype)
-        s = _bcast(sigma, x0).to(x0.dtype)
+        d_alpha, d_sigma = model.sde.derivatives(t)
+        c = tuple(_bcast(v, x0).to(x0.dtype) for v in (alpha, sigma, d_alpha, d_sigma))
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        x_t = a * x0 + s * noise
-        out = model.output(x_t, t, y, (a, s))
-        sq = self.squared_error(model, out, x0, noise, x_t, t, a, s)
+        # The path draws x_t (a coupling of x0 and noise, e.g. minibatch OT, would go here).
+        x_t = c[0] * x0 + c[1] * noise
+        out = model.output(x_t, t, y, c)
+        sq = self.squared_error(model, out, x0, noise, x_t, t, c)
         per_sample = sq.flatten(1)
         per_sample = per_sample.mean(1) if self.reduce == "mean" else per_sample.sum(1)
         return per_sample.mean()
@@ -87,8 +94,9 @@ class DenoisingLoss(abc.ABC):
 
 class DSMLoss(DenoisingLoss):
     """Args:
-        weighting: "none", "likelihood" (g(t)^2, the likelihood bound's weighting) or
-            "min_snr" (min(SNR, gamma) on the x0 error).
+        weighting: "none", "likelihood" (g(t)^2, the likelihood bound's weighting),
+            "min_snr" (min(SNR, gamma) on the x0 error) or "velocity" (conditional flow
+            matching: the MSE of the velocity implied by any head).
         reduce: "mean" or "sum" over data dimensions.
         eps: smallest training time (Score SDE: 1e-5); times lie in [eps, T].
         time_sampling: "uniform", "log_normal" (EDM) or "logit_normal" (SD3).
@@ -96,7 +104,7 @@ class DSMLoss(DenoisingLoss):
         gamma: the min-SNR clip (Hang et al. 2023: 5).
     """
 
-    WEIGHTINGS = ("none", "likelihood", "min_snr")
+    WEIGHTINGS = ("none", "likelihood", "min_snr", "velocity")
     TIME_SAMPLINGS = ("uniform", "log_normal", "logit_normal")
 
     def __init__(self, weighting: str = "none", reduce: str = "mean", eps: float = 1e-5,
@@ -130,15 +138,21 @@ class DSMLoss(DenoisingLoss):
         alpha, sigma = sde.alpha_sigma(t)
         return t, alpha, sigma
 
-    def squared_error(self, model, out, x0, noise, x_t, t, alpha, sigma):
+    def squared_error(self, model, out, x0, noise, x_t, t, c):
+        alpha, sigma = c[0], c[1]
         if self.weighting == "none":
-            return super().squared_error(model, out, x0, noise, x_t, t, alpha, sigma)
+            return super().squared_error(model, out, x0, noise, x_t, t, c)
         if self.weighting == "likelihood":
             g2 = _bcast(model.sde.sde(x_t, t)[1] ** 2, x0)
-            err = model.head.to_eps(out, x_t, alpha, sigma) - noise
+            err = model.head.to_eps(out, x_t, *c) - noise
             return g2 / (sigma * sigma) * err * err
+        if self.weighting == "velocity":
+            pred = Prediction(x_t, model.head.to_x0(out, x_t, *c), model.head.to_eps(out, x_t, *c),
+                              *c)
+            err = pred.velocity - (c[2] * x0 + c[3] * noise)
+            return err * err
         snr = (alpha * alpha) / (sigma * sigma)
-        err = model.head.to_x0(out, x_t, alpha, sigma) - x0
+        err = model.head.to_x0(out, x_t, *c) - x0
         return snr.clamp(max=self.gamma) * err * err
 
 

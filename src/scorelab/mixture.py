@@ -7,7 +7,8 @@ so the noised marginal is again a mixture, with closed-form log-density and scor
     grad log p_t(x) = sum_k r_k(x) * (-(x - alpha mu_k) / (alpha^2 s_k^2 + sigma^2)),
 
 with responsibilities r_k(x) = w_k N_k(x) / p_t(x). ``score_fn(sde)`` is an exact
-``score_fn(x, t)`` oracle for the samplers, ``log_prob`` the exact likelihood.
+``score_fn(x, t)`` oracle for the samplers, ``prediction_fn`` the exact denoiser (valid at
+alpha = 0 too), ``log_prob`` the exact likelihood.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import math
 import torch
 from torch import Tensor
 
+from scorelab.prediction import Prediction, prediction_fn
 from scorelab.sde import SDE
 
 
@@ -106,6 +108,22 @@ class GaussianMixture:
             alpha, sigma = sde.alpha_sigma(t)
             return self.noised_score(x, alpha, sigma)
         return score
+
+    def noised_denoiser(self, x: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+        """E[x0 | x_t = x] [B, d] = sum_k r_k (mu_k + alpha s_k^2 (x - alpha mu_k) / var_k):
+        finite at alpha = 0 (where it is the data mean), unlike (x + sigma^2 score) / alpha."""
+        logits, diff, var = self._components(x, alpha, sigma)
+        r = torch.softmax(logits, dim=1)[:, :, None]
+        a = alpha.to(x)[:, None, None]
+        post = self.means.to(x)[None] + a * self.stds.to(x)[None] ** 2 * diff / var
+        return (r * post).sum(1)
+
+    def prediction_fn(self, sde: SDE):
+        """The exact prediction (denoiser, hence eps, score, velocity) on any SDE or path."""
+        def model(x: Tensor, t: Tensor) -> Prediction:
+            alpha, sigma = sde.alpha_sigma(t)
+            return Prediction.from_x0(sde, x, t, self.noised_denoiser(x, alpha, sigma))
+        return prediction_fn(model)
 
     def log_prob_fn(self, sde: SDE):
         """Exact log p_t(x) as ``log_prob(x, t)``."""

@@ -178,11 +178,11 @@ class DiffusionModule(L.LightningModule):
             y = torch.arange(n, device=self.device) % self.num_classes
         settings = dict(sampler or self.sampler)
         name, steps = settings.pop("name"), settings.pop("steps")
-        score_fn = self.model.conditional_score_fn(self._labels(y))
+        model = self.model.prediction_fn(self._labels(y))
         was_training = self.training
         self.eval()
         try:
-            return sample(score_fn, self.model.sde, (n,) + self.data_shape, sampler=name,
+            return sample(model, self.model.sde, (n,) + self.data_shape, sampler=name,
                           steps=steps, generator=generator, device=self.device,
                           callback=callback, **settings)
         finally:

@@ -1,10 +1,11 @@
-"""ScoreModel = backbone + head + SDE: the one object that turns a network into a score_fn.
+"""ScoreModel = backbone + head + SDE (or path): the one object that turns a network into a
+prediction (``scorelab.prediction``) and a score_fn.
 
     label   = noise_label(t)                           (the only place it is computed)
     x_in    = head.c_in(alpha, sigma) x                (input scaling, optional)
     out     = backbone(x_in, label, y)[:, :C]       (DiT with learned sigma: mean part)
     out     = out / sigma(t)                        (backbone.scale_by_sigma: NCSN++ on VE)
-    score   = head.to_score(out, x, alpha(t), sigma(t))
+    pred    = Prediction(x0_hat, eps_hat) via the head: read as score, x0, eps, v, velocity
 
 The input scaling is EDM's c_in (Karras et al. 2022, Table 1), written for any alpha: with
 sigma_data = 1 (every head but edm) it is exactly 1 on VP and keeps the backbone's input at
@@ -28,6 +29,7 @@ from torch import Tensor, nn
 
 from scorelab.checks import check_value, one_of
 from scorelab.heads import Head
+from scorelab.prediction import Prediction, prediction_fn
 from scorelab.sde import SDE, _bcast
 
 NOISE_LABELS = ("sde", "time", "log_sigma")
@@ -64,16 +66,15 @@ class ScoreModel(nn.Module):
         a, s = alpha.reshape(alpha.shape[0], -1)[:, 0], sigma.reshape(sigma.shape[0], -1)[:, 0]
         return 0.25 * (torch.log(s) - torch.log(a))
 
-    def coefficients(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """alpha(t), sigma(t) broadcast against x."""
-        alpha, sigma = self.sde.alpha_sigma(t)
-        return _bcast(alpha, x).to(x.dtype), _bcast(sigma, x).to(x.dtype)
+    def coefficients(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """alpha(t), sigma(t), alpha'(t), sigma'(t) broadcast against x."""
+        return self.sde.coefficients(t, like=x)
 
     def output(self, x: Tensor, t: Tensor, y: Tensor | None = None,
-               coefficients: tuple[Tensor, Tensor] | None = None) -> Tensor:
+               coefficients: tuple[Tensor, ...] | None = None) -> Tensor:
         """The backbone's raw output (what the head's target is compared with).
-        ``coefficients``: (alpha, sigma) already broadcast against x, if the caller has them."""
-        alpha, sigma = coefficients if coefficients is not None else self.coefficients(x, t)
+        ``coefficients``: (alpha, sigma, ...) already broadcast against x, if the caller has them."""
+        alpha, sigma = (coefficients if coefficients is not None else self.coefficients(x, t))[:2]
         x_in = x * self.head.c_in(alpha, sigma) if self.input_scaling else x
         out = self.backbone(x_in, self.noise_label(t, alpha, sigma).to(x.dtype), y)
         if getattr(self.backbone, "learn_sigma", False):
@@ -82,25 +83,32 @@ class ScoreModel(nn.Module):
             out = out / sigma
         return out
 
-    def _evaluate(self, x, t, y):
-        alpha, sigma = self.coefficients(x, t)
-        return self.output(x, t, y, (alpha, sigma)), alpha, sigma
+    def prediction(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Prediction:
+        """The model's prediction at (x, t): x0_hat and eps_hat through the head, readable as
+        score, v or velocity (``scorelab.prediction``)."""
+        c = self.coefficients(x, t)
+        out = self.output(x, t, y, c)
+        return Prediction(x, self.head.to_x0(out, x, *c), self.head.to_eps(out, x, *c), *c)
 
     def score_fn(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        out, alpha, sigma = self._evaluate(x, t, y)
-        return self.head.to_score(out, x, alpha, sigma)
+        c = self.coefficients(x, t)
+        return self.head.to_score(self.output(x, t, y, c), x, *c)
 
     def eps(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        out, alpha, sigma = self._evaluate(x, t, y)
-        return self.head.to_eps(out, x, alpha, sigma)
+        c = self.coefficients(x, t)
+        return self.head.to_eps(self.output(x, t, y, c), x, *c)
 
     def x0(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        out, alpha, sigma = self._evaluate(x, t, y)
-        return self.head.to_x0(out, x, alpha, sigma)
+        c = self.coefficients(x, t)
+        return self.head.to_x0(self.output(x, t, y, c), x, *c)
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         return self.score_fn(x, t, y)
 
     def conditional_score_fn(self, y: Tensor | None = None):
-        """A plain ``score_fn(x, t)`` for the samplers, with the class labels bound."""
+        """A plain ``score_fn(x, t)``, with the class labels bound."""
         return lambda x, t: self.score_fn(x, t, y)
+
+    def prediction_fn(self, y: Tensor | None = None):
+        """``model(x, t) -> Prediction`` for the samplers and the likelihood, labels bound."""
+        return prediction_fn(lambda x, t: self.prediction(x, t, y))

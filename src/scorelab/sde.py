@@ -65,6 +65,29 @@ class SDE(abc.ABC):
     def prior_std(self) -> float:
         """Standard deviation of the isotropic Gaussian prior p_T."""
 
+    def derivatives(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(alpha'(t), sigma'(t)), from the SDE: alpha' = f alpha and, since
+        d sigma^2 / dt = 2 f sigma^2 + g^2, sigma' = (f sigma^2 + g^2 / 2) / sigma.
+        Subclasses with closed forms override it."""
+        alpha, sigma = self.alpha_sigma(t)
+        one = torch.ones_like(t)
+        f, g = self.sde(one, t)
+        return f * alpha, (f * sigma * sigma + 0.5 * g * g) / sigma
+
+    def coefficients(self, t: Tensor, like: Tensor | None = None):
+        """alpha, sigma, alpha', sigma' at t; broadcast against and cast to ``like`` if given."""
+        alpha, sigma = self.alpha_sigma(t)
+        d_alpha, d_sigma = self.derivatives(t)
+        if like is None:
+            return alpha, sigma, d_alpha, d_sigma
+        return tuple(_bcast(c, like).to(like.dtype) for c in (alpha, sigma, d_alpha, d_sigma))
+
+    @property
+    def alpha_vanishes(self) -> bool:
+        """Whether alpha(T) = 0 (flow-matching paths): x0 cannot be read off a score there,
+        and lambda(T) = -inf."""
+        return bool(self.alpha_sigma(torch.tensor([self.T], dtype=torch.float64))[0] == 0)
+
     # ---- derived ------------------------------------------------------------------
     def marginal_prob(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Mean alpha(t) x_0 and std sigma(t) of p_{0t}(x_t | x_0)."""
@@ -223,6 +246,12 @@ class VPSDE(SDE):
         beta = self.schedule.beta(t)
         return -0.5 * _bcast(beta, x) * x, torch.sqrt(beta)
 
+    def derivatives(self, t):
+        """alpha' = -beta alpha / 2; sigma' = beta alpha^2 / (2 sigma) (from alpha^2 + sigma^2 = 1)."""
+        alpha, sigma = self.alpha_sigma(t)
+        beta = self.schedule.beta(t)
+        return -0.5 * beta * alpha, 0.5 * beta * alpha * alpha / sigma
+
     def prior_std(self):
         return 1.0
 
@@ -263,6 +292,12 @@ class SubVPSDE(SDE):
         discount = -torch.expm1(-2.0 * self.schedule.integral(t))
         return -0.5 * _bcast(beta, x) * x, torch.sqrt(beta * discount)
 
+    def derivatives(self, t):
+        """alpha' = -beta alpha / 2; sigma' = beta exp(-B) = beta alpha^2."""
+        alpha, _ = self.alpha_sigma(t)
+        beta = self.schedule.beta(t)
+        return -0.5 * beta * alpha, beta * alpha * alpha
+
     def prior_std(self):
         return 1.0
 
@@ -298,6 +333,10 @@ class VESDE(SDE):
 
     def sde(self, x, t):
         return torch.zeros_like(x), self.sigma(t) * math.sqrt(2 * self._log_ratio)
+
+    def derivatives(self, t):
+        """alpha' = 0; sigma' = sigma log(smax / smin)."""
+        return torch.zeros_like(t), self.sigma(t) * self._log_ratio
 
     def noise_label(self, t):
         """Score SDE's VE label: the noise scale sigma(t) itself (NCSN++ embeds its log)."""

@@ -14,7 +14,7 @@ from scorelab.data import DiffusionDataModule
 from scorelab.checks import Rule, check_value, integer, optional, positive
 from scorelab.errors import ConfigError, ScorelabError
 from scorelab.module import LR_DECAY_RULE, DiffusionModule
-from scorelab.sampling import check_options, get_sampler
+from scorelab.sampling import check_options, check_sampler, get_sampler
 from scorelab.score import ScoreModel
 
 log = logging.getLogger("scorelab")
@@ -41,8 +41,9 @@ def _naming(group: str, message: str) -> str:
     return message if message.startswith(group) else f"{group}: {message}"
 
 
-def sampler_settings(node) -> dict:
-    """A sampler config node as a plain dict {name, steps, **options}, validated."""
+def sampler_settings(node, sde=None) -> dict:
+    """A sampler config node as a plain dict {name, steps, **options}, validated (and, given
+    the model's ``sde``, checked to run on that SDE / path)."""
     settings = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) \
         else dict(node)
     if not settings.get("name"):
@@ -51,6 +52,8 @@ def sampler_settings(node) -> dict:
         get_sampler(settings["name"])
         options = {k: v for k, v in settings.items() if k != "name"}
         check_options(settings["name"], {"steps": settings.get("steps"), **options})
+        if sde is not None:
+            check_sampler(sde, **settings)
     except ValueError as e:          # the registry's own rules, as sample() checks them
         raise ConfigError(_naming("sampler", str(e))) from None
     return settings
@@ -86,6 +89,7 @@ def check_training_config(cfg: DictConfig) -> None:
     optimizer's own argument checks (run on a dummy parameter, so that e.g. betas outside
     [0, 1) fail now rather than in the first training step)."""
     check_config_values(cfg, TRAIN_RULES)
+    check_path_choice()
     trainer = cfg.get("trainer") or {}
     if trainer.get("max_steps", -1) == -1 and trainer.get("max_epochs", None) == -1:
         raise ConfigError("trainer.max_steps=-1 with trainer.max_epochs=-1 never stops; "
@@ -95,6 +99,18 @@ def check_training_config(cfg: DictConfig) -> None:
         optimizer([torch.nn.Parameter(torch.zeros(1))])
     except (ValueError, TypeError) as e:
         raise ConfigError(f"optim.optimizer: {e}") from None
+
+
+def check_path_choice() -> None:
+    """``path=X`` is ``sde=X``; both given and different is an error, not a silent pick."""
+    from hydra.core.hydra_config import HydraConfig
+    if not HydraConfig.initialized():
+        return
+    choices = HydraConfig.get().runtime.choices
+    path, sde = choices.get("path"), choices.get("sde")
+    if path is not None and sde is not None and path != sde:
+        raise ConfigError(f"path={path} and sde={sde} disagree (path is another name for "
+                          f"the sde group): give one of them")
 
 
 def build_datamodule(cfg: DictConfig) -> DiffusionDataModule:
@@ -138,6 +154,10 @@ def build_module(cfg: DictConfig, data_shape, num_classes: int,
     head = make(cfg, "head")
     backbone = make(cfg, "backbone", data_shape=tuple(data_shape),
                     num_classes=backbone_classes(cfg, num_classes))
+    if sde.alpha_vanishes and not head.x0_at_pure_noise:
+        raise ConfigError(
+            f"head={head.name} cannot give x0 where alpha = 0, and sde={type(sde).__name__} "
+            f"has alpha(T) = 0, where every sampler starts: use head=velocity, v, x0 or edm")
     loss = make(cfg, "loss")
     loss.check(sde)
     noise_label = cfg.get("noise_label", "sde")
@@ -151,7 +171,7 @@ def build_module(cfg: DictConfig, data_shape, num_classes: int,
     except ValueError as e:
         raise ConfigError(str(e)) from None
     try:
-        sampler = sampler_settings(cfg.sampler)
+        sampler = sampler_settings(cfg.sampler, sde)
     except ConfigError as e:
         if strict_sampler:
             raise

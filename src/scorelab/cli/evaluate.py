@@ -45,9 +45,9 @@ def _metric_callbacks(cfg, dm, loaded) -> list:
         if cfg.num_samples <= 0:
             raise ConfigError("metrics fid / is need num_samples > 0 (e.g. num_samples=1000)")
         fid = selected.get("fid") or {}
+        settings = resolve_sampler(cfg.sampler, loaded.module.sampler, loaded.module.model.sde)
         try:
-            cb = FIDCallback(num_samples=cfg.num_samples,
-                             sampler=resolve_sampler(cfg.sampler, loaded.module.sampler),
+            cb = FIDCallback(num_samples=cfg.num_samples, sampler=settings,
                              features=fid.get("features", "auto"),
                              reference=fid.get("reference"), cache_dir=fid.get("cache_dir"),
                              inception_weights=fid.get("inception_weights"),
@@ -100,7 +100,7 @@ def _results(trainer, dm, callbacks, selected) -> dict:
 
 
 def _samples(cfg, loaded, device, out) -> dict:
-    settings = resolve_sampler(cfg.sampler, loaded.module.sampler)
+    settings = resolve_sampler(cfg.sampler, loaded.module.sampler, loaded.module.model.sde)
     x, labels, nfe, seconds = draw_samples(loaded, settings, cfg.num_samples, cfg.seed, device)
     save_sample_files(x, labels, nfe, out, loaded.is_image)
     return {"samples": {"sampler": settings, "num_samples": cfg.num_samples, "nfe": nfe,

@@ -16,14 +16,15 @@ from scorelab.errors import ConfigError
 from scorelab.visualize import save_samples
 
 
-def resolve_sampler(requested: DictConfig, trained_with: dict) -> dict:
+def resolve_sampler(requested: DictConfig, trained_with: dict, sde=None) -> dict:
     """sampler=checkpoint (name null): the checkpoint's sampler with the non-null keys of
-    ``requested`` on top; any named sampler: exactly the requested config."""
+    ``requested`` on top; any named sampler: exactly the requested config. Checked against
+    the model's ``sde`` / path when given."""
     req = {k: v for k, v in OmegaConf.to_container(requested, resolve=True).items()
            if v is not None}
     if "name" not in req:
         req = {**trained_with, **req}
-    return sampler_settings(req)
+    return sampler_settings(req, sde)
 
 
 def class_labels(n: int, num_classes: int, class_label, device) -> torch.Tensor:
@@ -74,7 +75,7 @@ def main(cfg: DictConfig) -> dict:
     if cfg.num_samples < 1 or cfg.batch_size < 1:
         raise ConfigError("num_samples and batch_size must be >= 1")
     loaded = LoadedCheckpoint(cfg.ckpt, use_ema=cfg.use_ema)
-    settings = resolve_sampler(cfg.sampler, loaded.module.sampler)
+    settings = resolve_sampler(cfg.sampler, loaded.module.sampler, loaded.module.model.sde)
     x, labels, nfe, seconds = draw_samples(loaded, settings, cfg.num_samples, cfg.seed,
                                            pick_device(cfg.device), cfg.batch_size,
                                            cfg.class_label)

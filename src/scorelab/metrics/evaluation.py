@@ -98,13 +98,13 @@ def sample_metrics(union: dict[str, Tensor], reference: dict | None, splits: int
 
 
 @torch.no_grad()
-def heldout_bits_per_dim(score_fn_for: Callable, sde, x: Tensor, y: Tensor | None,
+def heldout_bits_per_dim(model_for: Callable, sde, x: Tensor, y: Tensor | None,
                          chunk: int, seed: int, is_image: bool, rank: int = 0, world: int = 1,
                          progress: Callable | None = None,
                          **likelihood_kwargs) -> tuple[dict[str, Tensor], int]:
     """This process's share of per-example bits/dim (images, 8-bit dequantised) or NLL in
-    nats/dim (vectors) of held-out x ([-1, 1] for images). ``score_fn_for(y)`` gives the
-    score function for labels y (None: unconditional). ``progress(m, nfe)`` is called after
+    nats/dim (vectors) of held-out x ([-1, 1] for images). ``model_for(y)`` gives the
+    model's prediction function (or a score function) for labels y (None: unconditional). ``progress(m, nfe)`` is called after
     every chunk of m examples.
     Returns ({"index", "value"}, NFE of the last chunk)."""
     index, values, nfe = [], [], 0
@@ -113,10 +113,10 @@ def heldout_bits_per_dim(score_fn_for: Callable, sde, x: Tensor, y: Tensor | Non
         yb = y[start:start + size] if y is not None else None
         gen = chunk_generator(seed, k, x.device)
         if is_image:
-            v, nfe = bits_per_dim(score_fn_for(yb), sde, (xb + 1) / 2, generator=gen,
+            v, nfe = bits_per_dim(model_for(yb), sde, (xb + 1) / 2, generator=gen,
                                   **likelihood_kwargs)
         else:
-            res = log_likelihood(score_fn_for(yb), sde, xb, generator=gen, **likelihood_kwargs)
+            res = log_likelihood(model_for(yb), sde, xb, generator=gen, **likelihood_kwargs)
             v, nfe = -res.logp / xb[0].numel(), res.nfe
         index.append(torch.arange(start, start + size, device=x.device))
         values.append(v)

@@ -1,12 +1,14 @@
-"""Sampling from any ``score_fn(x, t)`` and SDE.
+"""Sampling from any model prediction (or ``score_fn(x, t)``) and SDE or path.
 
-    result = sample(score_fn, sde, shape, sampler="dpm_solver", steps=20)
+    result = sample(model, sde, shape, sampler="dpm_solver", steps=20)
     result.x, result.nfe
 
-Every sampler is a stateless function in the one registry (``SAMPLERS``); it asks the SDE
-for what it needs (alpha_sigma, log_snr and its inverse, sde, discretize, reverse,
-prior_sampling) and never for its type. Time grids are separate pure functions
-(``grids.make_grid``).
+``model(x, t)`` returns a ``scorelab.prediction.Prediction`` (``ScoreModel.prediction_fn``,
+``GaussianMixture.prediction_fn``) or a plain score, which is wrapped. Every sampler is a
+stateless function in the one registry (``SAMPLERS``) of (model, sde, x, ts); it reads the
+prediction as x0, eps, score or velocity and asks the SDE / path for what it needs
+(alpha_sigma, derivatives, log_snr and its inverse, sde, discretize, prior_sampling), never
+for its type. Time grids are separate pure functions (``grids.make_grid``).
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from torch import Tensor
 
 from scorelab.sampling import ddim, dpm_solver, edm, ode_solvers, pc  # noqa: F401  (register)
 from scorelab.sampling.grids import GRIDS, make_grid
+from scorelab.prediction import as_prediction_fn
 from scorelab.sampling.registry import (COMMON_OPTIONS, DEFAULT_GRIDS, SAMPLERS, check_options,
-                                        get_sampler, sampler_options)
+                                        check_path, get_sampler, sampler_options)
 
 
 class SampleResult(NamedTuple):
@@ -28,15 +31,15 @@ class SampleResult(NamedTuple):
 
 
 @torch.no_grad()
-def sample(score_fn, sde, shape, sampler: str = "pc", steps: int = 500,
+def sample(model, sde, shape, sampler: str = "pc", steps: int = 500,
            generator: torch.Generator | None = None, x_init: Tensor | None = None,
            device=None, grid: str | None = None, rho: float = 7.0, eps: float | None = None,
            callback=None, **options) -> SampleResult:
     """Draw samples by integrating from the prior at T down to ``eps``.
 
     Args:
-        score_fn: callable (x [B,...], t [B]) -> score [B,...].
-        sde: a ``scorelab.sde.SDE``.
+        model: callable (x [B,...], t [B]) -> ``Prediction`` or score [B,...].
+        sde: a ``scorelab.sde.SDE`` or ``scorelab.paths`` path.
         shape: shape of the batch to draw, e.g. (64, 1, 28, 28).
         sampler: a registered sampler name (``SAMPLERS``).
         steps: number of grid steps (NFE per step depends on the sampler: see ``nfe``).
@@ -59,11 +62,28 @@ def sample(score_fn, sde, shape, sampler: str = "pc", steps: int = 500,
         if device is None and generator is not None:
             device = generator.device
         x = sde.prior_sampling(shape, generator=generator, device=device)
-    ts = make_grid(grid or DEFAULT_GRIDS[sampler], sde, steps,
-                   sde.sampling_eps if eps is None else eps, rho=rho, device=x.device)
-    x, nfe = fn(score_fn, sde, x, ts, generator=generator, callback=callback, **options)
+    ts = time_grid(sampler, sde, steps, grid, rho, eps, device=x.device)
+    check_path(sampler, options, sde, ts)
+    model = as_prediction_fn(model, sde)
+    x, nfe = fn(model, sde, x, ts, generator=generator, callback=callback, **options)
     return SampleResult(x, nfe)
 
 
-__all__ = ["sample", "SampleResult", "SAMPLERS", "GRIDS", "COMMON_OPTIONS", "get_sampler",
-           "sampler_options", "check_options", "make_grid"]
+def time_grid(sampler: str, sde, steps: int, grid: str | None = None, rho: float = 7.0,
+              eps: float | None = None, device=None) -> Tensor:
+    """The time grid ``sample()`` uses: ``grid`` or the sampler's own, from T to ``eps``
+    (default ``sde.sampling_eps``)."""
+    return make_grid(grid or DEFAULT_GRIDS[sampler], sde, steps,
+                     sde.sampling_eps if eps is None else eps, rho=rho, device=device)
+
+
+def check_sampler(sde, name: str, steps: int, grid: str | None = None, rho: float = 7.0,
+                  eps: float | None = None, **options) -> None:
+    """Everything ``sample()`` checks before its first evaluation -- option names and values,
+    and whether the sampler can run on this SDE / path -- without a model (start-up)."""
+    check_options(name, {"steps": steps, "grid": grid, "rho": rho, "eps": eps, **options})
+    check_path(name, options, sde, time_grid(name, sde, steps, grid, rho, eps))
+
+
+__all__ = ["time_grid", "check_sampler", "sample", "SampleResult", "SAMPLERS", "GRIDS", "COMMON_OPTIONS", "get_sampler",
+           "sampler_options", "check_options", "check_path", "make_grid"]

@@ -1,12 +1,13 @@
 """DDIM (Song, Meng & Ermon 2021, Eq. 12) in alpha/sigma form, so it runs on every SDE.
 
-From t to s < t on the grid, with x0_hat and eps_hat from the score at (x, t):
+From t to s < t on the grid, with x0_hat and eps_hat the model's prediction at (x, t):
 
     x_s = alpha_s x0_hat + sqrt(sigma_s^2 - c^2) eps_hat + c z,
     c   = eta * (sigma_s / sigma_t) * sqrt(sigma_t^2 - (alpha_t / alpha_s)^2 sigma_s^2).
 
 On VP (alpha^2 + sigma^2 = 1) this is DDIM's sigma_t(eta); eta = 0 is deterministic (the
 probability-flow ODE's first-order exponential integrator), eta = 1 the ancestral sampler.
+The step needs alpha_t only through alpha_t / alpha_s, so it starts from alpha(T) = 0 too.
 """
 
 from __future__ import annotations
@@ -14,21 +15,19 @@ from __future__ import annotations
 import torch
 
 from scorelab.checks import number
-from scorelab.sampling._util import randn_like, x0_from_score
+from scorelab.sampling._util import randn_like
 from scorelab.sampling.registry import register
 
 
 @register("ddim", grid="uniform", rules={"eta": number(0)})
-def ddim(score_fn, sde, x, ts, *, generator=None, callback=None, eta: float = 0.0):
+def ddim(model, sde, x, ts, *, generator=None, callback=None, eta: float = 0.0):
     alphas, sigmas = sde.alpha_sigma(ts)
     times = ts[:, None].expand(len(ts), x.shape[0])
     for i in range(len(ts) - 1):
         a_t, s_t, a_s, s_s = alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1]
-        score = score_fn(x, times[i])
-        eps_hat = -s_t * score
-        x0_hat = x0_from_score(score, x, a_t, s_t)
+        pred = model(x, times[i])
         c = eta * (s_s / s_t) * torch.sqrt((s_t * s_t - (a_t / a_s) ** 2 * s_s * s_s).clamp(min=0))
-        x = a_s * x0_hat + torch.sqrt((s_s * s_s - c * c).clamp(min=0)) * eps_hat
+        x = a_s * pred.x0 + torch.sqrt((s_s * s_s - c * c).clamp(min=0)) * pred.eps
         if eta > 0:
             x = x + c * randn_like(x, generator)
         if callback is not None:

@@ -10,6 +10,11 @@ With h = lambda_s - lambda_t and m_k the x0_hat at earlier grid points,
               - alpha_s ((phi1/h + 1)/h - 1/2) D2,   phi1 = e^{-h} - 1.
 The first steps use the lower orders the history allows (warm start); ``lower_order_final``
 also lowers the order of the last steps, which is more stable for few steps.
+
+On a path with alpha(T) = 0, lambda(T) = -inf: the first step has h = inf, phi1 = -1 and is
+its limit x_s = (sigma_s / sigma_t) x + alpha_s m0 = alpha_s x0_hat + sigma_s eps_hat; the
+ratios r = h_prev / h that involve it are infinite, so the next steps' corrections from it
+vanish (1 / r = 0) instead of being 0/0. IEEE arithmetic gives exactly these limits.
 """
 
 from __future__ import annotations
@@ -17,13 +22,12 @@ from __future__ import annotations
 import torch
 
 from scorelab.checks import boolean, integer
-from scorelab.sampling._util import x0_from_score
 from scorelab.sampling.registry import register
 
 
 @register("dpm_solver", grid="logsnr",
           rules={"order": integer(1, 3), "lower_order_final": boolean()})
-def dpm_solver_pp(score_fn, sde, x, ts, *, generator=None, callback=None, order: int = 2,
+def dpm_solver_pp(model, sde, x, ts, *, generator=None, callback=None, order: int = 2,
                   lower_order_final: bool = True):
     alphas, sigmas = sde.alpha_sigma(ts)
     lams = torch.log(alphas) - torch.log(sigmas)
@@ -31,8 +35,8 @@ def dpm_solver_pp(score_fn, sde, x, ts, *, generator=None, callback=None, order:
     n = len(ts) - 1
     history: list[torch.Tensor] = []        # x0_hat at the latest grid points, newest last
     for i in range(n):
-        a_t, s_t, a_s, s_s = alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1]
-        m0 = x0_from_score(score_fn(x, times[i]), x, a_t, s_t)
+        s_t, a_s, s_s = sigmas[i], alphas[i + 1], sigmas[i + 1]
+        m0 = model(x, times[i]).x0
         history = (history + [m0])[-3:]
         h = lams[i + 1] - lams[i]
         phi1 = torch.expm1(-h)

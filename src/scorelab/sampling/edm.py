@@ -2,9 +2,13 @@
 
 Writing x_t = alpha_t (x0 + s_t z) with the VE-equivalent noise level s_t = sigma_t / alpha_t,
 y = x / alpha follows EDM's ODE dy/ds = (y - D(y; s)) / s, with the denoiser
-D(y; s) = x0_hat(alpha y, t(s)) from the score by Tweedie. Time t(s) comes from the SDE's
+D(y; s) = x0_hat(alpha y, t(s)), the model's prediction. Time t(s) comes from the SDE's
 log-SNR (lambda = -log s). Churn (``s_churn`` > 0) adds noise to raise s to s_hat = s (1 + gamma)
 before each step, gamma = min(s_churn / steps, sqrt(2) - 1) for s in [s_tmin, s_tmax].
+
+On a path with alpha(T) = 0 the first level is s = inf: there dy/ds = eps_hat and the first
+step is Euler's limit y = x0_hat + s_1 eps_hat (1 NFE; Heun's correction would weigh the
+slopes by the infinite step), without churn; the later steps are EDM's.
 """
 
 from __future__ import annotations
@@ -14,14 +18,14 @@ import math
 import torch
 
 from scorelab.checks import number
-from scorelab.sampling._util import randn_like, x0_from_score
+from scorelab.sampling._util import randn_like
 from scorelab.sampling.registry import register
 
 
 @register("edm", grid="karras",
           rules={"s_churn": number(0), "s_tmin": number(0), "s_tmax": number(0),
                  "s_noise": number(0)})
-def edm_heun(score_fn, sde, x, ts, *, generator=None, callback=None, s_churn: float = 0.0,
+def edm_heun(model, sde, x, ts, *, generator=None, callback=None, s_churn: float = 0.0,
              s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0):
     batch = x.shape[0]
     alphas, sigmas = sde.alpha_sigma(ts)
@@ -29,7 +33,8 @@ def edm_heun(score_fn, sde, x, ts, *, generator=None, callback=None, s_churn: fl
     n = len(ts) - 1
     gamma_max = min(s_churn / n, math.sqrt(2) - 1) if s_churn > 0 else 0.0
     # Churned levels (never above the first level, where the prior lives) and their times.
-    gammas = torch.where((levels[:-1] >= s_tmin) & (levels[:-1] <= s_tmax),
+    churned = (levels[:-1] >= s_tmin) & (levels[:-1] <= s_tmax) & torch.isfinite(levels[:-1])
+    gammas = torch.where(churned,
                          torch.full_like(levels[:-1], gamma_max), torch.zeros_like(levels[:-1]))
     hat = torch.minimum(levels[:-1] * (1 + gammas), levels[0])
     t_hat = sde.t_from_log_snr(-torch.log(hat.double())).to(ts)
@@ -37,20 +42,27 @@ def edm_heun(score_fn, sde, x, ts, *, generator=None, callback=None, s_churn: fl
     a_hat, s_hat = sde.alpha_sigma(t_hat)
     hat = s_hat / a_hat
 
-    def denoise(y, level, t, alpha):
-        xt = alpha * y
-        return x0_from_score(score_fn(xt, t.expand(batch)), xt, alpha, level * alpha)
+    def denoise(y, t, alpha):
+        return model(alpha * y, t.expand(batch)).x0
 
     y = x / alphas[0]
     nfe = 0
     for i in range(n):
+        if not torch.isfinite(levels[i]):
+            # alpha = 0 (pure noise): the Euler step's limit y = x0_hat + s_next eps_hat.
+            pred = model(x, ts[i].expand(batch))
+            y = pred.x0 + levels[i + 1] * pred.eps
+            nfe += 1
+            if callback is not None:
+                callback(i, alphas[i + 1] * y)
+            continue
         y_hat = y
         if gamma_max > 0:
             y_hat = y + torch.sqrt((hat[i] ** 2 - levels[i] ** 2).clamp(min=0)) * s_noise \
                 * randn_like(y, generator)
-        d = (y_hat - denoise(y_hat, hat[i], t_hat[i], a_hat[i])) / hat[i]
+        d = (y_hat - denoise(y_hat, t_hat[i], a_hat[i])) / hat[i]
         y_next = y_hat + (levels[i + 1] - hat[i]) * d
-        d2 = (y_next - denoise(y_next, levels[i + 1], ts[i + 1], alphas[i + 1])) / levels[i + 1]
+        d2 = (y_next - denoise(y_next, ts[i + 1], alphas[i + 1])) / levels[i + 1]
         y = y_hat + (levels[i + 1] - hat[i]) * 0.5 * (d + d2)
         nfe += 2
         if callback is not None:

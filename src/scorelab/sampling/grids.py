@@ -8,6 +8,10 @@
              smax^(1/rho)))^rho, mapped back to t through the SDE's log-SNR.
 * logsnr:    equal steps in lambda = log(alpha / sigma) (DPM-Solver's recommended grid).
 
+On a path with alpha(T) = 0 (lambda(T) = -inf) the karras and logsnr grids start at T and
+space the other points by their rule from t_1 = T - (T - eps) / steps, the uniform grid's
+first point.
+
 Grids are built once per sampling call in float64 and handed to the sampler as a tensor.
 """
 
@@ -34,6 +38,15 @@ def make_grid(name: str, sde, steps: int, eps: float, rho: float = 7.0,
     elif name in ("karras", "logsnr"):
         ends = torch.tensor([T, eps], dtype=torch.float64)
         lam_T, lam_eps = sde.log_snr(ends).tolist()
+        if lam_T == float("-inf"):
+            # alpha(T) = 0: no finite level to space from. t_0 = T, then the rule from the
+            # uniform grid's first point t_1 = T - (T - eps) / steps on.
+            if steps == 1:
+                return torch.tensor([T, eps], device=device, dtype=torch.float32)
+            t1 = T - (T - eps) / steps
+            rest = make_grid(name, _Truncated(sde, t1), steps - 1, eps, rho, None).double()
+            return torch.cat([torch.tensor([T], dtype=torch.float64), rest]).to(
+                device=device, dtype=torch.float32)
         if name == "logsnr":
             lam = lam_T + (lam_eps - lam_T) * (1 - u)
         else:
@@ -45,3 +58,13 @@ def make_grid(name: str, sde, steps: int, eps: float, rho: float = 7.0,
     else:
         raise ValueError(f"unknown time grid {name!r}; known grids: {', '.join(GRIDS)}")
     return ts.to(device=device, dtype=torch.float32)
+
+
+class _Truncated:
+    """The same SDE / path seen on [0, T'] (a grid's end point below T)."""
+
+    def __init__(self, sde, T: float):
+        self._sde, self.T = sde, T
+
+    def __getattr__(self, name):
+        return getattr(self._sde, name)

@@ -1,6 +1,7 @@
 """Solvers of the probability-flow ODE (Song et al. 2021, Eq. 13):
 
-    dx/dt = f(x, t) - 1/2 g(t)^2 score(x, t),   integrated from T down to eps.
+    dx/dt = f(x, t) - 1/2 g(t)^2 score(x, t) = alpha' x0_hat + sigma' eps_hat (the velocity),
+integrated from T down to eps; on a flow-matching path this is plain flow-matching sampling.
 
 method="rk45" (default): adaptive Dormand–Prince 5(4) with error control (``rtol``,
 ``atol``; Score SDE's ODE sampler), by ``solver``:
@@ -23,9 +24,10 @@ from scorelab.sampling.registry import register
 METHODS = ("rk45", "euler", "heun")
 
 
-def probability_flow_drift(sde, score_fn):
-    rsde = sde.reverse(score_fn, probability_flow=True)
-    return lambda x, t: rsde.sde(x, t)[0]
+def velocity_field(model):
+    """The probability-flow ODE's drift f x - g^2 s / 2 = the prediction's velocity
+    alpha' x0_hat + sigma' eps_hat (finite at alpha(T) = 0, where f and g are not)."""
+    return lambda x, t: model(x, t).velocity
 
 
 def solve_scipy(fn, x, t0: float, t1: float, rtol: float, atol: float):
@@ -89,12 +91,12 @@ def solve_ode(fn, x, t0: float, t1: float, rtol: float, atol: float,
 @register("ode", grid="uniform",
           rules={"method": one_of(METHODS, "method"), "solver": one_of(SOLVERS, "solver"),
                  "rtol": number(0, lo_open=True), "atol": number(0, lo_open=True)})
-def probability_flow(score_fn, sde, x, ts, *, generator=None, callback=None,
+def probability_flow(model, sde, x, ts, *, generator=None, callback=None,
                      method: str = "rk45", rtol: float = 1e-5, atol: float = 1e-5,
                      solver: str = "torchdiffeq"):
     """Integrate the probability-flow ODE on ``ts`` (fixed step) or adaptively (rk45,
     which uses only the grid's end points; ``solver`` torchdiffeq | scipy)."""
-    drift = probability_flow_drift(sde, score_fn)
+    drift = velocity_field(model)
     if method == "rk45":
         x, nfe = solve_ode(drift, x, ts[0], ts[-1], rtol, atol, solver)
         if callback is not None:

@@ -4,10 +4,17 @@ Predictors step the reverse SDE from t to t - dt; correctors run Langevin MCMC a
 Each is a short stateless function; ``pc`` composes one of each.
 
 Predictors (x -> x_next, and the noise-free mean x_mean):
-* euler_maruyama:    x_mean = x - [f - g^2 s] dt,  x = x_mean + g sqrt(dt) z          (Eq. 6)
+* euler_maruyama:    x_mean = x - [u - g~^2 s / 2] dt,  x = x_mean + g~ sqrt(dt) z  (Eq. 6),
+                     u the probability-flow velocity (= f x - g^2 s / 2) and s the score of
+                     the model's prediction. Any g~ keeps the marginals (the SDE family of
+                     SiT, Ma et al. 2024, with w = g~^2 / 2); ``diffusion`` picks it:
+                     "sde" g~ = g (Score SDE's reverse SDE), "sigma" g~^2 = 2 sigma(t) (SiT's
+                     default; finite at alpha(T) = 0, where g is not), "constant" g~^2 = 2;
+                     times ``diffusion_scale``.
 * reverse_diffusion: x_mean = x - f + G^2 s,       x = x_mean + G z  with the forward
                      discretisation (f, G) = sde.discretize (Eq. 45-47); on the SDE's own
-                     N-step uniform grid exactly Score SDE's, else the exact kernel per step.
+                     N-step uniform grid exactly Score SDE's, else the exact kernel per step
+                     (needs alpha(T) > 0).
 * ancestral:         a draw from q(x_s | x_t, x0 = x0_hat) of the linear SDE, s = t - dt:
                      mean = a sigma_s^2 / sigma_t^2 x + alpha_s s_ts^2 / sigma_t^2 x0_hat,
                      var = s_ts^2 sigma_s^2 / sigma_t^2 (a = alpha_t/alpha_s, s_ts^2 = sigma_t^2 - a^2 sigma_s^2).
@@ -26,15 +33,16 @@ from __future__ import annotations
 import torch
 
 from scorelab.checks import boolean, integer, number, one_of
-from scorelab.sampling._util import randn_like, tweedie_denoise, x0_from_score
+from scorelab.sampling._util import randn_like, tweedie_denoise
 from scorelab.sampling.registry import register
 from scorelab.sde import _bcast
 
 
 def euler_maruyama_step(ctx, x, i):
-    drift, g = ctx.rsde.sde(x, ctx.t(i))
+    pred = ctx.model(x, ctx.t(i))
+    drift = pred.velocity - 0.5 * ctx.g2[i] * pred.score
     x_mean = x - drift * ctx.dts[i]
-    return x_mean + _bcast(g, x) * ctx.sqrt_dts[i] * randn_like(x, ctx.generator), x_mean, 1
+    return x_mean + torch.sqrt(ctx.g2[i] * ctx.dts[i]) * randn_like(x, ctx.generator), x_mean, 1
 
 
 def reverse_diffusion_step(ctx, x, i):
@@ -47,7 +55,7 @@ def ancestral_step(ctx, x, i):
     a_t, s_t, a_s, s_s = ctx.alphas[i], ctx.sigmas[i], ctx.alphas[i + 1], ctx.sigmas[i + 1]
     a = a_t / a_s
     var_ts = (s_t * s_t - a * a * s_s * s_s).clamp(min=0)
-    x0 = x0_from_score(ctx.score_fn(x, ctx.t(i)), x, a_t, s_t)
+    x0 = ctx.model(x, ctx.t(i)).x0
     x_mean = (a * s_s * s_s / (s_t * s_t)) * x + (a_s * var_ts / (s_t * s_t)) * x0
     std = torch.sqrt(var_ts * s_s * s_s / (s_t * s_t))
     return x_mean + std * randn_like(x, ctx.generator), x_mean, 1
@@ -64,7 +72,7 @@ def _batch_norm(v):
 def langevin_step(ctx, x, i):
     x_mean = x
     for _ in range(ctx.n_steps):
-        grad = ctx.score_fn(x, ctx.t(i))
+        grad = ctx.model(x, ctx.t(i)).score
         noise = randn_like(x, ctx.generator)
         step = 2 * ctx.alpha_ratio[i] * (ctx.snr * _batch_norm(noise) / _batch_norm(grad)) ** 2
         x_mean = x + step * grad
@@ -76,7 +84,7 @@ def ald_step(ctx, x, i):
     step = 2 * ctx.alpha_ratio[i] * (ctx.snr * ctx.sigmas[i]) ** 2
     x_mean = x
     for _ in range(ctx.n_steps):
-        grad = ctx.score_fn(x, ctx.t(i))
+        grad = ctx.model(x, ctx.t(i)).score
         x_mean = x + step * grad
         x = x_mean + torch.sqrt(2 * step) * randn_like(x, ctx.generator)
     return x, x_mean, ctx.n_steps
@@ -87,13 +95,28 @@ PREDICTORS = {"euler_maruyama": euler_maruyama_step, "reverse_diffusion": revers
 CORRECTORS = {"langevin": langevin_step, "ald": ald_step, "none": no_step}
 
 
+DIFFUSIONS = ("sde", "sigma", "constant")
+
+
+def reverse_diffusion_g2(sde, ts, diffusion: str = "sde", scale: float = 1.0):
+    """g~(t)^2 of the marginal-preserving reverse SDE on the grid ``ts`` (see the module doc)."""
+    if diffusion == "sde":
+        g2 = sde.sde(torch.zeros(len(ts), 1, dtype=ts.dtype, device=ts.device), ts)[1] ** 2
+    elif diffusion == "sigma":
+        g2 = 2 * sde.alpha_sigma(ts)[1]
+    else:
+        g2 = torch.full_like(ts, 2.0)
+    return scale * g2
+
+
 class _Context:
     """Everything a step needs, computed once per sampling call (no per-step schedules)."""
 
-    def __init__(self, score_fn, sde, x, ts, generator, snr, n_steps):
-        self.score_fn, self.generator, self.snr, self.n_steps = score_fn, generator, snr, n_steps
-        self.rsde = sde.reverse(score_fn)
+    def __init__(self, model, sde, x, ts, generator, snr, n_steps, diffusion, scale):
+        self.model, self.generator, self.snr, self.n_steps = model, generator, snr, n_steps
+        self.rsde = sde.reverse(lambda x, t: model(x, t).score)
         self.ts = ts
+        self.g2 = reverse_diffusion_g2(sde, ts, diffusion, scale)
         self._times = ts[:, None].expand(len(ts), x.shape[0])      # row i: t_i per sample
         self.dts = ts[:-1] - ts[1:]
         self.sqrt_dts = self.dts.sqrt()
@@ -114,19 +137,40 @@ class _Context:
 def _check_pc(options):
     if options["predictor"] == "none" and options["corrector"] == "none":
         raise ValueError("sampler: predictor=none with corrector=none does nothing")
+    if options.get("diffusion", "sde") != "sde" and options["predictor"] != "euler_maruyama":
+        raise ValueError(f"sampler.diffusion={options['diffusion']} needs "
+                         f"predictor=euler_maruyama, not {options['predictor']}")
 
 
-@register("pc", grid="uniform", combined=_check_pc,
+def _check_pc_path(options, sde, ts):
+    """What the path must allow: finite g~ on the grid; reverse_diffusion needs alpha > 0."""
+    predictor = options.get("predictor", "euler_maruyama")
+    if predictor == "reverse_diffusion" and sde.alpha_vanishes:
+        raise ValueError("sampler predictor=reverse_diffusion needs alpha(T) > 0 (its step "
+                         "divides by alpha); on this path use euler_maruyama or ancestral")
+    if predictor == "euler_maruyama":
+        g2 = reverse_diffusion_g2(sde, ts, options.get("diffusion", "sde"))
+        if not torch.isfinite(g2[:-1]).all():
+            raise ValueError("sampler diffusion=sde: the path's g(t) is infinite at t = T "
+                             "(alpha(T) = 0); use sampler.diffusion=sigma or constant")
+
+
+@register("pc", grid="uniform", combined=_check_pc, path_check=_check_pc_path,
           rules={"predictor": one_of(PREDICTORS, "predictor"),
                  "corrector": one_of(CORRECTORS, "corrector"),
-                 "snr": number(0, lo_open=True), "n_steps": integer(1), "denoise": boolean()})
-def predictor_corrector(score_fn, sde, x, ts, *, generator=None, callback=None,
+                 "snr": number(0, lo_open=True), "n_steps": integer(1), "denoise": boolean(),
+                 "diffusion": one_of(DIFFUSIONS, "diffusion"),
+                 "diffusion_scale": number(0, lo_open=True)})
+def predictor_corrector(model, sde, x, ts, *, generator=None, callback=None,
                         predictor: str = "euler_maruyama", corrector: str = "none",
-                        snr: float = 0.16, n_steps: int = 1, denoise: bool = True):
+                        snr: float = 0.16, n_steps: int = 1, denoise: bool = True,
+                        diffusion: str = "sde", diffusion_scale: float = 1.0):
     """Alg. 1 of Score SDE: at each grid time a corrector then a predictor step.
-    ``denoise``: finish with the noise-free Tweedie step x0_hat(x, eps) (+1 NFE)."""
+    ``denoise``: finish with the noise-free Tweedie step x0_hat(x, eps) (+1 NFE).
+    ``diffusion``, ``diffusion_scale``: g~^2 of the euler_maruyama predictor."""
+    _check_pc_path(dict(predictor=predictor, diffusion=diffusion), sde, ts)
     predict, correct = PREDICTORS[predictor], CORRECTORS[corrector]
-    ctx = _Context(score_fn, sde, x, ts, generator, snr, n_steps)
+    ctx = _Context(model, sde, x, ts, generator, snr, n_steps, diffusion, diffusion_scale)
     nfe = 0
     for i in range(len(ts) - 1):
         x, _, n_c = correct(ctx, x, i)
@@ -135,6 +179,6 @@ def predictor_corrector(score_fn, sde, x, ts, *, generator=None, callback=None,
         if callback is not None:
             callback(i, x)
     if denoise:
-        x = tweedie_denoise(score_fn, x, ts[-1], ctx.alphas[-1], ctx.sigmas[-1])
+        x = tweedie_denoise(model, x, ts[-1])
         nfe += 1
     return x, nfe

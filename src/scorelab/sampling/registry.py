@@ -1,7 +1,9 @@
-"""The one registry of samplers: name -> function(score_fn, sde, x, ts, *, generator,
-callback, **options) -> (x, nfe), plus the time grid each uses by default and the allowed
-values of its options (``scorelab.checks`` rules), checked by ``check_options`` before any
-sampling: ``sample()`` and the command line's ``sampler_settings`` use the same rules."""
+"""The one registry of samplers: name -> function(model, sde, x, ts, *, generator,
+callback, **options) -> (x, nfe), ``model(x, t) -> Prediction`` (``scorelab.prediction``),
+plus the time grid each uses by default and the allowed values of its options
+(``scorelab.checks`` rules), checked by ``check_options`` before any sampling: ``sample()``
+and the command line's ``sampler_settings`` use the same rules. ``check_path`` asks the
+sampler whether it can run on a given SDE / path (e.g. from alpha(T) = 0)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ SAMPLERS: dict = {}
 DEFAULT_GRIDS: dict = {}
 RULES: dict = {}            # name -> {option: Rule}
 COMBINED: dict = {}         # name -> check(options with defaults filled in) or None
+PATH_CHECKS: dict = {}      # name -> check(options with defaults, sde, ts) or None
 # Options that every sampler takes through ``sample()`` (they shape the time grid).
 COMMON_OPTIONS = ("grid", "rho", "eps")
 COMMON_RULES: dict[str, Rule] = {
@@ -22,13 +25,14 @@ COMMON_RULES: dict[str, Rule] = {
     "rho": number(0, lo_open=True),
     "eps": optional(number(0)),                         # None: sde.sampling_eps
 }
-_ARGS = {"score_fn", "sde", "x", "ts", "generator", "callback"}
+_ARGS = {"model", "sde", "x", "ts", "generator", "callback"}
 
 
 def register(name: str, grid: str = "uniform", rules: dict[str, Rule] | None = None,
-             combined=None):
+             combined=None, path_check=None):
     """Register a sampler. ``rules``: allowed values of its own options; ``combined``:
-    ``check(options) -> None`` raising ValueError for combinations no single rule sees."""
+    ``check(options) -> None`` raising ValueError for combinations no single rule sees;
+    ``path_check``: ``check(options, sde, ts) -> None`` for what the path must allow."""
     def wrap(fn):
         if name in SAMPLERS:
             raise ValueError(f"sampler {name!r} registered twice")
@@ -36,6 +40,7 @@ def register(name: str, grid: str = "uniform", rules: dict[str, Rule] | None = N
         DEFAULT_GRIDS[name] = grid
         RULES[name] = dict(rules or {})
         COMBINED[name] = combined
+        PATH_CHECKS[name] = path_check
         return fn
     return wrap
 
@@ -71,3 +76,11 @@ def check_options(name: str, options: dict) -> None:
     check_values("sampler", options, {**COMMON_RULES, **RULES[name]})
     if COMBINED[name] is not None:
         COMBINED[name]({**_defaults(name), **options})
+
+
+def check_path(name: str, options: dict, sde, ts) -> None:
+    """Raise ValueError if sampler ``name`` with ``options`` cannot run on ``sde`` over the
+    grid ``ts`` (called by ``sample()`` before the first evaluation, and at start-up)."""
+    if PATH_CHECKS[name] is not None:
+        own = {k: v for k, v in options.items() if k in set(sampler_options(name))}
+        PATH_CHECKS[name]({**_defaults(name), **own}, sde, ts)

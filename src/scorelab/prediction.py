@@ -1,0 +1,85 @@
+"""The one conversion layer: a model's prediction at (x, t), read in any parametrisation.
+
+On a path x_t = alpha x0 + sigma eps (any SDE or interpolant; alpha' and sigma' its time
+derivatives) a prediction holds the pair (x0_hat, eps_hat) with x = alpha x0_hat +
+sigma eps_hat, and reads as
+
+    x0       = x0_hat                             (the denoiser D(x, t))
+    eps      = eps_hat
+    score    = -eps_hat / sigma                   (Tweedie; Vincent 2011)
+    v        = alpha eps_hat - sigma x0_hat       (v-prediction, Salimans & Ho 2022)
+    velocity = alpha' x0_hat + sigma' eps_hat     (dx_t/dt, the probability-flow ODE's drift
+                                                   and the flow-matching target)
+
+These hold for any alpha, sigma -- alpha(T) = 0 included, where x0 cannot be recovered from
+a score by dividing by alpha; a model that predicts x0, v or velocity gives it there.
+
+Samplers, the likelihood and guidance consume a *prediction function* ``model(x, t) ->
+Prediction``. ``as_prediction_fn`` accepts a function returning either a ``Prediction`` or a
+plain score tensor (the oracle, user code), which it wraps with ``Prediction.from_score``.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+
+class Prediction:
+    """(x0_hat, eps_hat) at x, with the path's coefficients broadcast against x.
+
+    Args:
+        x: the noisy input x_t.
+        x0, eps: the model's clean-data and noise estimates.
+        alpha, sigma, d_alpha, d_sigma: the path's coefficients and time derivatives at t,
+            broadcastable against x.
+    """
+
+    __slots__ = ("x", "x0", "eps", "alpha", "sigma", "d_alpha", "d_sigma")
+
+    def __init__(self, x: Tensor, x0: Tensor, eps: Tensor, alpha, sigma, d_alpha, d_sigma):
+        self.x, self.x0, self.eps = x, x0, eps
+        self.alpha, self.sigma, self.d_alpha, self.d_sigma = alpha, sigma, d_alpha, d_sigma
+
+    @property
+    def score(self) -> Tensor:
+        return -self.eps / self.sigma
+
+    @property
+    def v(self) -> Tensor:
+        return self.alpha * self.eps - self.sigma * self.x0
+
+    @property
+    def velocity(self) -> Tensor:
+        return self.d_alpha * self.x0 + self.d_sigma * self.eps
+
+    @classmethod
+    def from_score(cls, path, x: Tensor, t: Tensor, score: Tensor) -> "Prediction":
+        """eps = -sigma score, x0 = (x + sigma^2 score) / alpha (undefined where alpha = 0)."""
+        alpha, sigma, d_alpha, d_sigma = path.coefficients(t, like=x)
+        return cls(x, (x + sigma * sigma * score) / alpha, -sigma * score, alpha, sigma,
+                   d_alpha, d_sigma)
+
+    @classmethod
+    def from_x0(cls, path, x: Tensor, t: Tensor, x0: Tensor) -> "Prediction":
+        """eps = (x - alpha x0) / sigma (a denoiser; finite where alpha = 0)."""
+        alpha, sigma, d_alpha, d_sigma = path.coefficients(t, like=x)
+        return cls(x, x0, (x - alpha * x0) / sigma, alpha, sigma, d_alpha, d_sigma)
+
+
+def as_prediction_fn(fn, path):
+    """``model(x, t) -> Prediction`` from ``fn(x, t)`` returning a Prediction or a score."""
+    if getattr(fn, "returns_prediction", False):
+        return fn
+
+    def model(x: Tensor, t: Tensor) -> Prediction:
+        out = fn(x, t)
+        return out if isinstance(out, Prediction) else Prediction.from_score(path, x, t, out)
+
+    model.returns_prediction = True
+    return model
+
+
+def prediction_fn(fn):
+    """Mark ``fn(x, t) -> Prediction`` as a prediction function (no per-call type check)."""
+    fn.returns_prediction = True
+    return fn
