@@ -3,10 +3,11 @@ between the deterministic samplers (DDIM eta=0, DPM-Solver++, EDM Heun) and the 
 ones (PC Euler–Maruyama) that says whether the trained score is good enough for an ODE.
 
     python benchmarks/sampler_gap.py CKPT [CKPT ...] [--n 500] [--samplers SPEC ...]
-        [--out docs/sampler_gap]
+        [--names NAME ...] [--out docs/sampler_gap]
 
 A sampler spec is ``name:steps[:key=value,...]``, e.g. ``ddim:50``, ``dpm_solver:20``,
-``edm:18`` (Heun, 35 NFE), ``pc:250:predictor=euler_maruyama,denoise=true``. Defaults:
+``edm:18`` (Heun, 35 NFE), ``pc:250:predictor=euler_maruyama,denoise=true``,
+``ode:10:method=heun`` (20 NFE). Defaults:
 the issue's table (DDIM 50, DPM-Solver++ 2M 20, EDM 18 steps, PC Euler–Maruyama 100 and 250).
 Sample chunk k of every sampler starts from the prior drawn by the generator seeded with
 (seed, k), so samplers differ only in how they integrate. FID uses the checkpoint
@@ -32,6 +33,7 @@ from scorelab.cli.build import LoadedCheckpoint, build_datamodule, sampler_setti
 from scorelab.metrics.evaluation import (reference_statistics, resolve_features,  # noqa: E402
                                          sample_features, sample_metrics)
 from scorelab.metrics.features import get_extractor  # noqa: E402
+from fid_vs_nfe import label, plot, table  # noqa: E402  (scripts/: one table / plot format)
 
 DEFAULT_SAMPLERS = ["ddim:50", "dpm_solver:20", "edm:18",
                     "pc:100:predictor=euler_maruyama,corrector=none,denoise=true",
@@ -53,17 +55,6 @@ def parse_spec(spec: str) -> dict:
         settings[key] = {"true": True, "false": False}.get(value, value) \
             if isinstance(value, str) else value
     return sampler_settings(settings)
-
-
-def label(settings: dict) -> str:
-    name = settings["name"]
-    if name == "pc":
-        return f"pc {settings.get('predictor', 'euler_maruyama')}"
-    if name == "dpm_solver":
-        return f"dpm_solver++ {settings.get('order', 2)}M"
-    if name == "ddim":
-        return f"ddim eta={settings.get('eta', 0.0)}"
-    return name
 
 
 def evaluate(ckpt: str, specs: list[str], n: int, batch: int, seed: int,
@@ -106,7 +97,13 @@ def main():
     p.add_argument("--samplers", nargs="+", default=DEFAULT_SAMPLERS)
     p.add_argument("--out", type=Path, default=None, help="stem of OUT.md / OUT.png")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--names", nargs="+", default=None,
+                   help="one short name per checkpoint for the table and plot (several "
+                        "checkpoints: default their run directories)")
     args = p.parse_args()
+    names = args.names or [Path(c).parent.parent.name for c in args.ckpts]
+    if len(names) != len(args.ckpts):
+        p.error("--names needs one name per checkpoint")
     torch.manual_seed(args.seed)
     rows = [r for ckpt in args.ckpts for r in evaluate(ckpt, args.samplers, args.n,
                                                        args.batch, args.seed, not args.raw)]
@@ -118,11 +115,11 @@ def main():
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     if args.out:
-        from fid_vs_nfe import plot, table  # scripts/fid_vs_nfe.py: one table / plot format
-
         groups: dict[str, list[dict]] = {}
+        model = dict(zip(args.ckpts, names))
         for r in rows:
-            groups.setdefault(r["sampler"], []).append(r)
+            key = r["sampler"] if len(args.ckpts) == 1 else f"{model[r['ckpt']]}: {r['sampler']}"
+            groups.setdefault(key, []).append(r)
         for g in groups.values():
             g.sort(key=lambda r: r["nfe"])
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -28,8 +28,10 @@ def label(sampler: dict) -> str:
         return "pc " + " + ".join(p for p in parts if p and p != "none")
     if name == "dpm_solver":
         return f"dpm_solver++ {sampler.get('order', 2)}M"
-    if name == "ddim" and sampler.get("eta"):
-        return f"ddim eta={sampler['eta']}"
+    if name == "ddim":
+        return f"ddim eta={float(sampler.get('eta', 0.0))}"
+    if name == "ode":
+        return f"ode {sampler.get('method', 'rk45')}"
     return name
 
 

@@ -83,8 +83,7 @@ class DenoisingLoss(abc.ABC):
         d_alpha, d_sigma = model.sde.derivatives(t)
         c = tuple(_bcast(v, x0).to(x0.dtype) for v in (alpha, sigma, d_alpha, d_sigma))
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        # The path draws x_t (a coupling of x0 and noise, e.g. minibatch OT, would go here).
-        x_t = c[0] * x0 + c[1] * noise
+        x_t = model.sde.interpolate(x0, noise, c)
         out = model.output(x_t, t, y, c)
         sq = self.squared_error(model, out, x0, noise, x_t, t, c)
         per_sample = sq.flatten(1)

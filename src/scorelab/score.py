@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from scorelab.checks import check_value, one_of
 from scorelab.heads import Head
 from scorelab.prediction import Prediction, prediction_fn
-from scorelab.sde import SDE, _bcast
+from scorelab.sde import SDE
 
 NOISE_LABELS = ("sde", "time", "log_sigma")
 

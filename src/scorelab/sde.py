@@ -82,6 +82,11 @@ class SDE(abc.ABC):
             return alpha, sigma, d_alpha, d_sigma
         return tuple(_bcast(c, like).to(like.dtype) for c in (alpha, sigma, d_alpha, d_sigma))
 
+    def interpolate(self, x0: Tensor, noise: Tensor, coefficients) -> Tensor:
+        """x_t = alpha x0 + sigma noise, the training input the losses draw (the place where a
+        coupling of x0 and noise, e.g. minibatch optimal transport, would go)."""
+        return coefficients[0] * x0 + coefficients[1] * noise
+
     @property
     def alpha_vanishes(self) -> bool:
         """Whether alpha(T) = 0 (flow-matching paths): x0 cannot be read off a score there,
