@@ -69,7 +69,7 @@ def main():
     print(f"compact UNet, batch {args.batch}, {args.steps} steps, {args.sde}; ratio = sampler "
           "wall time / (NFE x one forward), best of interleaved runs")
     print(f"{'sampler':22s} {'NFE':>5s} {'fwd ms':>7s} {'wall s':>8s} {'ratio':>6s}")
-    score_fn = model.score_fn
+    score_fn = model.prediction_fn()
     for label_, (name, opts) in SAMPLERS.items():
         gen = torch.Generator().manual_seed(0)
         run = lambda: sample(score_fn, sde, x.shape, name, steps=args.steps,  # noqa: E731

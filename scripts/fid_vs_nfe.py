@@ -24,8 +24,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 def label(sampler: dict) -> str:
     name = sampler["name"]
     if name == "pc":
-        parts = [sampler.get("predictor", ""), sampler.get("corrector", "none")]
-        return "pc " + " + ".join(p for p in parts if p and p != "none")
+        parts = [sampler.get("predictor", "euler_maruyama"), sampler.get("corrector", "none")]
+        text = "pc " + " + ".join(p for p in parts if p != "none")
+        if sampler.get("diffusion", "sde") != "sde" or sampler.get("diffusion_scale", 1) != 1:
+            text += f" (g~: {sampler.get('diffusion', 'sde')} x{sampler.get('diffusion_scale', 1)})"
+        return text
     if name == "dpm_solver":
         return f"dpm_solver++ {sampler.get('order', 2)}M"
     if name == "ddim":

@@ -250,7 +250,8 @@ def test_fid_vs_nfe_script_collects_a_sweep(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     md = (tmp_path / "out.md").read_text()
-    assert "| ddim eta=0.0 | 10 | 10 | 30.00 |" in md and "| dpm_solver++ 2M | 10 | 10 | 9.00 |" in md
+    assert "| ddim eta=0.0 | 10 | 10 | 30.00 |" in md
+    assert "| dpm_solver++ 2M | 10 | 10 | 9.00 |" in md
     assert (tmp_path / "out.png").stat().st_size > 1000
 
 

@@ -119,12 +119,13 @@ class Fixed(torch.nn.Module):
         return self.out
 
 
-@pytest.mark.parametrize("head_name", ["eps", "x0", "v", "velocity"])
-@pytest.mark.parametrize("path", [LinearPath(), CosinePath(), VPSDE()],
-                         ids=["linear", "cosine", "vp"])
-def test_flow_matching_loss_is_weighted_dsm(path, head_name):
+@pytest.mark.parametrize("path_name,head_name", [
+    (p, h) for p in ("linear", "cosine", "vp") for h in ("eps", "x0", "v", "velocity")
+    if not (p != "vp" and h == "eps")])      # eps cannot start a sampler where alpha = 0
+def test_flow_matching_loss_is_weighted_dsm(path_name, head_name):
     """The velocity-space MSE equals DSM on eps_hat weighted by (alpha sigma' - sigma
     alpha')^2 / alpha^2, for any head; for the velocity head it is the head's own MSE."""
+    path = all_sdes()[path_name]
     head = get_head(head_name)
     x0 = torch.randn(64, 4, dtype=torch.float64)
     model = ScoreModel(Fixed(torch.randn(64, 4, dtype=torch.float64)), head, path)
@@ -151,3 +152,36 @@ def test_cosine_path_alpha_is_exactly_zero_at_T_in_float32():
     lam = CosinePath().log_snr(torch.tensor([1.0, 0.5], dtype=torch.float64))
     assert lam[0] == float("-inf") and lam[1].item() == pytest.approx(0.0, abs=1e-12)
     assert math.isclose(float(CosinePath().t_from_log_snr(torch.tensor(0.0))), 0.5)
+
+
+@pytest.mark.parametrize("time_sampling", ["uniform", "log_normal", "logit_normal"])
+@pytest.mark.parametrize("path", [LinearPath(), CosinePath()], ids=["linear", "cosine"])
+def test_noise_level_draws_on_flow_paths(path, time_sampling):
+    """Every time sampling draws t in [eps, T] on the flow paths; the log-normal one puts
+    ln(sigma / alpha) ~ N(p_mean, p_std^2) as on the SDEs (a median sigma/alpha of
+    e^-1.2 with EDM's defaults)."""
+    loss = DSMLoss(time_sampling=time_sampling, eps=1e-3)
+    t, alpha, sigma = loss.draw(path, 20000, "cpu", torch.Generator().manual_seed(0),
+                                torch.float64)
+    assert (t >= 1e-3).all() and (t <= 1).all() and torch.isfinite(alpha / sigma).all()
+    if time_sampling == "log_normal":
+        log_level = torch.log(sigma / alpha)
+        assert log_level.mean().item() == pytest.approx(-1.2, abs=0.03)
+        assert log_level.std().item() == pytest.approx(1.2, abs=0.03)
+
+
+def test_combinations_that_cannot_work_on_a_flow_path_say_why():
+    from scorelab.losses import DDPMLoss, IncompatibleError
+    from scorelab.mixture import GaussianMixture
+    from scorelab.sampling import sample
+
+    net = Fixed(torch.zeros(1))
+    with pytest.raises(ValueError, match="head=eps cannot give x0 where alpha = 0"):
+        ScoreModel(net, get_head("eps"), LinearPath())
+    with pytest.raises(ValueError, match="noise_label=log_sigma .* \\+inf at t = T"):
+        ScoreModel(net, get_head("velocity"), CosinePath(), noise_label="log_sigma")
+    with pytest.raises(IncompatibleError, match="loss=ddpm draws step 0 at t = 0"):
+        DDPMLoss().check(VPSDE(), get_head("velocity"))
+    gmm = GaussianMixture.ring(2, 4)
+    with pytest.raises(ValueError, match="a plain score cannot give x0 where alpha = 0"):
+        sample(gmm.score_fn(LinearPath()), LinearPath(), (4, 2), sampler="ddim", steps=3)

@@ -59,8 +59,8 @@ class DenoisingLoss(abc.ABC):
             raise ValueError(f"loss reduce must be one of {_REDUCE}, got {reduce!r}")
         self.reduce = reduce
 
-    def check(self, sde: SDE) -> None:
-        """Raise ``IncompatibleError`` if this loss cannot train on ``sde``."""
+    def check(self, sde: SDE, head=None) -> None:
+        """Raise ``IncompatibleError`` if this loss cannot train on ``sde`` (with ``head``)."""
 
     @abc.abstractmethod
     def draw(self, sde: SDE, n: int, device, generator,
@@ -160,11 +160,16 @@ class DDPMLoss(DenoisingLoss):
     (N-1) t_i = i and DDPM's alpha_bar_i. The continuous samplers then read the model with
     alpha(t), sigma(t), which differ from the chain by O(1/N) (alpha_bar_i ~ exp(-B((i+1)/N)))."""
 
-    def check(self, sde):
+    def check(self, sde, head=None):
         if not hasattr(sde, "discrete_alpha_sigma"):
             raise IncompatibleError(
                 f"loss=ddpm needs the discrete DDPM chain of sde=vp, but sde is "
                 f"{type(sde).__name__}; use loss=dsm (any SDE) or loss=smld (VE)")
+        if head is not None and head.name == "velocity":
+            raise IncompatibleError(
+                "loss=ddpm draws step 0 at t = 0, where VP's sigma' is infinite and the "
+                "velocity target with it; use loss=dsm or loss=flow_matching with "
+                "head=velocity")
 
     def draw(self, sde, n, device, generator, dtype=torch.float32):
         i = torch.randint(0, sde.N, (n,), generator=generator, device=device)
@@ -175,7 +180,7 @@ class DDPMLoss(DenoisingLoss):
 class SMLDLoss(DenoisingLoss):
     """Song & Ermon (2019) noise-conditional score matching on the VE SDE's sigma ladder."""
 
-    def check(self, sde):
+    def check(self, sde, head=None):
         if not hasattr(sde, "discrete_sigmas"):
             raise IncompatibleError(
                 f"loss=smld needs the geometric noise levels of sde=ve, but sde is "

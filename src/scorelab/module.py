@@ -63,7 +63,7 @@ class DiffusionModule(L.LightningModule):
         super().__init__()
         check_value("optim.lr_decay", lr_decay, LR_DECAY_RULE)
         self.lr_decay = lr_decay
-        loss.check(model.sde)
+        loss.check(model.sde, model.head)
         self.model = model
         self.loss_fn = loss
         self.optimizer_factory = optimizer

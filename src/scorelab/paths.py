@@ -1,7 +1,7 @@
 """Interpolant paths of flow matching, on the same interface as the Score SDEs.
 
 A path is x_t = alpha(t) x0 + sigma(t) eps, t = 0 (data) to t = T = 1 (noise), given by
-alpha, sigma and their time derivatives. Everything else follows generically (DESIGN.md §1):
+alpha, sigma and their time derivatives. Everything else follows generically:
 
 * the SDE with these marginals:  f = alpha' / alpha,  g^2 = 2 sigma sigma' - 2 f sigma^2
   (d sigma^2/dt = 2 f sigma^2 + g^2); both are infinite at T, where alpha(T) = 0, so the

@@ -73,7 +73,14 @@ def as_prediction_fn(fn, path):
 
     def model(x: Tensor, t: Tensor) -> Prediction:
         out = fn(x, t)
-        return out if isinstance(out, Prediction) else Prediction.from_score(path, x, t, out)
+        if isinstance(out, Prediction):
+            return out
+        if path.alpha_vanishes and (path.alpha_sigma(t)[0] == 0).any():
+            raise ValueError(
+                "a plain score cannot give x0 where alpha = 0 (t = T on this path); pass a "
+                "function returning a Prediction, e.g. GaussianMixture.prediction_fn(path) "
+                "or ScoreModel.prediction_fn()")
+        return Prediction.from_score(path, x, t, out)
 
     model.returns_prediction = True
     return model

@@ -50,6 +50,16 @@ class ScoreModel(nn.Module):
                  noise_label: str = "sde"):
         super().__init__()
         check_value("noise_label", noise_label, one_of(NOISE_LABELS, "noise label"))
+        if sde.alpha_vanishes:
+            if not head.x0_at_pure_noise:
+                raise ValueError(
+                    f"head={head.name} cannot give x0 where alpha = 0, and "
+                    f"sde={type(sde).__name__} has alpha(T) = 0, where every sampler starts: "
+                    f"use head=velocity, v, x0 or edm")
+            if noise_label == "log_sigma":
+                raise ValueError(
+                    f"noise_label=log_sigma is log(sigma / alpha) / 4 = +inf at t = T on "
+                    f"sde={type(sde).__name__} (alpha(T) = 0): use noise_label=sde or time")
         self.backbone = backbone
         self.head = head
         self.sde = sde
@@ -73,7 +83,7 @@ class ScoreModel(nn.Module):
     def output(self, x: Tensor, t: Tensor, y: Tensor | None = None,
                coefficients: tuple[Tensor, ...] | None = None) -> Tensor:
         """The backbone's raw output (what the head's target is compared with).
-        ``coefficients``: (alpha, sigma, ...) already broadcast against x, if the caller has them."""
+        ``coefficients``: (alpha, sigma, ...) broadcast against x, if the caller has them."""
         alpha, sigma = (coefficients if coefficients is not None else self.coefficients(x, t))[:2]
         x_in = x * self.head.c_in(alpha, sigma) if self.input_scaling else x
         out = self.backbone(x_in, self.noise_label(t, alpha, sigma).to(x.dtype), y)

@@ -5,9 +5,10 @@ Every SDE here is linear, dX = f(t) X dt + g(t) dW, so its perturbation kernel i
 
     x_t = alpha(t) x_0 + sigma(t) z,      z ~ N(0, I).
 
-The whole package consumes an SDE through ``alpha_sigma(t)`` (plus ``sde``/``discretize``
-for the samplers), never through its type: a new SDE works with every head, loss and
-sampler unchanged.
+The whole package consumes an SDE through its methods -- ``alpha_sigma``, ``derivatives``,
+``log_snr`` and its inverse, ``sde``, ``discretize``, ``alpha_vanishes`` -- never through its
+type: a new SDE or path (``scorelab.paths``) works with every head, loss and sampler
+unchanged.
 
 * VP  (Eq. 11):  dX = -1/2 beta(t) X dt + sqrt(beta(t)) dW,
                  alpha = exp(-B(t)/2), sigma = sqrt(1 - exp(-B(t))),  B(t) = int_0^t beta.
@@ -252,7 +253,7 @@ class VPSDE(SDE):
         return -0.5 * _bcast(beta, x) * x, torch.sqrt(beta)
 
     def derivatives(self, t):
-        """alpha' = -beta alpha / 2; sigma' = beta alpha^2 / (2 sigma) (from alpha^2 + sigma^2 = 1)."""
+        """alpha' = -beta alpha / 2; sigma' = beta alpha^2 / (2 sigma) (alpha^2 + sigma^2 = 1)."""
         alpha, sigma = self.alpha_sigma(t)
         beta = self.schedule.beta(t)
         return -0.5 * beta * alpha, 0.5 * beta * alpha * alpha / sigma

@@ -154,12 +154,8 @@ def build_module(cfg: DictConfig, data_shape, num_classes: int,
     head = make(cfg, "head")
     backbone = make(cfg, "backbone", data_shape=tuple(data_shape),
                     num_classes=backbone_classes(cfg, num_classes))
-    if sde.alpha_vanishes and not head.x0_at_pure_noise:
-        raise ConfigError(
-            f"head={head.name} cannot give x0 where alpha = 0, and sde={type(sde).__name__} "
-            f"has alpha(T) = 0, where every sampler starts: use head=velocity, v, x0 or edm")
     loss = make(cfg, "loss")
-    loss.check(sde)
+    loss.check(sde, head)
     noise_label = cfg.get("noise_label", "sde")
     if noise_label == "log_sigma" and cfg.backbone.get("embedding") == "fourier":
         raise ConfigError("noise_label=log_sigma is a log already, but backbone.embedding="
@@ -175,8 +171,9 @@ def build_module(cfg: DictConfig, data_shape, num_classes: int,
     except ConfigError as e:
         if strict_sampler:
             raise
-        log.warning("%s; using the default sampler (pc, 500 steps) instead", e)
-        sampler = {"name": "pc", "steps": 500}
+        log.warning("%s; using EDM's Heun sampler (18 steps), which runs on every path, "
+                    "instead", e)
+        sampler = {"name": "edm", "steps": 18}
     return DiffusionModule(
         model, loss, optimizer=make(cfg.optim, "optimizer"), data_shape=data_shape,
         num_classes=num_classes, is_image=is_image, conditional=cfg.conditional,

@@ -138,7 +138,9 @@ def main(cfg: DictConfig) -> dict:
                "loss": OmegaConf.to_container(loaded.cfg.loss),
                **_results(trainer, dm, callbacks, selected)}
     if cfg.num_samples > 0 and not selected & {"fid", "is"}:
-        metrics.update(_samples(cfg, loaded, pick_device({'gpu': 'cuda'}.get(cfg.trainer.accelerator, cfg.trainer.accelerator)), out))
+        accelerator = cfg.trainer.accelerator
+        device = pick_device({"gpu": "cuda"}.get(accelerator, accelerator))
+        metrics.update(_samples(cfg, loaded, device, out))
     write_json(out / "metrics.json", metrics)
     print(_table(metrics))
     log.info("wrote %s", out / "metrics.json")

@@ -104,8 +104,8 @@ def heldout_bits_per_dim(model_for: Callable, sde, x: Tensor, y: Tensor | None,
                          **likelihood_kwargs) -> tuple[dict[str, Tensor], int]:
     """This process's share of per-example bits/dim (images, 8-bit dequantised) or NLL in
     nats/dim (vectors) of held-out x ([-1, 1] for images). ``model_for(y)`` gives the
-    model's prediction function (or a score function) for labels y (None: unconditional). ``progress(m, nfe)`` is called after
-    every chunk of m examples.
+    model's prediction function (or a score function) for labels y (None: unconditional).
+    ``progress(m, nfe)`` is called after every chunk of m examples.
     Returns ({"index", "value"}, NFE of the last chunk)."""
     index, values, nfe = [], [], 0
     for k, start, size in my_chunks(x.shape[0], chunk, rank, world):

@@ -85,5 +85,6 @@ def check_sampler(sde, name: str, steps: int, grid: str | None = None, rho: floa
     check_path(name, options, sde, time_grid(name, sde, steps, grid, rho, eps))
 
 
-__all__ = ["time_grid", "check_sampler", "sample", "SampleResult", "SAMPLERS", "GRIDS", "COMMON_OPTIONS", "get_sampler",
-           "sampler_options", "check_options", "check_path", "make_grid"]
+__all__ = ["sample", "SampleResult", "SAMPLERS", "GRIDS", "COMMON_OPTIONS", "get_sampler",
+           "sampler_options", "check_options", "check_path", "check_sampler", "make_grid",
+           "time_grid"]

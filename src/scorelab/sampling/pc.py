@@ -17,7 +17,8 @@ Predictors (x -> x_next, and the noise-free mean x_mean):
                      (needs alpha(T) > 0).
 * ancestral:         a draw from q(x_s | x_t, x0 = x0_hat) of the linear SDE, s = t - dt:
                      mean = a sigma_s^2 / sigma_t^2 x + alpha_s s_ts^2 / sigma_t^2 x0_hat,
-                     var = s_ts^2 sigma_s^2 / sigma_t^2 (a = alpha_t/alpha_s, s_ts^2 = sigma_t^2 - a^2 sigma_s^2).
+                     var = s_ts^2 sigma_s^2 / sigma_t^2 (a = alpha_t/alpha_s,
+                     s_ts^2 = sigma_t^2 - a^2 sigma_s^2).
                      On VP it is DDPM's ancestral step with the posterior variance
                      (Ho et al. Eq. 6-7); on VE the SMLD analogue (Score SDE Eq. 47).
 * none.
@@ -137,9 +138,11 @@ class _Context:
 def _check_pc(options):
     if options["predictor"] == "none" and options["corrector"] == "none":
         raise ValueError("sampler: predictor=none with corrector=none does nothing")
-    if options.get("diffusion", "sde") != "sde" and options["predictor"] != "euler_maruyama":
-        raise ValueError(f"sampler.diffusion={options['diffusion']} needs "
-                         f"predictor=euler_maruyama, not {options['predictor']}")
+    if options["predictor"] != "euler_maruyama":
+        for key, default in (("diffusion", "sde"), ("diffusion_scale", 1.0)):
+            if options.get(key, default) != default:
+                raise ValueError(f"sampler.{key}={options[key]} needs predictor="
+                                 f"euler_maruyama, not {options['predictor']}")
 
 
 def _check_pc_path(options, sde, ts):
@@ -147,7 +150,8 @@ def _check_pc_path(options, sde, ts):
     predictor = options.get("predictor", "euler_maruyama")
     if predictor == "reverse_diffusion" and sde.alpha_vanishes:
         raise ValueError("sampler predictor=reverse_diffusion needs alpha(T) > 0 (its step "
-                         "divides by alpha); on this path use euler_maruyama or ancestral")
+                         "divides by alpha); on this path use predictor=ancestral, or "
+                         "euler_maruyama with diffusion=sigma (sampler=sde_sigma)")
     if predictor == "euler_maruyama":
         g2 = reverse_diffusion_g2(sde, ts, options.get("diffusion", "sde"))
         if not torch.isfinite(g2[:-1]).all():
