@@ -66,7 +66,7 @@ def table(groups) -> str:
 
 
 def plot(groups, path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for name, rows in groups.items():
         ax.plot([r["nfe"] for r in rows], [r["fid"] for r in rows], "o-", label=name)
     ax.set_xscale("log")
@@ -74,7 +74,7 @@ def plot(groups, path: Path) -> Path:
     ax.set_xlabel("NFE")
     ax.set_ylabel(f"FID ({next(iter(groups.values()))[0]['features']} features)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7, framealpha=0.8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
