@@ -34,14 +34,20 @@ def options(group):
 
 def test_default_config_is_the_mnist5k_experiment(tmp_path):
     cfg = compose_train([], tmp_path)
-    named = compose_train(["experiment=mnist5k_vp_v"], tmp_path)
+    named = compose_train(["experiment=mnist5k_fm"], tmp_path)
     assert cfg.data._target_.endswith("MNIST5kDataModule")
-    assert cfg.sde._target_.endswith("VPSDE") and cfg.head.name == "v"
+    assert cfg.sde._target_.endswith("LinearPath") and cfg.head.name == "velocity"
+    assert cfg.loss.weighting == "velocity" and cfg.loss.time_sampling == "logit_normal"
     assert cfg.backbone._target_.endswith("UNet") and cfg.sampler.name == "edm"
     assert cfg.optim.lr_decay == "cosine"
     for key in ("data", "sde", "head", "backbone", "loss", "optim", "sampler", "trainer"):
         assert cfg[key] == named[key]
-    # Score SDE's recipe stays one override away
+    # the diffusion recipe and Score SDE's stay one override away
+    v = compose_train(["experiment=mnist5k_vp_v"], tmp_path)
+    assert v.sde._target_.endswith("VPSDE") and v.head.name == "v"
+    assert v.loss.weighting == "none" and v.loss.time_sampling == "uniform"
+    for key in ("data", "backbone", "optim", "sampler", "trainer"):
+        assert v[key] == cfg[key]
     eps = compose_train(["experiment=mnist5k_vp_eps"], tmp_path)
     assert eps.head.name == "eps" and eps.optim.lr_decay == "none"
     assert eps.trainer.max_steps == 800 and eps.sampler.name == "pc"
@@ -72,11 +78,8 @@ def test_flow_matching_experiments_compose(tmp_path):
     for name in ("gmm_fm", "digits_fm", "mnist5k_fm"):
         cfg = compose_train([f"experiment={name}"], tmp_path)
         assert cfg.sde._target_.endswith("LinearPath") and cfg.head.name == "velocity"
-        assert cfg.loss.weighting == "velocity" and cfg.sampler.name == "ode"
-    # the MNIST-5k one differs from the default run only where flow matching does
-    fm, default = compose_train(["experiment=mnist5k_fm"], tmp_path), compose_train([], tmp_path)
-    for key in ("data", "backbone", "optim", "trainer"):
-        assert fm[key] == default[key]
+        assert cfg.loss.weighting == "velocity"
+        assert cfg.sampler.name == ("edm" if name == "mnist5k_fm" else "ode")
 
 
 @pytest.mark.parametrize("data,backbone", [
