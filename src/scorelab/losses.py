@@ -146,9 +146,8 @@ class DSMLoss(DenoisingLoss):
             err = model.head.to_eps(out, x_t, *c) - noise
             return g2 / (sigma * sigma) * err * err
         if self.weighting == "velocity":
-            pred = Prediction(x_t, model.head.to_x0(out, x_t, *c), model.head.to_eps(out, x_t, *c),
-                              *c)
-            err = pred.velocity - (c[2] * x0 + c[3] * noise)
+            target = c[2] * x0 + c[3] * noise
+            err = Prediction.from_head(model.head, out, x_t, c).velocity - target
             return err * err
         snr = (alpha * alpha) / (sigma * sigma)
         err = model.head.to_x0(out, x_t, *c) - x0

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from scorelab.heads import ScoreHead, X0Head
+
 
 class Prediction:
     """(x0_hat, eps_hat) at x, with the path's coefficients broadcast against x.
@@ -53,17 +55,22 @@ class Prediction:
         return self.d_alpha * self.x0 + self.d_sigma * self.eps
 
     @classmethod
+    def from_head(cls, head, out: Tensor, x: Tensor, coefficients) -> "Prediction":
+        """What raw output ``out`` means under ``head`` (``scorelab.heads``), with
+        ``coefficients`` = (alpha, sigma, alpha', sigma') broadcast against x."""
+        return cls(x, head.to_x0(out, x, *coefficients), head.to_eps(out, x, *coefficients),
+                   *coefficients)
+
+    @classmethod
     def from_score(cls, path, x: Tensor, t: Tensor, score: Tensor) -> "Prediction":
-        """eps = -sigma score, x0 = (x + sigma^2 score) / alpha (undefined where alpha = 0)."""
-        alpha, sigma, d_alpha, d_sigma = path.coefficients(t, like=x)
-        return cls(x, (x + sigma * sigma * score) / alpha, -sigma * score, alpha, sigma,
-                   d_alpha, d_sigma)
+        """The score head's reading: eps = -sigma score, x0 = (x + sigma^2 score) / alpha
+        (undefined where alpha = 0)."""
+        return cls.from_head(ScoreHead(), score, x, path.coefficients(t, like=x))
 
     @classmethod
     def from_x0(cls, path, x: Tensor, t: Tensor, x0: Tensor) -> "Prediction":
-        """eps = (x - alpha x0) / sigma (a denoiser; finite where alpha = 0)."""
-        alpha, sigma, d_alpha, d_sigma = path.coefficients(t, like=x)
-        return cls(x, x0, (x - alpha * x0) / sigma, alpha, sigma, d_alpha, d_sigma)
+        """The x0 head's reading: eps = (x - alpha x0) / sigma (finite where alpha = 0)."""
+        return cls.from_head(X0Head(), x0, x, path.coefficients(t, like=x))
 
 
 def as_prediction_fn(fn, path):

@@ -98,7 +98,7 @@ class ScoreModel(nn.Module):
         score, v or velocity (``scorelab.prediction``)."""
         c = self.coefficients(x, t)
         out = self.output(x, t, y, c)
-        return Prediction(x, self.head.to_x0(out, x, *c), self.head.to_eps(out, x, *c), *c)
+        return Prediction.from_head(self.head, out, x, c)
 
     def score_fn(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         c = self.coefficients(x, t)

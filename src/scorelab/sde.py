@@ -20,6 +20,7 @@ unchanged.
 from __future__ import annotations
 
 import abc
+import functools
 import math
 
 import torch
@@ -88,7 +89,7 @@ class SDE(abc.ABC):
         coupling of x0 and noise, e.g. minibatch optimal transport, would go)."""
         return coefficients[0] * x0 + coefficients[1] * noise
 
-    @property
+    @functools.cached_property
     def alpha_vanishes(self) -> bool:
         """Whether alpha(T) = 0 (flow-matching paths): x0 cannot be read off a score there,
         and lambda(T) = -inf."""

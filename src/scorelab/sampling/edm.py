@@ -46,9 +46,10 @@ def edm_heun(model, sde, x, ts, *, generator=None, callback=None, s_churn: float
         return model(alpha * y, t.expand(batch)).x0
 
     y = x / alphas[0]
+    infinite = (~torch.isfinite(levels)).tolist()      # once, not a host sync per step
     nfe = 0
     for i in range(n):
-        if not torch.isfinite(levels[i]):
+        if infinite[i]:
             # alpha = 0 (pure noise): the Euler step's limit y = x0_hat + s_next eps_hat.
             pred = model(x, ts[i].expand(batch))
             y = pred.x0 + levels[i + 1] * pred.eps
