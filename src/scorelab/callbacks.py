@@ -201,7 +201,7 @@ class FIDCallback(_MetricCallback):
 
     def compute(self, trainer, pl_module, gather) -> dict:
         settings = self.sampler or pl_module.sampler
-        num_classes = pl_module.num_classes if pl_module.conditional else 0
+        num_classes = pl_module.num_classes if pl_module.takes_labels else 0
 
         def sample_fn(m, y, gen):
             res = pl_module.sample(m, y=y, generator=gen, sampler=settings)
@@ -223,6 +223,8 @@ class FIDCallback(_MetricCallback):
                          "reference": self.reference_path, "seed": self.seed,
                          "processes": trainer.world_size,
                          "wall_time_s": round(time.perf_counter() - start, 2)}
+        if pl_module.guidance is not None:
+            self.settings["guidance"] = pl_module.guidance.settings()
         return values
 
 

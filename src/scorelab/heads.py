@@ -46,6 +46,12 @@ from torch import Tensor
 from scorelab.checks import check_value, number
 
 
+def unit_input_scale(alpha: Tensor, sigma: Tensor) -> Tensor:
+    """1 / sqrt(alpha^2 + sigma^2): EDM's c_in with sigma_data = 1, for any alpha (exactly 1
+    on VP); what every network fed a noisy input x_t sees it multiplied by."""
+    return torch.rsqrt(alpha * alpha + sigma * sigma)
+
+
 class Head(abc.ABC):
     name: str = ""
 
@@ -76,7 +82,7 @@ class Head(abc.ABC):
 
     def c_in(self, alpha: Tensor, sigma: Tensor) -> Tensor:
         """Input scaling of the backbone: EDM's c_in with sigma_data = 1, for any alpha."""
-        return torch.rsqrt(alpha * alpha + sigma * sigma)
+        return unit_input_scale(alpha, sigma)
 
     def __repr__(self):
         return f"{type(self).__name__}()"

@@ -9,6 +9,11 @@ so the noised marginal is again a mixture, with closed-form log-density and scor
 with responsibilities r_k(x) = w_k N_k(x) / p_t(x). ``score_fn(sde)`` is an exact
 ``score_fn(x, t)`` oracle for the samplers, ``prediction_fn`` the exact denoiser (valid at
 alpha = 0 too), ``log_prob`` the exact likelihood.
+
+With the component as class label, the mixture is also the exact class-conditional model:
+p_t(x | y = k) is component k alone (``conditional_prediction_fn``, where ``NULL_LABEL``
+gives the marginal) and p_t(y | x) = r_y(x) is the exact noisy classifier
+(``classifier_fn``), the ground truth of classifier-free and classifier guidance.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import math
 import torch
 from torch import Tensor
 
+from scorelab.conditioning import NULL_LABEL
 from scorelab.prediction import Prediction, prediction_fn
 from scorelab.sde import SDE
 
@@ -109,10 +115,16 @@ class GaussianMixture:
             return self.noised_score(x, alpha, sigma)
         return score
 
-    def noised_denoiser(self, x: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    def noised_denoiser(self, x: Tensor, alpha: Tensor, sigma: Tensor,
+                        y: Tensor | None = None) -> Tensor:
         """E[x0 | x_t = x] [B, d] = sum_k r_k (mu_k + alpha s_k^2 (x - alpha mu_k) / var_k):
-        finite at alpha = 0 (where it is the data mean), unlike (x + sigma^2 score) / alpha."""
+        finite at alpha = 0 (where it is the data mean), unlike (x + sigma^2 score) / alpha.
+        With labels y [B]: E[x0 | x_t = x, y] (r = one-hot of y; ``NULL_LABEL``: marginal)."""
         logits, diff, var = self._components(x, alpha, sigma)
+        if y is not None:
+            given = (y != NULL_LABEL)[:, None]
+            own = torch.nn.functional.one_hot(y.clamp(min=0), self.n_components).bool()
+            logits = torch.where(given & ~own, float("-inf"), logits)
         r = torch.softmax(logits, dim=1)[:, :, None]
         a = alpha.to(x)[:, None, None]
         post = self.means.to(x)[None] + a * self.stds.to(x)[None] ** 2 * diff / var
@@ -124,6 +136,22 @@ class GaussianMixture:
             alpha, sigma = sde.alpha_sigma(t)
             return Prediction.from_x0(sde, x, t, self.noised_denoiser(x, alpha, sigma))
         return prediction_fn(model)
+
+    def conditional_prediction_fn(self, sde: SDE):
+        """``predict(x, t, y) -> Prediction``: the exact prediction of p_t(x | y), y [B]
+        component labels (``NULL_LABEL``: the marginal p_t(x))."""
+        def predict(x: Tensor, t: Tensor, y: Tensor | None = None) -> Prediction:
+            alpha, sigma = sde.alpha_sigma(t)
+            return Prediction.from_x0(sde, x, t, self.noised_denoiser(x, alpha, sigma, y))
+        return predict
+
+    def classifier_fn(self, sde: SDE):
+        """``classifier(x, t) -> logits [B, K]``: log p_t(y | x) (the exact noisy
+        classifier)."""
+        def classifier(x: Tensor, t: Tensor) -> Tensor:
+            alpha, sigma = sde.alpha_sigma(t)
+            return torch.log_softmax(self._components(x, alpha, sigma)[0], dim=1)
+        return classifier
 
     def log_prob_fn(self, sde: SDE):
         """Exact log p_t(x) as ``log_prob(x, t)``."""

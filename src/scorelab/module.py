@@ -9,6 +9,7 @@ import lightning as L
 import torch
 
 from scorelab.checks import check_value, one_of
+from scorelab.conditioning import check_p_uncond, drop_labels
 from scorelab.errors import NonFiniteLossError
 from scorelab.losses import DenoisingLoss
 from scorelab.sampling import SampleResult, sample
@@ -31,6 +32,22 @@ def lr_factor(step: int, warmup: int, total: int, decay: str = "none") -> float:
     return 0.5 * (1 + math.cos(math.pi * progress)) if decay == "cosine" else 1.0 - progress
 
 
+def with_lr_schedule(module: L.LightningModule, opt, warmup: int, decay: str):
+    """Lightning's ``configure_optimizers`` answer: ``opt`` with the per-step ``lr_factor``
+    schedule (or alone when constant)."""
+    if warmup <= 0 and decay == "none":
+        return opt
+    # the run's length in optimizer steps (from max_steps, or max_epochs x batches)
+    total = module.trainer.estimated_stepping_batches if module._trainer is not None else 0
+    if decay != "none" and not 0 < total < float("inf"):
+        raise ValueError(f"optim.lr_decay={decay} needs a run of known length "
+                         f"(trainer.max_steps or trainer.max_epochs)")
+    total = int(total)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: lr_factor(step, warmup, total, decay))
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
 class DiffusionModule(L.LightningModule):
     """A non-finite training loss stops the run with ``NonFiniteLossError`` and never reaches
     the weights: checked before each optimizer step, or, with a fused optimiser (the GPU
@@ -44,6 +61,8 @@ class DiffusionModule(L.LightningModule):
         num_classes: classes of the dataset (0 if unlabelled).
         is_image: whether samples are images in [-1, 1] (for saving and metrics).
         conditional: feed class labels to the backbone.
+        p_uncond: probability of replacing a training label by the null label (label
+            dropout for classifier-free guidance; conditional models only).
         warmup_steps: linear learning-rate warm-up from 0 (Score SDE: 5000).
         lr_decay: after the warm-up, "none" (constant), "cosine" or "linear" decay to 0 at
             the end of the run (``trainer.estimated_stepping_batches``).
@@ -59,8 +78,11 @@ class DiffusionModule(L.LightningModule):
                  optimizer: Callable[..., torch.optim.Optimizer], data_shape,
                  num_classes: int = 0, is_image: bool = True, conditional: bool = False,
                  warmup_steps: int = 0, sampler: dict | None = None, config: dict | None = None,
-                 fused_optimizer: bool | str = "auto", lr_decay: str = "none"):
+                 fused_optimizer: bool | str = "auto", lr_decay: str = "none",
+                 p_uncond: float = 0.0):
         super().__init__()
+        self.p_uncond = check_p_uncond(p_uncond)
+        self.guidance = None       # a ``scorelab.guidance`` object used by ``sample()``
         check_value("optim.lr_decay", lr_decay, LR_DECAY_RULE)
         self.lr_decay = lr_decay
         loss.check(model.sde, model.head)
@@ -86,7 +108,8 @@ class DiffusionModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        loss = self.loss_fn(self.model, x, self._labels(y))
+        y = drop_labels(y, self.p_uncond) if self.conditional else None
+        loss = self.loss_fn(self.model, x, y)
         detached = loss.detach()
         if self._guarded_optimizer is None and not torch.isfinite(detached):
             # Checked before the optimizer step, so a NaN never reaches the weights.
@@ -151,34 +174,45 @@ class DiffusionModule(L.LightningModule):
         fused = fused_optimizer(self.fused_optimizer, params)
         opt = self.optimizer_factory(params, **({"fused": True} if fused else {}))
         self._guarded_optimizer = opt if fused else None
-        if self.warmup_steps <= 0 and self.lr_decay == "none":
-            return opt
-        # the run's length in optimizer steps (from max_steps, or max_epochs x batches)
-        total = self.trainer.estimated_stepping_batches if self._trainer is not None else 0
-        if self.lr_decay != "none" and not 0 < total < float("inf"):
-            raise ValueError(f"optim.lr_decay={self.lr_decay} needs a run of known length "
-                             f"(trainer.max_steps or trainer.max_epochs)")
-        total = int(total)
-        warmup, decay = self.warmup_steps, self.lr_decay
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: lr_factor(step, warmup, total, decay))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return with_lr_schedule(self, opt, self.warmup_steps, self.lr_decay)
+
+    def _guidance_needs_labels(self) -> bool:
+        return self.guidance is not None and self.guidance.needs_labels()
+
+    @property
+    def takes_labels(self) -> bool:
+        """Whether sampling is per class (a conditional model, or a classifier's guidance)."""
+        return self.conditional or self._guidance_needs_labels()
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["scorelab"] = {"config": self.config, "data_shape": list(self.data_shape),
                                   "num_classes": self.num_classes, "is_image": self.is_image}
 
+    def set_guidance(self, guidance) -> None:
+        """Guide ``sample()`` with a ``scorelab.guidance`` object (None: no guidance). Kept
+        out of the module's state (a guide's weights are not this model's)."""
+        self.guidance = guidance
+
+    def guided_prediction_fn(self, y: torch.Tensor | None):
+        """``model(x, t) -> Prediction`` with labels y, through the guidance if one is set."""
+        if self.guidance is None:
+            return self.model.prediction_fn(self._labels(y))
+        self.guidance.to(self.device)
+        return self.guidance.prediction_fn(self.model.prediction, self.model.sde, y,
+                                           self.conditional)
+
     @torch.no_grad()
     def sample(self, n: int, y: torch.Tensor | None = None, generator=None, callback=None,
                sampler: dict | None = None) -> SampleResult:
         """Draw n samples with ``sampler`` settings {name, steps, **options} (default: the
-        module's configured sampler). A conditional model given no labels draws the classes
-        in turn (its null label is only for classifier-free guidance)."""
-        if self.conditional and y is None:
+        module's configured sampler), guided if ``set_guidance`` was given one. A model
+        that takes labels (conditional, or guided by a classifier) given none draws the
+        classes in turn (the null label is only for classifier-free guidance)."""
+        if self.takes_labels and y is None:
             y = torch.arange(n, device=self.device) % self.num_classes
         settings = dict(sampler or self.sampler)
         name, steps = settings.pop("name"), settings.pop("steps")
-        model = self.model.prediction_fn(self._labels(y))
+        model = self.guided_prediction_fn(y)
         was_training = self.training
         self.eval()
         try:

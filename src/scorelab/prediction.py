@@ -14,6 +14,12 @@ sigma eps_hat, and reads as
 These hold for any alpha, sigma -- alpha(T) = 0 included, where x0 cannot be recovered from
 a score by dividing by alpha; a model that predicts x0, v or velocity gives it there.
 
+Guidance (``scorelab.guidance``) builds new predictions from old ones with two operations
+that keep x = alpha x0_hat + sigma eps_hat, so they mean the same in every parametrisation:
+``guide`` (ref + w (pred - ref) on x0_hat and eps_hat alike: classifier-free guidance and
+autoguidance, affine in the output) and ``shift_score`` (score + delta: classifier
+guidance, eps_hat - sigma delta, x0_hat + sigma^2 / alpha delta).
+
 Samplers, the likelihood and guidance consume a *prediction function* ``model(x, t) ->
 Prediction``. ``as_prediction_fn`` accepts a function returning either a ``Prediction`` or a
 plain score tensor (the oracle, user code), which it wraps with ``Prediction.from_score``.
@@ -21,6 +27,7 @@ plain score tensor (the oracle, user code), which it wraps with ``Prediction.fro
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from scorelab.heads import ScoreHead, X0Head
@@ -53,6 +60,36 @@ class Prediction:
     @property
     def velocity(self) -> Tensor:
         return self.d_alpha * self.x0 + self.d_sigma * self.eps
+
+    def guide(self, ref: "Prediction", w: Tensor) -> "Prediction":
+        """ref + w (self - ref) on x0_hat and eps_hat, w [B] per sample (w = 1: self).
+        Affine with weights summing to 1, so x = alpha x0 + sigma eps still holds and the
+        score, v and velocity are guided by the same rule."""
+        w = w.reshape((-1,) + (1,) * (self.x.dim() - 1)).to(self.x.dtype)
+        return Prediction(self.x, ref.x0 + w * (self.x0 - ref.x0),
+                          ref.eps + w * (self.eps - ref.eps),
+                          self.alpha, self.sigma, self.d_alpha, self.d_sigma)
+
+    def shift_score(self, delta: Tensor) -> "Prediction":
+        """The prediction at the same x whose score is score + delta: eps_hat - sigma delta,
+        x0_hat + sigma^2 / alpha delta. Where alpha = 0 (pure noise: p_T(. | y) = p_T, so
+        the shift of an exact posterior vanishes) the prediction is left unchanged."""
+        alpha = self.alpha if isinstance(self.alpha, Tensor) else torch.tensor(self.alpha)
+        live = alpha != 0
+        delta = torch.where(live, delta, torch.zeros_like(delta))
+        safe = torch.where(live, alpha, torch.ones_like(alpha))
+        return Prediction(self.x, self.x0 + self.sigma * self.sigma / safe * delta,
+                          self.eps - self.sigma * delta,
+                          self.alpha, self.sigma, self.d_alpha, self.d_sigma)
+
+    def chunk(self, n: int) -> list["Prediction"]:
+        """Split a prediction of n stacked batches (one batched forward pass) into n."""
+        def parts(v):
+            if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == self.x.shape[0]:
+                return v.chunk(n)
+            return [v] * n
+        fields = [parts(getattr(self, k)) for k in self.__slots__]
+        return [Prediction(*row) for row in zip(*fields)]
 
     @classmethod
     def from_head(cls, head, out: Tensor, x: Tensor, coefficients) -> "Prediction":

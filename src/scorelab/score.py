@@ -35,6 +35,18 @@ from scorelab.sde import SDE
 NOISE_LABELS = ("sde", "time", "log_sigma")
 
 
+def noise_label(kind: str, sde: SDE, t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """The noise label [B] of kind ``kind`` (``NOISE_LABELS``) at times t [B]; alpha, sigma
+    broadcast against the data or shaped like t. Every network conditioned on the noise
+    level (the diffusion backbone, a noisy classifier) is labelled by this function."""
+    if kind == "sde":
+        return sde.noise_label(t)
+    if kind == "time":
+        return sde.time_label(t)
+    a, s = alpha.reshape(alpha.shape[0], -1)[:, 0], sigma.reshape(sigma.shape[0], -1)[:, 0]
+    return 0.25 * (torch.log(s) - torch.log(a))
+
+
 class ScoreModel(nn.Module):
     """Args:
         backbone: an ``nn.Module`` with ``forward(x, noise_label, y=None)`` returning x's shape
@@ -69,12 +81,7 @@ class ScoreModel(nn.Module):
     def noise_label(self, t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
         """The backbone's conditioning label [B] at times t [B] (alpha, sigma broadcast
         against the data or shaped like t)."""
-        if self.noise_label_kind == "sde":
-            return self.sde.noise_label(t)
-        if self.noise_label_kind == "time":
-            return self.sde.time_label(t)
-        a, s = alpha.reshape(alpha.shape[0], -1)[:, 0], sigma.reshape(sigma.shape[0], -1)[:, 0]
-        return 0.25 * (torch.log(s) - torch.log(a))
+        return noise_label(self.noise_label_kind, self.sde, t, alpha, sigma)
 
     def coefficients(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """alpha(t), sigma(t), alpha'(t), sigma'(t) broadcast against x."""

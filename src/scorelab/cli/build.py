@@ -10,8 +10,11 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from scorelab.classifier import NoisyClassifier
+from scorelab.classifier_module import ClassifierModule
 from scorelab.data import DiffusionDataModule
 from scorelab.checks import Rule, check_value, integer, optional, positive
+from scorelab.conditioning import check_p_uncond
 from scorelab.errors import ConfigError, ScorelabError
 from scorelab.module import LR_DECAY_RULE, DiffusionModule
 from scorelab.sampling import check_options, check_sampler, get_sampler
@@ -174,18 +177,57 @@ def build_module(cfg: DictConfig, data_shape, num_classes: int,
         log.warning("%s; using EDM's Heun sampler (18 steps), which runs on every path, "
                     "instead", e)
         sampler = {"name": "edm", "steps": 18}
+    try:
+        p_uncond = check_p_uncond(cfg.get("p_uncond", 0.0))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     return DiffusionModule(
         model, loss, optimizer=make(cfg.optim, "optimizer"), data_shape=data_shape,
         num_classes=num_classes, is_image=is_image, conditional=cfg.conditional,
+        p_uncond=p_uncond if cfg.conditional else 0.0,
         warmup_steps=cfg.optim.warmup_steps, lr_decay=cfg.optim.get("lr_decay", "none"),
         sampler=sampler, fused_optimizer=(cfg.get("speed") or {}).get("fused_optimizer", "auto"),
         config=OmegaConf.to_container(cfg, resolve=True))
 
 
-class LoadedCheckpoint:
-    """A scorelab checkpoint read with ``weights_only=True``: its module and config."""
+MODELS = ("diffusion", "classifier")
 
-    def __init__(self, path: str, use_ema: bool = True):
+
+def build_classifier_module(cfg: DictConfig, data_shape, num_classes: int,
+                            is_image: bool = True) -> ClassifierModule:
+    """``model=classifier``: a noisy classifier on the config's SDE / path and noise label
+    (``experiment=mnist5k_classifier``)."""
+    if num_classes < 2:
+        raise ConfigError("model=classifier needs a dataset with class labels")
+    check_backbone_shape(cfg, data_shape)
+    net = make(cfg, "backbone", data_shape=tuple(data_shape), num_classes=num_classes)
+    try:
+        model = NoisyClassifier(net, make(cfg, "sde"), cfg.get("noise_label", "sde"),
+                                cfg.input_scaling)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return ClassifierModule(model, make(cfg.optim, "optimizer"), data_shape, num_classes,
+                            is_image, warmup_steps=cfg.optim.warmup_steps,
+                            lr_decay=cfg.optim.get("lr_decay", "none"),
+                            config=OmegaConf.to_container(cfg, resolve=True))
+
+
+def build_any_module(cfg: DictConfig, data_shape, num_classes: int, is_image: bool = True,
+                     strict_sampler: bool = True):
+    """The module ``cfg.model`` names (``MODELS``): a DiffusionModule or a ClassifierModule."""
+    kind = cfg.get("model", "diffusion")
+    if kind not in MODELS:
+        raise ConfigError(f"model={kind}: must be one of {', '.join(MODELS)}")
+    if kind == "classifier":
+        return build_classifier_module(cfg, data_shape, num_classes, is_image)
+    return build_module(cfg, data_shape, num_classes, is_image, strict_sampler)
+
+
+class LoadedCheckpoint:
+    """A scorelab checkpoint read with ``weights_only=True``: its module and config.
+    ``kind``: the model the checkpoint must hold (``MODELS``)."""
+
+    def __init__(self, path: str, use_ema: bool = True, kind: str = "diffusion"):
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"ckpt={path}: no such checkpoint file")
@@ -197,6 +239,9 @@ class LoadedCheckpoint:
         meta = ckpt.get("scorelab") if isinstance(ckpt, dict) else None
         if meta is None:
             raise ConfigError(f"ckpt={path}: not a scorelab checkpoint (no 'scorelab' entry)")
+        self.kind = meta.get("kind", "diffusion")
+        if self.kind != kind:
+            raise ConfigError(f"ckpt={path}: holds a {self.kind} model, not a {kind} model")
         self.path = p
         self.cfg = OmegaConf.create(meta["config"])
         if "noise_label" not in self.cfg:
@@ -212,8 +257,8 @@ class LoadedCheckpoint:
             raise ConfigError(f"ckpt={path}: holds no EMA weights (trained with "
                               f"callbacks.ema=null); pass use_ema=false")
         state = ckpt["state_dict"] if (use_ema or not has_raw) else ckpt["current_model_state"]
-        self.module = build_module(self.cfg, self.data_shape, self.num_classes, self.is_image,
-                                   strict_sampler=False)
+        self.module = build_any_module(self.cfg, self.data_shape, self.num_classes,
+                                       self.is_image, strict_sampler=False)
         self.module.load_state_dict(state)
         self.module.eval()
 

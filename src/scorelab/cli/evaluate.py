@@ -8,8 +8,10 @@ to metrics.json with the settings of every number, and printed as a table.
   the same numbers as on one:
   - bpd: bits/dim of ``metrics.bpd.num_examples`` held-out examples (PF-ODE);
   - fid / is: ``num_samples`` samples with the ``sampler`` group (default: the
-    checkpoint's) against the dataset's reference statistics, on the digit classifier or
-    Inception features (``metrics.fid.*``); class accuracy for conditional models.
+    checkpoint's), guided as the ``guidance`` group says, against the dataset's reference
+    statistics, on the digit classifier or Inception features (``metrics.fid.*``); class
+    accuracy for conditional (or classifier-guided) models.
+* ``evaluate.py -m guidance.scale=1,2,3,5 ...`` sweeps a guidance scale, one run directory each.
 * samples (``num_samples`` > 0 without fid / is): writes samples.png / samples.npz.
 """
 
@@ -20,10 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from scorelab.callbacks import BitsPerDimCallback, FIDCallback
 from scorelab.checks import integer, optional
-from scorelab.cli.build import (LoadedCheckpoint, build_datamodule, check_config_values,
-                                pick_device)
+from scorelab.cli.build import build_datamodule, check_config_values, pick_device
 from scorelab.cli.common import log, output_dir, reports_errors, write_json
-from scorelab.cli.sample import draw_samples, resolve_sampler, save_sample_files
+from scorelab.cli.sample import draw_samples, load_guided, resolve_sampler, save_sample_files
 from scorelab.errors import ConfigError
 from scorelab.metrics.features import FeatureWeightsMissing
 
@@ -121,7 +122,7 @@ def main(cfg: DictConfig) -> dict:
     out = output_dir()
     check_config_values(cfg, EVALUATE_RULES)
     L.seed_everything(cfg.seed, verbose=False)
-    loaded = LoadedCheckpoint(cfg.ckpt, use_ema=cfg.use_ema)
+    loaded = load_guided(cfg)
     data_cfg = loaded.cfg
     if cfg.batch_size is not None:
         data_cfg = OmegaConf.merge(data_cfg, {"data": {"batch_size": cfg.batch_size}})
@@ -136,6 +137,8 @@ def main(cfg: DictConfig) -> dict:
                "global_step": loaded.global_step, "seed": cfg.seed,
                "processes": trainer.world_size,
                "loss": OmegaConf.to_container(loaded.cfg.loss),
+               "guidance": (loaded.module.guidance.settings()
+                            if loaded.module.guidance is not None else None),
                **_results(trainer, dm, callbacks, selected)}
     if cfg.num_samples > 0 and not selected & {"fid", "is"}:
         accelerator = cfg.trainer.accelerator

@@ -1,5 +1,8 @@
-"""python sample.py ckpt=PATH num_samples=64 [sampler=<name> sampler.steps=N ...]:
-writes samples.png (a grid) and samples.npz (samples in data space, labels, NFE)."""
+"""python sample.py ckpt=PATH num_samples=64 [sampler=<name> sampler.steps=N ...]
+[guidance=cfg guidance.scale=3 class_label=7] [task=inpaint|colorize ...]:
+writes samples.png (a grid) and samples.npz (samples in data space, labels, NFE); for
+inpainting / colorization also observations.png (the input) and, from the dataset,
+originals.png."""
 
 from __future__ import annotations
 
@@ -11,6 +14,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from scorelab.cli.build import LoadedCheckpoint, pick_device, sampler_settings
 from scorelab.cli.common import SamplingProgress, log, output_dir, reports_errors, write_json
+from scorelab.cli.guide import build_guidance
+from scorelab.cli.task import (check_task, constraint_for, draw_controlled, observations,
+                               task_settings)
 from scorelab.data.base import inverse_scaler
 from scorelab.errors import ConfigError
 from scorelab.visualize import save_samples
@@ -43,7 +49,7 @@ def draw_samples(loaded: LoadedCheckpoint, settings: dict, n: int, seed: int, de
     module = loaded.module.to(device)
     batch_size = batch_size or n
     labels = class_labels(n, loaded.num_classes, class_label, device) \
-        if module.conditional else None
+        if module.takes_labels else None
     gen = torch.Generator(device=device).manual_seed(seed)
     n_batches = -(-n // batch_size)
     bar = SamplingProgress(n_batches * settings["steps"], f"{desc} ({settings['name']})")
@@ -69,21 +75,64 @@ def save_sample_files(x, labels, nfe: int, out, is_image: bool):
     return grid, out / "samples.npz"
 
 
+def load_guided(cfg: DictConfig) -> LoadedCheckpoint:
+    """The checkpoint with the ``guidance`` group's guidance set (checked at start-up)."""
+    loaded = LoadedCheckpoint(cfg.ckpt, use_ema=cfg.use_ema)
+    loaded.module.set_guidance(build_guidance(cfg.get("guidance"), loaded.module))
+    return loaded
+
+
+def _controlled(cfg, task, loaded, settings, device, out) -> dict:
+    """Inpainting / colorization: samples, the observations and, from the dataset, the
+    originals; the largest change of a known pixel (0 for inpainting: pasted exactly)."""
+    observation, data_labels = observations(task, loaded, cfg.num_samples)
+    labels = None
+    if loaded.module.takes_labels:
+        labels = data_labels if data_labels is not None and cfg.class_label is None else \
+            class_labels(cfg.num_samples, loaded.num_classes, cfg.class_label, "cpu")
+    bar = SamplingProgress(-(-cfg.num_samples // cfg.batch_size) * settings["steps"]
+                           * int(task.get("n_resample", 1)), f"{task['name']} ({settings['name']})")
+    start = time.perf_counter()
+    x, nfe = draw_controlled(task, loaded, settings, observation, labels, cfg.seed, device,
+                             cfg.batch_size, bar)
+    bar.close()
+    seconds = time.perf_counter() - start
+    constraint = constraint_for(task, loaded, observation)
+    known_change = (constraint.paste(x) - x).abs().max().item()
+    shown = constraint.paste(torch.zeros_like(observation))      # unknown part blank
+    save_samples(inverse_scaler(shown[:256], True), out / "observations.png", True)
+    if data_labels is not None:
+        save_samples(inverse_scaler(observation[:256], True), out / "originals.png", True)
+    x = inverse_scaler(x, loaded.is_image)
+    return {"x": x, "labels": labels, "nfe": nfe, "seconds": seconds,
+            "info": {"task": task, "known_max_abs_change": known_change}}
+
+
 @reports_errors
 def main(cfg: DictConfig) -> dict:
     out = output_dir()
     if cfg.num_samples < 1 or cfg.batch_size < 1:
         raise ConfigError("num_samples and batch_size must be >= 1")
-    loaded = LoadedCheckpoint(cfg.ckpt, use_ema=cfg.use_ema)
+    task = task_settings(cfg.get("task"))
+    loaded = load_guided(cfg)
+    check_task(task, loaded)
     settings = resolve_sampler(cfg.sampler, loaded.module.sampler, loaded.module.model.sde)
-    x, labels, nfe, seconds = draw_samples(loaded, settings, cfg.num_samples, cfg.seed,
-                                           pick_device(cfg.device), cfg.batch_size,
-                                           cfg.class_label)
+    device = pick_device(cfg.device)
+    extra = {}
+    if task["name"] == "generate":
+        x, labels, nfe, seconds = draw_samples(loaded, settings, cfg.num_samples, cfg.seed,
+                                               device, cfg.batch_size, cfg.class_label)
+    else:
+        done = _controlled(cfg, task, loaded, settings, device, out)
+        x, labels, nfe, seconds, extra = done["x"], done["labels"], done["nfe"], \
+            done["seconds"], done["info"]
     grid, npz = save_sample_files(x, labels, nfe, out, loaded.is_image)
+    guidance = loaded.module.guidance
     info = {"ckpt": str(loaded.path), "weights": "ema" if loaded.ema else "raw",
             "num_samples": cfg.num_samples, "sampler": settings, "nfe_per_sample": nfe,
             "seed": cfg.seed, "wall_time_s": round(seconds, 2),
-            "grid": str(grid), "npz": str(npz)}
+            "guidance": guidance.settings() if guidance is not None else None,
+            "grid": str(grid), "npz": str(npz), **extra}
     write_json(out / "sampling.json", info)
     log.info("wrote %s and %s", grid, npz)
     return info

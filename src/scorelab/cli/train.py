@@ -1,5 +1,6 @@
 """python train.py [overrides]: train, then leave in the run directory the last checkpoint,
-a sample grid from the EMA weights, metrics.json and the composed config."""
+a sample grid from the EMA weights (guided as the ``guidance`` group says), metrics.json and
+the composed config. ``model=classifier`` trains a noisy classifier instead (no samples)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from scorelab.callbacks import EMA, FIDCallback, SampleGrid, _MetricCallback
-from scorelab.cli.build import (LoadedCheckpoint, build_datamodule, build_module,
+from scorelab.classifier_module import ClassifierModule
+from scorelab.cli.build import (LoadedCheckpoint, build_any_module, build_datamodule,
                                 check_training_config, make, pick_device)
+from scorelab.cli.guide import build_guidance
 from scorelab.cli.common import fresh_path, log, output_dir, reports_errors, write_json
 from scorelab.cli.sample import draw_samples
 from scorelab.errors import ConfigError
@@ -20,12 +23,16 @@ from scorelab.speed import apply_speed, check_switches, resolve_precision, uses_
 from scorelab.visualize import save_samples
 
 
-def _callbacks(cfg: DictConfig, dm) -> list:
+def _callbacks(cfg: DictConfig, dm, samples: bool = True) -> list:
     """Callbacks from the ``callbacks`` group; an entry set to null is switched off. Sample
-    grids and metric callbacks go before EMA so that they see the EMA weights."""
+    grids and metric callbacks go before EMA so that they see the EMA weights. A run that
+    draws no samples (``samples=False``: a classifier) skips the sample-drawing ones."""
     made = {}
     for name, node in (cfg.callbacks or {}).items():
         if node is None:
+            continue
+        if not samples and name in ("sample_grid", "fid", "bpd"):
+            log.info("model=%s draws no samples: callbacks.%s skipped", cfg.model, name)
             continue
         extra = {"inverse_scaler": dm.inverse_scaler, "is_image": dm.is_image} \
             if name == "sample_grid" else {}
@@ -54,8 +61,13 @@ def main(cfg: DictConfig) -> dict:
     torch.set_float32_matmul_precision(cfg.matmul_precision)
     dm = build_datamodule(cfg)
     dm.setup("fit")
-    module = build_module(cfg, dm.shape, dm.num_classes, dm.is_image)
-    callbacks = _callbacks(cfg, dm)
+    module = build_any_module(cfg, dm.shape, dm.num_classes, dm.is_image)
+    classifier = isinstance(module, ClassifierModule)
+    if not classifier:
+        module.set_guidance(build_guidance(cfg.get("guidance"), module))
+    elif (cfg.get("guidance") or {}).get("name", "none") != "none":
+        raise ConfigError("model=classifier draws no samples: guidance must be none")
+    callbacks = _callbacks(cfg, dm, samples=not classifier)
     ckpt_cb = _checkpoint_callback(callbacks)
     existing = sorted(Path(ckpt_cb.dirpath).glob("*.ckpt")) if ckpt_cb.dirpath else []
     resume_from = None
@@ -85,8 +97,13 @@ def main(cfg: DictConfig) -> dict:
         return {}
     last = Path(ckpt_cb.dirpath) / "last.ckpt"
     ema = any(isinstance(c, EMA) for c in callbacks)
-    loaded = LoadedCheckpoint(str(last), use_ema=ema)
-    result = _final_samples(cfg, loaded, out, trainer.global_step)
+    if classifier:
+        acc = trainer.callback_metrics.get("val/acc")
+        result = {"val_acc": float(acc) if acc is not None else None}
+    else:
+        loaded = LoadedCheckpoint(str(last), use_ema=ema)
+        loaded.module.set_guidance(module.guidance)
+        result = _final_samples(cfg, loaded, out, trainer.global_step)
     metrics = {
         "train_loss": module.epoch_losses[-1] if module.epoch_losses else None,
         "train_loss_first_epoch": module.epoch_losses[0] if module.epoch_losses else None,

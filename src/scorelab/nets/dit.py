@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from scorelab.nets.layers import sinusoidal_embedding
+from scorelab.nets.layers import class_embedding, sinusoidal_embedding
 
 
 def sincos_2d(dim: int, h: int, w: int) -> Tensor:
@@ -120,7 +120,7 @@ class DiT(nn.Module):
         self.pos = nn.Parameter(sincos_2d(hidden, *self.grid)[None], requires_grad=False)
         self.t_embed = nn.Sequential(nn.Linear(freq_dim, hidden), nn.SiLU(),
                                      nn.Linear(hidden, hidden))
-        self.y_embed = nn.Embedding(num_classes + 1, hidden) if num_classes > 0 else None
+        self.y_embed = class_embedding(num_classes, hidden)
         self.blocks = nn.ModuleList(DiTBlock(hidden, heads, mlp_ratio) for _ in range(depth))
         self.final = FinalLayer(hidden, patch, self.out_channels)
         self._init_weights()
@@ -155,9 +155,7 @@ class DiT(nn.Module):
         h = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos   # [B, T, D]
         c = self.t_embed(sinusoidal_embedding(noise_label, self.freq_dim))
         if self.y_embed is not None:
-            if y is None:
-                y = torch.full_like(noise_label, self.num_classes, dtype=torch.long)
-            c = c + self.y_embed(y)                                     # [B, D]
+            c = c + self.y_embed(y, x.shape[0], x.device)               # [B, D]
         for block in self.blocks:
             h = block(h, c)
         return self.unpatchify(self.final(h, c))                        # [B, C_out, H, W]

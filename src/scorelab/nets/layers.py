@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from scorelab.conditioning import NULL_LABEL
+
 
 def sinusoidal_embedding(label: Tensor, dim: int, max_period: float = 10000.0,
                          ddpm: bool = False) -> Tensor:
@@ -27,11 +29,31 @@ def sinusoidal_embedding(label: Tensor, dim: int, max_period: float = 10000.0,
     return F.pad(emb, (0, 1)) if dim % 2 else emb
 
 
-class ConditionEmbedding(nn.Module):
-    """Noise-label embedding (sinusoidal -> MLP) plus an optional class embedding.
+class ClassEmbedding(nn.Embedding):
+    """Class labels [B] -> [B, dim], with row ``num_classes`` the null label
+    (``scorelab.conditioning``): ``y=None`` or ``y == NULL_LABEL`` selects it. Every
+    conditional backbone embeds its labels through this one module."""
 
-    Class label ``num_classes`` is the reserved null label used when ``y`` is None (the
-    unconditional branch of classifier-free guidance).
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__(num_classes + 1, dim)
+        self.num_classes = num_classes
+
+    def forward(self, y: Tensor | None, batch: int | None = None, device=None) -> Tensor:
+        if y is None:
+            y = torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
+        else:
+            y = torch.where(y == NULL_LABEL, self.num_classes, y.long())
+        return super().forward(y)
+
+
+def class_embedding(num_classes: int, dim: int) -> ClassEmbedding | None:
+    """A ``ClassEmbedding``, or None for an unconditional backbone (num_classes = 0)."""
+    return ClassEmbedding(num_classes, dim) if num_classes > 0 else None
+
+
+class ConditionEmbedding(nn.Module):
+    """Noise-label embedding (sinusoidal -> MLP) plus an optional class embedding
+    (``ClassEmbedding``: y None or ``NULL_LABEL`` is the null label).
 
     Args:
         dim: output width.
@@ -44,14 +66,12 @@ class ConditionEmbedding(nn.Module):
         self.freq_dim = freq_dim or dim
         self.num_classes = num_classes
         self.mlp = nn.Sequential(nn.Linear(self.freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
-        self.label_emb = nn.Embedding(num_classes + 1, dim) if num_classes > 0 else None
+        self.label_emb = class_embedding(num_classes, dim)
 
     def forward(self, noise_label: Tensor, y: Tensor | None = None) -> Tensor:
         emb = self.mlp(sinusoidal_embedding(noise_label, self.freq_dim))
         if self.label_emb is not None:
-            if y is None:
-                y = torch.full_like(noise_label, self.num_classes, dtype=torch.long)
-            emb = emb + self.label_emb(y)
+            emb = emb + self.label_emb(y, noise_label.shape[0], noise_label.device)
         return emb
 
 

@@ -16,8 +16,8 @@ one attention layer per level, the optional progressive-output branch, upsamplin
 
 Residual blocks add Dense(act(emb)) after the first convolution; with ``skip_rescale`` every
 residual sum is divided by sqrt(2). Class labels (``num_classes > 0``) are embedded and added
-to the noise embedding; label ``num_classes`` is the reserved null label (classifier-free
-guidance), also used when ``y`` is None. The network knows nothing of SDEs or heads; the
+to the noise embedding through ``ClassEmbedding``, which owns the null label
+(``scorelab.conditioning``). The network knows nothing of SDEs or heads; the
 optional division of the output by sigma (``scale_by_sigma``, NCSN++ on VE) is applied by
 ``ScoreModel``, which knows sigma(t).
 """
@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from scorelab.nets.layers import group_norm, sinusoidal_embedding, variance_scaling_
+from scorelab.nets.layers import (class_embedding, group_norm, sinusoidal_embedding,
+                                  variance_scaling_)
 from scorelab.nets.resample import Downsample, Upsample, downsample, upsample
 
 _RESBLOCKS = ("ddpm", "biggan")
@@ -76,7 +77,7 @@ class NoiseEmbedding(nn.Module):
         in_dim = 2 * nf if kind == "fourier" else nf
         self.dense0 = variance_scaling_(nn.Linear(in_dim, 4 * nf))
         self.dense1 = variance_scaling_(nn.Linear(4 * nf, 4 * nf))
-        self.label_emb = nn.Embedding(num_classes + 1, 4 * nf) if num_classes > 0 else None
+        self.label_emb = class_embedding(num_classes, 4 * nf)
 
     def forward(self, noise_label: Tensor, y: Tensor | None = None) -> Tensor:
         if self.fourier is not None:
@@ -86,9 +87,7 @@ class NoiseEmbedding(nn.Module):
             emb = sinusoidal_embedding(noise_label, self.nf, ddpm=True)
         emb = self.dense1(F.silu(self.dense0(emb)))
         if self.label_emb is not None:
-            if y is None:
-                y = torch.full_like(noise_label, self.num_classes, dtype=torch.long)
-            emb = emb + self.label_emb(y)
+            emb = emb + self.label_emb(y, noise_label.shape[0], noise_label.device)
         return emb
 
 

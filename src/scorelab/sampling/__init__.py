@@ -49,7 +49,8 @@ def sample(model, sde, shape, sampler: str = "pc", steps: int = 500,
         grid: time grid, one of ``GRIDS`` (default: the sampler's own).
         rho: exponent of the karras grid.
         eps: final time (default: ``sde.sampling_eps``).
-        callback: called as callback(step_index, x) after every step (progress bars).
+        callback: called as callback(step_index, x) after every step (progress bars); a
+            tensor it returns replaces x (projections, ``scorelab.controllable``).
         **options: the sampler's own options (``sampler_options(name)``).
 
     Option names and values are checked (``check_options``) before anything is drawn.

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from scorelab.checks import number
-from scorelab.sampling._util import randn_like
+from scorelab.sampling._util import after_step, randn_like
 from scorelab.sampling.registry import register
 
 
@@ -30,6 +30,5 @@ def ddim(model, sde, x, ts, *, generator=None, callback=None, eta: float = 0.0):
         x = a_s * pred.x0 + torch.sqrt((s_s * s_s - c * c).clamp(min=0)) * pred.eps
         if eta > 0:
             x = x + c * randn_like(x, generator)
-        if callback is not None:
-            callback(i, x)
+        x = after_step(callback, i, x)
     return x, len(ts) - 1

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from scorelab.checks import boolean, integer
+from scorelab.sampling._util import after_step
 from scorelab.sampling.registry import register
 
 
@@ -56,6 +57,5 @@ def dpm_solver_pp(model, sde, x, ts, *, generator=None, callback=None, order: in
                 D1 = d0 + r0 / (r0 + r1) * (d0 - d1)
                 D2 = (d0 - d1) / (r0 + r1)
                 x = x + a_s * (phi1 / h + 1) * D1 - a_s * ((phi1 / h + 1) / h - 0.5) * D2
-        if callback is not None:
-            callback(i, x)
+        x = after_step(callback, i, x)
     return x, n

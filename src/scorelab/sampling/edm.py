@@ -18,7 +18,7 @@ import math
 import torch
 
 from scorelab.checks import number
-from scorelab.sampling._util import randn_like
+from scorelab.sampling._util import after_step, randn_like
 from scorelab.sampling.registry import register
 
 
@@ -54,8 +54,7 @@ def edm_heun(model, sde, x, ts, *, generator=None, callback=None, s_churn: float
             pred = model(x, ts[i].expand(batch))
             y = pred.x0 + levels[i + 1] * pred.eps
             nfe += 1
-            if callback is not None:
-                callback(i, alphas[i + 1] * y)
+            y = after_step(callback, i, alphas[i + 1] * y) / alphas[i + 1]
             continue
         y_hat = y
         if gamma_max > 0:
@@ -66,6 +65,5 @@ def edm_heun(model, sde, x, ts, *, generator=None, callback=None, s_churn: float
         d2 = (y_next - denoise(y_next, ts[i + 1], alphas[i + 1])) / levels[i + 1]
         y = y_hat + (levels[i + 1] - hat[i]) * 0.5 * (d + d2)
         nfe += 2
-        if callback is not None:
-            callback(i, alphas[i + 1] * y)
+        y = after_step(callback, i, alphas[i + 1] * y) / alphas[i + 1]
     return alphas[-1] * y, nfe

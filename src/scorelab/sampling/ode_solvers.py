@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from scorelab.checks import number, one_of
+from scorelab.sampling._util import after_step
 from scorelab.sampling.registry import register
 
 METHODS = ("rk45", "euler", "heun")
@@ -98,9 +99,15 @@ def probability_flow(model, sde, x, ts, *, generator=None, callback=None,
     which uses only the grid's end points; ``solver`` torchdiffeq | scipy)."""
     drift = velocity_field(model)
     if method == "rk45":
-        x, nfe = solve_ode(drift, x, ts[0], ts[-1], rtol, atol, solver)
-        if callback is not None:
-            callback(len(ts) - 2, x)
+        # Adaptive over [T, eps]; a callback that replaces the state after every grid step
+        # (controllable generation) gets one adaptive solve per grid interval instead.
+        ends = list(range(1, len(ts))) if getattr(callback, "replaces_state", False) \
+            else [len(ts) - 1]
+        nfe, start = 0, 0
+        for end in ends:
+            x, n = solve_ode(drift, x, ts[start], ts[end], rtol, atol, solver)
+            nfe, start = nfe + n, end
+            x = after_step(callback, end - 1, x)
         return x, nfe
     batch = x.shape[0]
     times = ts[:, None].expand(len(ts), batch)
@@ -114,6 +121,5 @@ def probability_flow(model, sde, x, ts, *, generator=None, callback=None,
             d = 0.5 * (d + drift(x_pred, times[i + 1]))
             nfe += 1
         x = x + d * hs[i]
-        if callback is not None:
-            callback(i, x)
+        x = after_step(callback, i, x)
     return x, nfe

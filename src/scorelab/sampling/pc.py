@@ -34,7 +34,7 @@ from __future__ import annotations
 import torch
 
 from scorelab.checks import boolean, integer, number, one_of
-from scorelab.sampling._util import randn_like, tweedie_denoise
+from scorelab.sampling._util import after_step, randn_like, tweedie_denoise
 from scorelab.sampling.registry import register
 from scorelab.sde import _bcast
 
@@ -180,8 +180,7 @@ def predictor_corrector(model, sde, x, ts, *, generator=None, callback=None,
         x, _, n_c = correct(ctx, x, i)
         x, _, n_p = predict(ctx, x, i)
         nfe += n_c + n_p
-        if callback is not None:
-            callback(i, x)
+        x = after_step(callback, i, x)
     if denoise:
         x = tweedie_denoise(model, x, ts[-1])
         nfe += 1
