@@ -32,7 +32,8 @@ PAPER_COUNTS = {"ddpm_cifar10": 35.2, "ddpmpp_cifar10": 61.8, "ddpmpp_deep_cifar
                 **{f"dit_l_{p}": 458.1 for p in (2, 4, 8)},
                 **{f"dit_xl_{p}": 675.1 for p in (2, 4, 8)}}
 PRESETS = sorted(p.stem for p in (ROOT / "conf" / "backbone").glob("*.yaml"))
-IMAGE_PRESETS = [p for p in PRESETS if p != "mlp"]
+# Denoising backbones (x -> x's shape); "encoder" is the noisy classifier's network.
+IMAGE_PRESETS = [p for p in PRESETS if p not in ("mlp", "encoder")]
 BIG = {"dit_l_2", "dit_l_4", "dit_l_8", "dit_xl_2", "dit_xl_4", "dit_xl_8"}
 
 
@@ -505,3 +506,13 @@ def test_dit_trains_with_every_head_and_sde(head, sde):
         opt.step()
     assert loss_fn(model, x, generator=gen()).item() < 0.8 * first
     assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad)
+
+
+def test_encoder_classifier_gives_logits_and_depends_on_the_noise_label():
+    net = build(preset("encoder"), num_classes=10)
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        a = net(x, torch.full((3,), 10.0))
+        b = net(x, torch.full((3,), 900.0))
+    assert a.shape == (3, 10) and torch.isfinite(a).all()
+    assert not torch.allclose(a, b)

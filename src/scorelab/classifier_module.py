@@ -32,7 +32,6 @@ class ClassifierModule(L.LightningModule):
         self.data_shape, self.num_classes = tuple(data_shape), int(num_classes)
         self.is_image, self.warmup_steps, self.lr_decay = is_image, int(warmup_steps), lr_decay
         self.config = config or {}
-        self.epoch_losses: list[float] = []
 
     def training_step(self, batch, batch_idx):
         x, y = batch

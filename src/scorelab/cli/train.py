@@ -104,9 +104,11 @@ def main(cfg: DictConfig) -> dict:
         loaded = LoadedCheckpoint(str(last), use_ema=ema)
         loaded.module.set_guidance(module.guidance)
         result = _final_samples(cfg, loaded, out, trainer.global_step)
-    metrics = {
+    losses = {} if classifier else {
         "train_loss": module.epoch_losses[-1] if module.epoch_losses else None,
-        "train_loss_first_epoch": module.epoch_losses[0] if module.epoch_losses else None,
+        "train_loss_first_epoch": module.epoch_losses[0] if module.epoch_losses else None}
+    metrics = {
+        **losses,
         "val_loss": float(val_loss) if val_loss is not None else None,
         "val_loss_weights": "ema" if ema else "raw",
         "steps": trainer.global_step,
@@ -144,6 +146,8 @@ def _final_samples(cfg, loaded: LoadedCheckpoint, out, step: int) -> dict:
     x, _, nfe, seconds = draw_samples(loaded, settings, cfg.num_samples, cfg.seed,
                                       pick_device("auto"), desc="final samples")
     path = save_samples(x, fresh_path(out / "samples.png", step), loaded.is_image)
+    guidance = loaded.module.guidance
     return {"samples": str(path), "sampler": settings, "nfe": nfe,
+            "guidance": guidance.settings() if guidance is not None else None,
             "sampling_wall_time_s": round(seconds, 2),
             "samples_from": "ema" if loaded.ema else "raw"}

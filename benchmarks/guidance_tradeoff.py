@@ -1,0 +1,154 @@
+"""Guidance trade-off of a class-conditional checkpoint: FID and the digit classifier's accuracy
+on samples of each requested class, for guidance kinds x scales x samplers.
+
+    python benchmarks/guidance_tradeoff.py CKPT [--n 500] [--scales 1 2 3 5]
+        [--samplers dpm_solver:20 "pc:100:diffusion=sigma"] [--classifier CLF_CKPT]
+        [--guide GUIDE_CKPT] [--no-cfg] [--out docs/guidance_tradeoff]
+
+Every configuration draws the same n samples (label i % K for sample i; chunk k from the
+generator seeded with (seed, k)), so rows differ only in the guidance. FID uses the
+checkpoint dataset's feature extractor (the shipped digit classifier on MNIST) against the
+whole dataset; accuracy is that classifier's: mean over samples and the worst class. w = 1
+is the unguided conditional model (classifier guidance: the unconditional prediction plus
+one classifier gradient). ``--out`` writes OUT.md (table), OUT.png (FID vs accuracy, one
+line per guidance and sampler) and OUT.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from scorelab.cli.build import LoadedCheckpoint, build_datamodule  # noqa: E402
+from scorelab.cli.guide import build_guidance  # noqa: E402
+from scorelab.metrics.evaluation import (reference_statistics, resolve_features,  # noqa: E402
+                                         sample_features, sample_metrics)
+from scorelab.metrics.features import get_extractor  # noqa: E402
+from fid_vs_nfe import label  # noqa: E402
+from sampler_gap import parse_spec  # noqa: E402
+
+
+def per_class_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> list[float]:
+    hit = (logits.argmax(1).cpu() == labels.cpu()).double()
+    return [float(hit[labels.cpu() == c].mean()) for c in range(k)]
+
+
+def guidance_configs(scales, classifier, guide, cfg: bool = True) -> list[dict]:
+    configs = [{"name": "cfg", "scale": float(w)} for w in scales] if cfg else []
+    if classifier:
+        configs += [{"name": "classifier", "scale": float(w), "classifier_ckpt": classifier}
+                    for w in scales]
+    if guide:
+        configs += [{"name": "autoguidance", "scale": float(w), "guide_ckpt": guide}
+                    for w in scales]
+    return configs
+
+
+def evaluate(ckpt, configs, samplers, n, batch, seed) -> list[dict]:
+    loaded = LoadedCheckpoint(ckpt)
+    module = loaded.module
+    dm = build_datamodule(loaded.cfg)
+    extractor = get_extractor(resolve_features("auto", dm.name))
+    reference, _ = reference_statistics(dm.load(), dm.name, extractor,
+                                        root=getattr(dm, "root", None))
+    rows = []
+    for spec in samplers:
+        settings = parse_spec(spec)
+        for g in configs:
+            module.set_guidance(build_guidance(g, module))
+            start = time.perf_counter()
+
+            def sample_fn(m, y, generator, settings=settings):
+                res = module.sample(m, y=y, generator=generator, sampler=settings)
+                return res.x, res.nfe
+
+            union, nfe = sample_features(sample_fn, extractor, n, batch, seed, "cpu",
+                                         num_classes=loaded.num_classes)
+            metrics = sample_metrics(union, reference)
+            acc = per_class_accuracy(union["logits"], union["labels"], loaded.num_classes)
+            rows.append({"guidance": g["name"], "scale": g["scale"],
+                         "sampler": label(settings), "settings": settings, "nfe": nfe,
+                         "fid": metrics["fid"], "accuracy": metrics["class_accuracy"],
+                         "worst_class_accuracy": min(acc), "per_class_accuracy": acc,
+                         "num_samples": n, "features": extractor.name,
+                         "seconds": round(time.perf_counter() - start, 1)})
+            r = rows[-1]
+            print(f"{r['guidance']:<12} w={r['scale']:<4} {r['sampler']:<24} NFE {nfe:>4}  "
+                  f"FID {r['fid']:7.2f}  acc {r['accuracy']:.3f} (worst {min(acc):.3f})  "
+                  f"({r['seconds']} s)", flush=True)
+    return rows
+
+
+def table(rows) -> str:
+    lines = ["| guidance | w | sampler | NFE | FID | accuracy | worst class |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['guidance']} | {r['scale']:g} | {r['sampler']} | {r['nfe']} | "
+                     f"{r['fid']:.2f} | {r['accuracy']:.3f} | {r['worst_class_accuracy']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(f"{r['guidance']}, {r['sampler']}", []).append(r)
+    for name, g in groups.items():
+        g = sorted(g, key=lambda r: r["scale"])
+        ax.plot([r["accuracy"] for r in g], [r["fid"] for r in g], "o-", label=name)
+        for r in g:
+            ax.annotate(f"w={r['scale']:g}", (r["accuracy"], r["fid"]), fontsize=7,
+                        textcoords="offset points", xytext=(3, 3))
+    ax.set_xlabel("digit-classifier accuracy on samples of the requested digit")
+    ax.set_ylabel("FID (digit features)")
+    ax.set_title("Guidance trade-off, MNIST-5k")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("ckpt")
+    p.add_argument("--n", type=int, default=500)
+    p.add_argument("--batch", type=int, default=125)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scales", type=float, nargs="+", default=[1, 2, 3, 5])
+    p.add_argument("--samplers", nargs="+", default=["dpm_solver:20", "pc:100:diffusion=sigma"])
+    p.add_argument("--classifier", default=None, help="noisy classifier checkpoint")
+    p.add_argument("--guide", default=None, help="autoguidance guide checkpoint")
+    p.add_argument("--no-cfg", action="store_true",
+                   help="skip classifier-free guidance (an unconditional checkpoint)")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args()
+    torch.manual_seed(args.seed)
+    configs = guidance_configs(args.scales, args.classifier, args.guide, not args.no_cfg)
+    rows = evaluate(args.ckpt, configs, args.samplers, args.n, args.batch, args.seed)
+    print(table(rows))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        Path(f"{args.out}.md").write_text(table(rows))
+        Path(f"{args.out}.json").write_text(json.dumps(rows, indent=1))
+        plot(rows, Path(f"{args.out}.png"))
+        print(f"wrote {args.out}.md, .png and .json")
+
+
+if __name__ == "__main__":
+    main()
