@@ -3,7 +3,8 @@ on samples of each requested class, for guidance kinds x scales x samplers.
 
     python benchmarks/guidance_tradeoff.py CKPT [--n 500] [--scales 1 2 3 5]
         [--samplers dpm_solver:20 "pc:100:diffusion=sigma"] [--classifier CLF_CKPT]
-        [--guide GUIDE_CKPT] [--no-cfg] [--out docs/guidance_tradeoff]
+        [--guide GUIDE_CKPT] [--no-cfg] [--interval SIGMA_MIN SIGMA_MAX]
+        [--out docs/guidance_tradeoff]
 
 Every configuration draws the same n samples (label i % K for sample i; chunk k from the
 generator seeded with (seed, k)), so rows differ only in the guidance. FID uses the
@@ -29,13 +30,11 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from scorelab.cli.build import LoadedCheckpoint, build_datamodule  # noqa: E402
+from scorelab.cli.build import LoadedCheckpoint  # noqa: E402
 from scorelab.cli.guide import build_guidance  # noqa: E402
-from scorelab.metrics.evaluation import (reference_statistics, resolve_features,  # noqa: E402
-                                         sample_features, sample_metrics)
-from scorelab.metrics.features import get_extractor  # noqa: E402
+from scorelab.metrics.evaluation import sample_features, sample_metrics  # noqa: E402
 from fid_vs_nfe import label  # noqa: E402
-from sampler_gap import parse_spec  # noqa: E402
+from sampler_gap import features_and_reference, parse_spec  # noqa: E402
 
 
 def per_class_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> list[float]:
@@ -43,24 +42,28 @@ def per_class_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> li
     return [float(hit[labels.cpu() == c].mean()) for c in range(k)]
 
 
-def guidance_configs(scales, classifier, guide, cfg: bool = True) -> list[dict]:
-    configs = [{"name": "cfg", "scale": float(w)} for w in scales] if cfg else []
+def guidance_configs(scales, classifier, guide, cfg: bool = True,
+                     interval=(0.0, float("inf"))) -> list[dict]:
+    common = {"sigma_min": interval[0], "sigma_max": interval[1]}
+    configs = [{"name": "cfg", "scale": float(w), **common} for w in scales] if cfg else []
     if classifier:
-        configs += [{"name": "classifier", "scale": float(w), "classifier_ckpt": classifier}
-                    for w in scales]
+        configs += [{"name": "classifier", "scale": float(w), "classifier_ckpt": classifier,
+                     **common} for w in scales]
     if guide:
-        configs += [{"name": "autoguidance", "scale": float(w), "guide_ckpt": guide}
+        configs += [{"name": "autoguidance", "scale": float(w), "guide_ckpt": guide, **common}
                     for w in scales]
     return configs
+
+
+def guidance_label(g: dict) -> str:
+    lo, hi = g.get("sigma_min", 0.0), g.get("sigma_max", float("inf"))
+    return g["name"] if (lo, hi) == (0.0, float("inf")) else f"{g['name']} [{lo:g}, {hi:g}]"
 
 
 def evaluate(ckpt, configs, samplers, n, batch, seed) -> list[dict]:
     loaded = LoadedCheckpoint(ckpt)
     module = loaded.module
-    dm = build_datamodule(loaded.cfg)
-    extractor = get_extractor(resolve_features("auto", dm.name))
-    reference, _ = reference_statistics(dm.load(), dm.name, extractor,
-                                        root=getattr(dm, "root", None))
+    extractor, reference = features_and_reference(loaded)
     rows = []
     for spec in samplers:
         settings = parse_spec(spec)
@@ -76,14 +79,14 @@ def evaluate(ckpt, configs, samplers, n, batch, seed) -> list[dict]:
                                          num_classes=loaded.num_classes)
             metrics = sample_metrics(union, reference)
             acc = per_class_accuracy(union["logits"], union["labels"], loaded.num_classes)
-            rows.append({"guidance": g["name"], "scale": g["scale"],
+            rows.append({"guidance": guidance_label(g), "scale": g["scale"],
                          "sampler": label(settings), "settings": settings, "nfe": nfe,
                          "fid": metrics["fid"], "accuracy": metrics["class_accuracy"],
                          "worst_class_accuracy": min(acc), "per_class_accuracy": acc,
                          "num_samples": n, "features": extractor.name,
                          "seconds": round(time.perf_counter() - start, 1)})
             r = rows[-1]
-            print(f"{r['guidance']:<12} w={r['scale']:<4} {r['sampler']:<24} NFE {nfe:>4}  "
+            print(f"{r['guidance']:<22} w={r['scale']:<4} {r['sampler']:<24} NFE {nfe:>4}  "
                   f"FID {r['fid']:7.2f}  acc {r['accuracy']:.3f} (worst {min(acc):.3f})  "
                   f"({r['seconds']} s)", flush=True)
     return rows
@@ -134,12 +137,16 @@ def main():
     p.add_argument("--samplers", nargs="+", default=["dpm_solver:20", "pc:100:diffusion=sigma"])
     p.add_argument("--classifier", default=None, help="noisy classifier checkpoint")
     p.add_argument("--guide", default=None, help="autoguidance guide checkpoint")
+    p.add_argument("--interval", type=float, nargs=2, default=[0.0, float("inf")],
+                   metavar=("SIGMA_MIN", "SIGMA_MAX"),
+                   help="guidance interval in noise level sigma / alpha")
     p.add_argument("--no-cfg", action="store_true",
                    help="skip classifier-free guidance (an unconditional checkpoint)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     torch.manual_seed(args.seed)
-    configs = guidance_configs(args.scales, args.classifier, args.guide, not args.no_cfg)
+    configs = guidance_configs(args.scales, args.classifier, args.guide, not args.no_cfg,
+                               tuple(args.interval))
     rows = evaluate(args.ckpt, configs, args.samplers, args.n, args.batch, args.seed)
     print(table(rows))
     if args.out:

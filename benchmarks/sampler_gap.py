@@ -57,14 +57,20 @@ def parse_spec(spec: str) -> dict:
     return sampler_settings(settings)
 
 
-def evaluate(ckpt: str, specs: list[str], n: int, batch: int, seed: int,
-             use_ema: bool = True) -> list[dict]:
-    loaded = LoadedCheckpoint(ckpt, use_ema=use_ema)
-    module = loaded.module
+def features_and_reference(loaded: LoadedCheckpoint):
+    """The checkpoint dataset's feature extractor and its whole-dataset statistics."""
     dm = build_datamodule(loaded.cfg)
     extractor = get_extractor(resolve_features("auto", dm.name))
     reference, _ = reference_statistics(dm.load(), dm.name, extractor,
                                         root=getattr(dm, "root", None))
+    return extractor, reference
+
+
+def evaluate(ckpt: str, specs: list[str], n: int, batch: int, seed: int,
+             use_ema: bool = True) -> list[dict]:
+    loaded = LoadedCheckpoint(ckpt, use_ema=use_ema)
+    module = loaded.module
+    extractor, reference = features_and_reference(loaded)
     rows = []
     for spec in specs:
         settings = parse_spec(spec)

@@ -1,13 +1,16 @@
 """Inpainting grid of a digit checkpoint: for each mask, a row of inputs (hole blank), a row of
 samples and a row of originals, plus the numbers that say it worked: the largest change of a
-known pixel (0: pasted exactly) and the shipped digit classifier's accuracy on the inpainted
-digits against the originals' labels (and on the originals, its ceiling).
+known pixel (0: pasted exactly), the shipped digit classifier's accuracy on the inpainted
+digits against the originals' labels (and on the originals, its ceiling; a hole can remove
+what made a 7 a 7, so a different digit is no failure) and its confidence (mean top-class
+probability: does it see a digit at all?).
 
-    python scripts/inpainting_grid.py CKPT [--n 10] [--masks centre_square left_half
+    python scripts/inpainting_grid.py CKPT [--n 100] [--show 10] [--masks centre_square left_half
         random_strokes] [--sampler dpm_solver:20] [--n-resample 1] [--jump-length 10]
         [--out docs/inpainting_mnist]
 
-Images are the validation split's first n (sample i: image i). Writes OUT.png and OUT.json.
+Images are the validation split's first n (sample i: image i; a conditional model gets
+each image's label); the grid shows the first ``show``. Writes OUT.png and OUT.json.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ from sampler_gap import parse_spec  # noqa: E402
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("ckpt")
-    p.add_argument("--n", type=int, default=10)
+    p.add_argument("--n", type=int, default=100, help="images inpainted and scored")
+    p.add_argument("--show", type=int, default=10, help="images shown per row")
     p.add_argument("--masks", nargs="+", default=["centre_square", "left_half",
                                                   "random_strokes"])
     p.add_argument("--sampler", default="dpm_solver:20")
@@ -60,17 +64,23 @@ def main():
         known_change = (constraint.paste(x) - x).abs().max().item()
         shown = constraint.paste(torch.full_like(obs, -1.0))
         with torch.no_grad():
-            acc = (extractor(x)[1].argmax(1) == labels).double().mean().item()
-            ceiling = (extractor(obs)[1].argmax(1) == labels).double().mean().item()
+            logits, logits_obs = extractor(x)[1], extractor(obs)[1]
+        acc = (logits.argmax(1) == labels).double().mean().item()
+        ceiling = (logits_obs.argmax(1) == labels).double().mean().item()
+        # how sure the classifier is that it sees *a* digit (any class)
+        conf = logits.softmax(1).max(1).values.mean().item()
+        conf_obs = logits_obs.softmax(1).max(1).values.mean().item()
         report["masks"][mask] = {"known_max_abs_change": known_change, "nfe": nfe,
                                  "digit_accuracy": acc, "digit_accuracy_originals": ceiling,
+                                 "confidence": conf, "confidence_originals": conf_obs,
                                  "hole_fraction": float((~constraint.known).float().mean())}
         print(f"{mask:<15} known pixels max change {known_change:.1e}  NFE {nfe}  "
-              f"digit accuracy {acc:.2f} (originals {ceiling:.2f})", flush=True)
-        rows += [shown, x, obs]
+              f"digit accuracy {acc:.2f} (originals {ceiling:.2f})  confidence {conf:.2f} "
+              f"(originals {conf_obs:.2f})", flush=True)
+        rows += [shown[:args.show], x[:args.show], obs[:args.show]]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_image(inverse_scaler(torch.cat(rows), True), f"{args.out}.png", nrow=args.n, padding=2,
-               pad_value=0.5)
+    save_image(inverse_scaler(torch.cat(rows), True), f"{args.out}.png", nrow=args.show,
+               padding=2, pad_value=0.5)
     Path(f"{args.out}.json").write_text(json.dumps(report, indent=1))
     print(f"wrote {args.out}.png and {args.out}.json")
 

@@ -248,3 +248,68 @@ def test_label_dropout_and_the_one_null_label():
         none = net(x, lab, None)
         assert torch.equal(net(x, lab, null_labels(3)), none), type(net).__name__
         assert not torch.allclose(net(x, lab, torch.zeros(3, dtype=torch.long)), none)
+
+
+def test_trained_conditional_mlp_with_label_dropout(gmm, one_thread):
+    """A class-conditional MLP trained by flow matching with label dropout (p_uncond = 0.2,
+    2,000 seeded steps) gives, through its one network, both branches of CFG: at w = 1 the
+    requested component (measured: 99.6% of samples in it, energy distance 7.7x the floor),
+    at w = 3 all of them, pushed outwards from the marginal; its null-label branch samples
+    the marginal (2.4% in the component of weight 2.8%), and with the exact classifier the
+    component (100%)."""
+    from scorelab.heads import get_head
+    from scorelab.losses import DSMLoss
+    from scorelab.paths import LinearPath
+    from scorelab.score import ScoreModel
+
+    sde, steps, lr = LinearPath(), 2000, 3e-3
+    torch.manual_seed(0)
+    model = ScoreModel(MLP((2,), width=128, depth=3, emb_dim=64, num_classes=8),
+                       get_head("velocity"), sde)
+    loss_fn = DSMLoss(weighting="velocity")
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.1)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        x, y = gmm.sample(256, gen)
+        loss = loss_fn(model, x, drop_labels(y, 0.2, gen), generator=gen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        schedule.step()
+    model.eval()
+    y = torch.full((N,), 0)                      # the lightest component (weight 1/36)
+    truth = component(gmm, 0)
+    with torch.no_grad():
+        x1 = draw(ClassifierFree(1.0).prediction_fn(model.prediction, sde, y), sde, "dpm_solver")
+        x3 = draw(ClassifierFree(3.0).prediction_fn(model.prediction, sde, y), sde, "dpm_solver")
+        xc = draw(ClassifierGuidance(gmm.classifier_fn(sde), 1.0).prediction_fn(
+            model.prediction, sde, y, conditional=False), sde, "dpm_solver")
+        xu = draw(NoGuidance().prediction_fn(model.prediction, sde, y, conditional=False),
+                  sde, "dpm_solver")
+    share = {k: (gmm.assign(v) == 0).float().mean().item()
+             for k, v in (("w1", x1), ("w3", x3), ("clf", xc), ("uncond", xu))}
+    assert share["w1"] > 0.98 and share["w3"] > 0.99 and share["clf"] > 0.95, share
+    assert share["uncond"] < 0.1, share          # the null label is the marginal (1/36)
+    assert energy_distance(x1, truth) < 10 * floor(gmm)
+    # guided away from the marginal: the samples move outwards, as with the exact oracle
+    # (measured |mean| 0.99 at w = 1, 1.17 at w = 3; oracle 1.17)
+    assert x3.mean(0).norm() > x1.mean(0).norm() + 0.1
+
+
+def test_learned_variance_channels_never_reach_the_guidance():
+    """DiT with learn_sigma outputs 2C channels; the prediction (and so every guidance) sees
+    the C mean channels only, and CFG's rule holds on them."""
+    from scorelab.heads import get_head
+    from scorelab.score import ScoreModel
+    sde = all_sdes()["vp"]
+    net = DiT((1, 8, 8), patch=4, hidden=16, depth=1, heads=2, num_classes=4, learn_sigma=True)
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    model = ScoreModel(net, get_head("v"), sde).eval()
+    x, t, y = torch.randn(2, 1, 8, 8), torch.full((2,), 0.5), torch.tensor([1, 2])
+    with torch.no_grad():
+        guided = ClassifierFree(3.0).prediction_fn(model.prediction, sde, y)(x, t)
+        cond, uncond = model.prediction(x, t, y), model.prediction(x, t, null_labels(2))
+    assert guided.x0.shape == x.shape
+    assert torch.allclose(guided.x0, uncond.x0 + 3 * (cond.x0 - uncond.x0), atol=1e-5)

@@ -25,8 +25,8 @@ import math
 import torch
 from torch import Tensor
 
-from scorelab.prediction import as_prediction_fn
-from scorelab.sampling import SampleResult, check_options, check_path, get_sampler, time_grid
+from scorelab.checks import check_values, integer
+from scorelab.sampling import SampleResult, prepare
 from scorelab.sampling._util import randn_like
 from scorelab.sampling.registry import sampler_options
 
@@ -166,6 +166,12 @@ class _Projecting:
         return x
 
 
+def check_resampling(jump_length, n_resample) -> None:
+    """RePaint's settings: integers >= 1 (ValueError naming ``task.<key>``)."""
+    check_values("task", {"jump_length": jump_length, "n_resample": n_resample},
+                 {"jump_length": integer(1), "n_resample": integer(1)})
+
+
 @torch.no_grad()
 def controlled_sample(model, sde, constraint: Constraint, shape, sampler: str = "pc",
                       steps: int = 500, generator: torch.Generator | None = None, device=None,
@@ -175,17 +181,9 @@ def controlled_sample(model, sde, constraint: Constraint, shape, sampler: str = 
     """Samples that agree with ``constraint`` (projection method; RePaint if
     ``n_resample`` > 1), with any registered sampler. Arguments as ``sampling.sample``;
     NFE counts every evaluation, resampling included."""
-    for key, value in (("jump_length", jump_length), ("n_resample", n_resample)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"task.{key}: must be an integer >= 1, got {value!r}")
-    fn = get_sampler(sampler)
-    check_options(sampler, {"steps": steps, "grid": grid, "rho": rho, "eps": eps, **options})
-    if device is None and generator is not None:
-        device = generator.device
-    x = sde.prior_sampling(shape, generator=generator, device=device)
-    ts = time_grid(sampler, sde, steps, grid, rho, eps, device=x.device)
-    check_path(sampler, options, sde, ts)
-    model = as_prediction_fn(model, sde)
+    check_resampling(jump_length, n_resample)
+    fn, model, x, ts = prepare(model, sde, shape, sampler, steps, generator, None, device,
+                               grid, rho, eps, options)
     project = _Projecting(constraint, sde, generator, callback)
     n = len(ts) - 1
     if n_resample == 1:

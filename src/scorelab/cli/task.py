@@ -17,8 +17,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from scorelab.cli.build import build_datamodule
-from scorelab.controllable import (MASKS, colorization, controlled_sample, grey_to_rgb,
-                                   inpainting, named_mask)
+from scorelab.controllable import (MASKS, check_resampling, colorization, controlled_sample,
+                                   grey_to_rgb, inpainting, named_mask)
 from scorelab.errors import ConfigError
 
 TASKS = ("generate", "inpaint", "colorize")
@@ -29,10 +29,10 @@ def task_settings(node) -> dict:
         else dict(node or {})
     if task.get("name", "generate") not in TASKS:
         raise ConfigError(f"task={task.get('name')}: choose from {', '.join(TASKS)}")
-    for key in ("jump_length", "n_resample"):
-        value = task.get(key, 1)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"task.{key}: must be an integer >= 1, got {value!r}")
+    try:
+        check_resampling(task.get("jump_length", 1), task.get("n_resample", 1))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     return task
 
 

@@ -55,6 +55,18 @@ def sample(model, sde, shape, sampler: str = "pc", steps: int = 500,
 
     Option names and values are checked (``check_options``) before anything is drawn.
     """
+    fn, model, x, ts = prepare(model, sde, shape, sampler, steps, generator, x_init, device,
+                               grid, rho, eps, options)
+    x, nfe = fn(model, sde, x, ts, generator=generator, callback=callback, **options)
+    return SampleResult(x, nfe)
+
+
+def prepare(model, sde, shape, sampler: str, steps: int, generator=None, x_init=None,
+            device=None, grid=None, rho: float = 7.0, eps=None, options: dict | None = None):
+    """What every sampling call does before its first step: check the options, draw the
+    prior (or take ``x_init``), make the grid, check the path, wrap the model. Returns
+    (sampler function, ``model(x, t) -> Prediction``, x_T, grid)."""
+    options = options or {}
     fn = get_sampler(sampler)
     check_options(sampler, {"steps": steps, "grid": grid, "rho": rho, "eps": eps, **options})
     if x_init is not None:
@@ -65,9 +77,7 @@ def sample(model, sde, shape, sampler: str = "pc", steps: int = 500,
         x = sde.prior_sampling(shape, generator=generator, device=device)
     ts = time_grid(sampler, sde, steps, grid, rho, eps, device=x.device)
     check_path(sampler, options, sde, ts)
-    model = as_prediction_fn(model, sde)
-    x, nfe = fn(model, sde, x, ts, generator=generator, callback=callback, **options)
-    return SampleResult(x, nfe)
+    return fn, as_prediction_fn(model, sde), x, ts
 
 
 def time_grid(sampler: str, sde, steps: int, grid: str | None = None, rho: float = 7.0,
@@ -86,6 +96,6 @@ def check_sampler(sde, name: str, steps: int, grid: str | None = None, rho: floa
     check_path(name, options, sde, time_grid(name, sde, steps, grid, rho, eps))
 
 
-__all__ = ["sample", "SampleResult", "SAMPLERS", "GRIDS", "COMMON_OPTIONS", "get_sampler",
+__all__ = ["sample", "prepare", "SampleResult", "SAMPLERS", "GRIDS", "COMMON_OPTIONS", "get_sampler",
            "sampler_options", "check_options", "check_path", "check_sampler", "make_grid",
            "time_grid"]
