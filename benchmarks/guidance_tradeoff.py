@@ -1,9 +1,10 @@
 """Guidance trade-off of a class-conditional checkpoint: FID and the digit classifier's accuracy
 on samples of each requested class, for guidance kinds x scales x samplers.
 
+    python benchmarks/guidance_tradeoff.py --merge A.json B.json ... --out docs/guidance_tradeoff
     python benchmarks/guidance_tradeoff.py CKPT [--n 500] [--scales 1 2 3 5]
         [--samplers dpm_solver:20 "pc:100:diffusion=sigma"] [--classifier CLF_CKPT]
-        [--guide GUIDE_CKPT] [--no-cfg] [--interval SIGMA_MIN SIGMA_MAX]
+        [--guide GUIDE_CKPT] [--no-cfg] [--interval SIGMA_MIN SIGMA_MAX] [--floor]
         [--out docs/guidance_tradeoff]
 
 Every configuration draws the same n samples (label i % K for sample i; chunk k from the
@@ -60,11 +61,37 @@ def guidance_label(g: dict) -> str:
     return g["name"] if (lo, hi) == (0.0, float("inf")) else f"{g['name']} [{lo:g}, {hi:g}]"
 
 
-def evaluate(ckpt, configs, samplers, n, batch, seed) -> list[dict]:
+def real_floor(loaded, extractor, reference, n: int, seed: int) -> dict:
+    """FID and accuracy of n real images drawn class-balanced like the samples (image i of
+    class i % K, at random within the class): the floor the rows are to be read against."""
+    from scorelab.cli.build import build_datamodule
+    x, y = zip(*build_datamodule(loaded.cfg).load())
+    x, y = torch.stack(list(x)), torch.tensor([int(v) for v in y])
+    g = torch.Generator().manual_seed(seed)
+    want = torch.arange(n) % loaded.num_classes
+    pick = torch.empty(n, dtype=torch.long)
+    for c in range(loaded.num_classes):
+        pool = (y == c).nonzero().squeeze(1)
+        mine = (want == c).nonzero().squeeze(1)
+        pick[mine] = pool[torch.randperm(len(pool), generator=g)[:len(mine)]]
+    feats, logits = extractor(x[pick])
+    union = {"features": feats, "logits": logits, "labels": want}
+    metrics = sample_metrics(union, reference)
+    acc = per_class_accuracy(logits, want, loaded.num_classes)
+    return {"guidance": "real images", "scale": float("nan"), "sampler": "-", "nfe": 0,
+            "fid": metrics["fid"], "accuracy": metrics["class_accuracy"],
+            "worst_class_accuracy": min(acc), "per_class_accuracy": acc, "num_samples": n,
+            "features": extractor.name, "seconds": 0.0}
+
+
+def evaluate(ckpt, configs, samplers, n, batch, seed, floor: bool = False) -> list[dict]:
     loaded = LoadedCheckpoint(ckpt)
     module = loaded.module
     extractor, reference = features_and_reference(loaded)
-    rows = []
+    rows = [real_floor(loaded, extractor, reference, n, seed)] if floor else []
+    if floor:
+        print(f"real images, class-balanced: FID {rows[0]['fid']:.2f}  acc "
+              f"{rows[0]['accuracy']:.3f}", flush=True)
     for spec in samplers:
         settings = parse_spec(spec)
         for g in configs:
@@ -93,10 +120,11 @@ def evaluate(ckpt, configs, samplers, n, batch, seed) -> list[dict]:
 
 
 def table(rows) -> str:
-    lines = ["| guidance | w | sampler | NFE | FID | accuracy | worst class |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| model | guidance | w | sampler | NFE | FID | accuracy | worst class |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['guidance']} | {r['scale']:g} | {r['sampler']} | {r['nfe']} | "
+        w = "-" if r["scale"] != r["scale"] else f"{r['scale']:g}"       # NaN: real images
+        lines.append(f"| {r.get('model', '')} | {r['guidance']} | {w} | {r['sampler']} | {r['nfe']} | "
                      f"{r['fid']:.2f} | {r['accuracy']:.3f} | {r['worst_class_accuracy']:.3f} |")
     return "\n".join(lines) + "\n"
 
@@ -110,8 +138,12 @@ def plot(rows, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
     groups: dict[str, list[dict]] = {}
     for r in rows:
-        groups.setdefault(f"{r['guidance']}, {r['sampler']}", []).append(r)
+        groups.setdefault(f"{r.get('model', '')}: {r['guidance']}, {r['sampler']}"
+                          if r["guidance"] != "real images" else "real images", []).append(r)
     for name, g in groups.items():
+        if name == "real images":
+            ax.axhline(g[0]["fid"], color="grey", ls=":", lw=1, label="real images (floor)")
+            continue
         g = sorted(g, key=lambda r: r["scale"])
         ax.plot([r["accuracy"] for r in g], [r["fid"] for r in g], "o-", label=name)
         for r in g:
@@ -129,7 +161,11 @@ def plot(rows, path: Path) -> None:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("ckpt")
+    p.add_argument("ckpt", nargs="?", help="class-conditional (or, with --no-cfg, any) checkpoint")
+    p.add_argument("--merge", type=Path, nargs="+", default=None,
+                   help="instead of evaluating: one table and plot of these OUT.json files")
+    p.add_argument("--model", default=None,
+                   help="a name for the checkpoint in the table (default: its run directory)")
     p.add_argument("--n", type=int, default=500)
     p.add_argument("--batch", type=int, default=125)
     p.add_argument("--seed", type=int, default=0)
@@ -140,21 +176,37 @@ def main():
     p.add_argument("--interval", type=float, nargs=2, default=[0.0, float("inf")],
                    metavar=("SIGMA_MIN", "SIGMA_MAX"),
                    help="guidance interval in noise level sigma / alpha")
+    p.add_argument("--floor", action="store_true",
+                   help="add a row for n real images drawn class-balanced (the FID floor)")
     p.add_argument("--no-cfg", action="store_true",
                    help="skip classifier-free guidance (an unconditional checkpoint)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
+    if args.merge:
+        rows = [r for f in args.merge for r in json.loads(f.read_text())]
+        write(rows, args.out)
+        return
+    if not args.ckpt:
+        p.error("give a checkpoint (or --merge)")
     torch.manual_seed(args.seed)
     configs = guidance_configs(args.scales, args.classifier, args.guide, not args.no_cfg,
                                tuple(args.interval))
-    rows = evaluate(args.ckpt, configs, args.samplers, args.n, args.batch, args.seed)
+    rows = evaluate(args.ckpt, configs, args.samplers, args.n, args.batch, args.seed,
+                    args.floor)
+    model = args.model or Path(args.ckpt).resolve().parent.parent.name
+    for r in rows:
+        r["model"] = model
+    write(rows, args.out)
+
+
+def write(rows, out: Path | None) -> None:
     print(table(rows))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        Path(f"{args.out}.md").write_text(table(rows))
-        Path(f"{args.out}.json").write_text(json.dumps(rows, indent=1))
-        plot(rows, Path(f"{args.out}.png"))
-        print(f"wrote {args.out}.md, .png and .json")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Path(f"{out}.md").write_text(table(rows))
+        Path(f"{out}.json").write_text(json.dumps(rows, indent=1))
+        plot(rows, Path(f"{out}.png"))
+        print(f"wrote {out}.md, .png and .json")
 
 
 if __name__ == "__main__":
