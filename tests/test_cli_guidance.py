@@ -164,3 +164,23 @@ def test_cfg_needs_a_conditional_model_trained_with_label_dropout():
     with pytest.raises(ConfigError, match="unknown"):
         build_guidance({"name": "magic"}, SimpleNamespace(conditional=True, p_uncond=0.1))
     assert build_guidance({"name": "none"}, None) is None
+
+
+def test_guided_fid_is_the_same_on_two_processes(runs):
+    """Classifier guidance under DDP (gloo, one thread per process): the classifier moves
+    to each rank's device, each rank samples its chunks with their labels and gradients,
+    and FID and class accuracy are the same bits as on one process."""
+    results = {}
+    for devices in (1, 2):
+        out = runs / f"guided_ddp{devices}"
+        run("evaluate.py", f"ckpt={ckpt(runs)}", "guidance=classifier", "guidance.scale=2",
+            f"guidance.classifier_ckpt={ckpt(runs, 'clf')}", "metrics=[fid]",
+            "num_samples=13", "sample_batch_size=4", "sampler=dpm_solver", "sampler.steps=3",
+            "trainer=ddp", f"trainer.devices={devices}", "trainer.accelerator=cpu",
+            f"hydra.run.dir={out}", cwd=runs, threads=1)
+        results[devices] = json.loads((out / "metrics.json").read_text())
+    one, two = results[1], results[2]
+    assert one["processes"] == 1 and two["processes"] == 2
+    assert one["guidance"]["name"] == "classifier"
+    for key in ("fid", "class_accuracy"):
+        assert two[key] == one[key], key
