@@ -32,8 +32,9 @@ PAPER_COUNTS = {"ddpm_cifar10": 35.2, "ddpmpp_cifar10": 61.8, "ddpmpp_deep_cifar
                 **{f"dit_l_{p}": 458.1 for p in (2, 4, 8)},
                 **{f"dit_xl_{p}": 675.1 for p in (2, 4, 8)}}
 PRESETS = sorted(p.stem for p in (ROOT / "conf" / "backbone").glob("*.yaml"))
-# Denoising backbones (x -> x's shape); "encoder" is the noisy classifier's network.
-IMAGE_PRESETS = [p for p in PRESETS if p not in ("mlp", "encoder")]
+# Denoising backbones (x -> x's shape); "encoder" is the noisy classifier's network,
+# "kl_autoencoder" the stage-1 autoencoder.
+IMAGE_PRESETS = [p for p in PRESETS if p not in ("mlp", "encoder", "kl_autoencoder")]
 BIG = {"dit_l_2", "dit_l_4", "dit_l_8", "dit_xl_2", "dit_xl_4", "dit_xl_8"}
 
 

@@ -40,13 +40,14 @@ class NoisyClassifier(nn.Module):
         x_in = x * unit_input_scale(alpha, sigma) if self.input_scaling else x
         return self.backbone(x_in, noise_label(self.noise_label_kind, self.sde, t, alpha, sigma))
 
-    def loss(self, x0: Tensor, y: Tensor, generator: torch.Generator | None = None
-             ) -> tuple[Tensor, Tensor]:
-        """(cross-entropy, accuracy) at uniform times in [sampling_eps, T]."""
+    def metrics(self, x0: Tensor, y: Tensor, generator: torch.Generator | None = None
+                ) -> dict[str, Tensor]:
+        """{"loss": cross-entropy, "acc": accuracy} at uniform times in [sampling_eps, T]."""
         n = x0.shape[0]
         eps = self.sde.sampling_eps
         t = eps + (self.sde.T - eps) * torch.rand(n, generator=generator, device=x0.device)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         xt = self.sde.interpolate(x0, noise, self.sde.coefficients(t, like=x0))
         logits = self(xt, t)
-        return F.cross_entropy(logits, y), (logits.argmax(1) == y).float().mean()
+        return {"loss": F.cross_entropy(logits, y),
+                "acc": (logits.argmax(1) == y).float().mean()}

@@ -11,7 +11,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from scorelab.classifier import NoisyClassifier
-from scorelab.classifier_module import ClassifierModule
+from scorelab.auxiliary_module import AutoencoderModule, ClassifierModule
+from scorelab.autoencoder import KLAutoencoder
 from scorelab.data import DiffusionDataModule
 from scorelab.checks import Rule, check_value, integer, optional, positive
 from scorelab.conditioning import check_p_uncond
@@ -190,7 +191,7 @@ def build_module(cfg: DictConfig, data_shape, num_classes: int,
         config=OmegaConf.to_container(cfg, resolve=True))
 
 
-MODELS = ("diffusion", "classifier")
+MODELS = ("diffusion", "classifier", "autoencoder")
 
 
 def build_classifier_module(cfg: DictConfig, data_shape, num_classes: int,
@@ -212,15 +213,38 @@ def build_classifier_module(cfg: DictConfig, data_shape, num_classes: int,
                             config=OmegaConf.to_container(cfg, resolve=True))
 
 
+def build_autoencoder_module(cfg: DictConfig, data_shape, num_classes: int,
+                             is_image: bool = True) -> AutoencoderModule:
+    """``model=autoencoder``: the stage-1 KL autoencoder of latent diffusion
+    (``experiment=mnist5k_autoencoder``; its network and loss in the ``backbone`` node)."""
+    if not is_image:
+        raise ConfigError("model=autoencoder needs image data")
+    check_backbone_shape(cfg, data_shape)
+    net = make(cfg, "backbone", data_shape=tuple(data_shape))
+    if not isinstance(net, KLAutoencoder):
+        raise ConfigError("model=autoencoder needs backbone=kl_autoencoder")
+    return AutoencoderModule(net, make(cfg.optim, "optimizer"), data_shape, num_classes,
+                             is_image, warmup_steps=cfg.optim.warmup_steps,
+                             lr_decay=cfg.optim.get("lr_decay", "none"),
+                             config=OmegaConf.to_container(cfg, resolve=True))
+
+
 def build_any_module(cfg: DictConfig, data_shape, num_classes: int, is_image: bool = True,
                      strict_sampler: bool = True):
-    """The module ``cfg.model`` names (``MODELS``): a DiffusionModule or a ClassifierModule."""
+    """The module ``cfg.model`` names (``MODELS``): a DiffusionModule, or the
+    ``AuxiliaryModule`` of a classifier or an autoencoder."""
     kind = cfg.get("model", "diffusion")
     if kind not in MODELS:
         raise ConfigError(f"model={kind}: must be one of {', '.join(MODELS)}")
     if kind == "classifier":
         return build_classifier_module(cfg, data_shape, num_classes, is_image)
+    if kind == "autoencoder":
+        return build_autoencoder_module(cfg, data_shape, num_classes, is_image)
     return build_module(cfg, data_shape, num_classes, is_image, strict_sampler)
+
+
+def _an(word: str) -> str:
+    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
 
 
 class LoadedCheckpoint:
@@ -241,7 +265,8 @@ class LoadedCheckpoint:
             raise ConfigError(f"ckpt={path}: not a scorelab checkpoint (no 'scorelab' entry)")
         self.kind = meta.get("kind", "diffusion")
         if self.kind != kind:
-            raise ConfigError(f"ckpt={path}: holds a {self.kind} model, not a {kind} model")
+            raise ConfigError(f"ckpt={path}: holds {_an(self.kind)} model, not {_an(kind)} "
+                              f"model")
         self.path = p
         self.cfg = OmegaConf.create(meta["config"])
         if "noise_label" not in self.cfg:

@@ -1,6 +1,7 @@
 """python train.py [overrides]: train, then leave in the run directory the last checkpoint,
 a sample grid from the EMA weights (guided as the ``guidance`` group says), metrics.json and
-the composed config. ``model=classifier`` trains a noisy classifier instead (no samples)."""
+the composed config. ``model=classifier`` trains a noisy classifier, ``model=autoencoder`` a
+stage-1 autoencoder instead (no samples; their validation metrics in metrics.json)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from scorelab.callbacks import EMA, FIDCallback, SampleGrid, _MetricCallback
-from scorelab.classifier_module import ClassifierModule
+from scorelab.auxiliary_module import AuxiliaryModule
 from scorelab.cli.build import (LoadedCheckpoint, build_any_module, build_datamodule,
                                 check_training_config, make, pick_device)
 from scorelab.cli.guide import build_guidance
@@ -26,7 +27,8 @@ from scorelab.visualize import save_samples
 def _callbacks(cfg: DictConfig, dm, samples: bool = True) -> list:
     """Callbacks from the ``callbacks`` group; an entry set to null is switched off. Sample
     grids and metric callbacks go before EMA so that they see the EMA weights. A run that
-    draws no samples (``samples=False``: a classifier) skips the sample-drawing ones."""
+    draws no samples (``samples=False``: a classifier, an autoencoder) skips the
+    sample-drawing ones."""
     made = {}
     for name, node in (cfg.callbacks or {}).items():
         if node is None:
@@ -62,12 +64,12 @@ def main(cfg: DictConfig) -> dict:
     dm = build_datamodule(cfg)
     dm.setup("fit")
     module = build_any_module(cfg, dm.shape, dm.num_classes, dm.is_image)
-    classifier = isinstance(module, ClassifierModule)
-    if not classifier:
+    auxiliary = isinstance(module, AuxiliaryModule)
+    if not auxiliary:
         module.set_guidance(build_guidance(cfg.get("guidance"), module))
     elif (cfg.get("guidance") or {}).get("name", "none") != "none":
-        raise ConfigError("model=classifier draws no samples: guidance must be none")
-    callbacks = _callbacks(cfg, dm, samples=not classifier)
+        raise ConfigError(f"model={cfg.model} draws no samples: guidance must be none")
+    callbacks = _callbacks(cfg, dm, samples=not auxiliary)
     ckpt_cb = _checkpoint_callback(callbacks)
     existing = sorted(Path(ckpt_cb.dirpath).glob("*.ckpt")) if ckpt_cb.dirpath else []
     resume_from = None
@@ -97,14 +99,14 @@ def main(cfg: DictConfig) -> dict:
         return {}
     last = Path(ckpt_cb.dirpath) / "last.ckpt"
     ema = any(isinstance(c, EMA) for c in callbacks)
-    if classifier:
-        acc = trainer.callback_metrics.get("val/acc")
-        result = {"val_acc": float(acc) if acc is not None else None}
+    if auxiliary:
+        result = {f"val_{k[4:]}": float(v) for k, v in trainer.callback_metrics.items()
+                  if k.startswith("val/") and k != "val/loss"}
     else:
         loaded = LoadedCheckpoint(str(last), use_ema=ema)
         loaded.module.set_guidance(module.guidance)
         result = _final_samples(cfg, loaded, out, trainer.global_step)
-    losses = {} if classifier else {
+    losses = {} if auxiliary else {
         "train_loss": module.epoch_losses[-1] if module.epoch_losses else None,
         "train_loss_first_epoch": module.epoch_losses[0] if module.epoch_losses else None}
     metrics = {
@@ -128,7 +130,7 @@ def _apply_speed(cfg, module, trainer_args) -> dict:
     gpu = uses_gpu(trainer_args.get("accelerator", "auto"))
     try:
         check_switches(speed, gpu)
-        return apply_speed(module.model.backbone, speed.get("compile", "auto"),
+        return apply_speed(getattr(module.model, "backbone", module.model), speed.get("compile", "auto"),
                            speed.get("channels_last", "auto"), gpu=gpu)
     except ValueError as e:
         raise ConfigError(str(e)) from None
