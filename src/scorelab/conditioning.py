@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from scorelab.checks import check_value, number
+
 NULL_LABEL = -1
 
 
@@ -31,7 +33,6 @@ def drop_labels(y: Tensor, p_uncond: float, generator: torch.Generator | None = 
 
 
 def check_p_uncond(p_uncond: float) -> float:
-    if not (isinstance(p_uncond, (int, float)) and not isinstance(p_uncond, bool)
-            and 0 <= p_uncond < 1):
-        raise ValueError(f"p_uncond: must be a probability in [0, 1), got {p_uncond!r}")
+    """``p_uncond`` as a probability in [0, 1) (ValueError naming the key)."""
+    check_value("p_uncond", p_uncond, number(0, 1, hi_open=True))
     return float(p_uncond)

@@ -32,8 +32,14 @@ import math
 import torch
 from torch import Tensor
 
+from scorelab.checks import check_values, number
 from scorelab.conditioning import null_labels
 from scorelab.prediction import Prediction, prediction_fn
+
+
+def describe(guidance) -> dict | None:
+    """A guidance's settings for result files (None: no guidance)."""
+    return guidance.settings() if guidance is not None else None
 
 
 def noise_level(path, t: Tensor) -> Tensor:
@@ -54,16 +60,12 @@ class Guidance:
 
     def __init__(self, scale: float = 1.0, sigma_min: float = 0.0,
                  sigma_max: float = math.inf):
-        for key, value in (("scale", scale), ("sigma_min", sigma_min),
-                           ("sigma_max", sigma_max)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                    or math.isnan(value):
-                raise ValueError(f"guidance.{key}: must be a number, got {value!r}")
-        if scale < 0:
-            raise ValueError(f"guidance.scale: must be >= 0 (1 = no guidance), got {scale}")
-        if not 0 <= sigma_min <= sigma_max:
-            raise ValueError(f"guidance.sigma_min, sigma_max: need 0 <= sigma_min <= "
-                             f"sigma_max, got [{sigma_min}, {sigma_max}]")
+        check_values("guidance", {"scale": scale, "sigma_min": sigma_min,
+                                  "sigma_max": sigma_max},
+                     {"scale": number(0), "sigma_min": number(0), "sigma_max": number(0)})
+        if sigma_min > sigma_max:
+            raise ValueError(f"guidance.sigma_min, sigma_max: need sigma_min <= sigma_max, "
+                             f"got [{sigma_min}, {sigma_max}]")
         self.scale, self.sigma_min, self.sigma_max = float(scale), float(sigma_min), \
             float(sigma_max)
 
@@ -73,9 +75,20 @@ class Guidance:
         inside = (s >= self.sigma_min) & (s <= self.sigma_max)
         return torch.where(inside, torch.full_like(s, self.scale), torch.ones_like(s))
 
+    @property
+    def everywhere(self) -> bool:
+        """Whether the interval is every noise level (w is then ``scale`` at every step)."""
+        return self.sigma_min == 0 and self.sigma_max == math.inf
+
+    def _differs(self, w: Tensor, value: float) -> bool:
+        """Whether w != value anywhere: decided on the host without the interval; with one,
+        one host read per step, which saves the guiding evaluation where w = value."""
+        if self.everywhere:
+            return self.scale != value
+        return self.scale != value and bool((w != value).any())
+
     def _active(self, w: Tensor) -> bool:
-        # One host read per step; it saves the guiding evaluation where w = 1.
-        return self.scale != 1.0 and bool((w != 1).any())
+        return self._differs(w, 1.0)
 
     def needs_labels(self) -> bool:
         return False
@@ -116,12 +129,13 @@ class ClassifierFree(Guidance):
         if y is None or not conditional:
             raise ValueError("guidance=cfg needs a conditional model and class labels")
 
+        both_labels = torch.cat([y, null_labels(y.shape[0], y.device)])   # once, not per step
+
         def model(x: Tensor, t: Tensor) -> Prediction:
             w = self.weight(path, t)
             if not self._active(w):
                 return predict(x, t, y)
-            both = predict(torch.cat([x, x]), torch.cat([t, t]),
-                           torch.cat([y, null_labels(x.shape[0], y.device)]))
+            both = predict(torch.cat([x, x]), torch.cat([t, t]), both_labels)
             cond, uncond = both.chunk(2)
             return cond.guide(uncond, w)
         return prediction_fn(model)
@@ -202,9 +216,10 @@ class ClassifierGuidance(Guidance):
 
         def model(x: Tensor, t: Tensor) -> Prediction:
             pred = predict(x, t, base_labels)
-            w = self.weight(path, t) - offset
-            if not bool((w != 0).any()):
+            w = self.weight(path, t)
+            if not self._differs(w, offset):
                 return pred
+            w = w - offset
             grad = self.log_prob_grad(x, t, y)
             return pred.shift_score(w.reshape((-1,) + (1,) * (x.dim() - 1)) * grad)
         return prediction_fn(model)

@@ -26,6 +26,7 @@ from scorelab.cli.build import build_datamodule, check_config_values, pick_devic
 from scorelab.cli.common import log, output_dir, reports_errors, write_json
 from scorelab.cli.sample import draw_samples, load_guided, resolve_sampler, save_sample_files
 from scorelab.errors import ConfigError
+from scorelab.guidance import describe
 from scorelab.metrics.features import FeatureWeightsMissing
 
 
@@ -137,8 +138,7 @@ def main(cfg: DictConfig) -> dict:
                "global_step": loaded.global_step, "seed": cfg.seed,
                "processes": trainer.world_size,
                "loss": OmegaConf.to_container(loaded.cfg.loss),
-               "guidance": (loaded.module.guidance.settings()
-                            if loaded.module.guidance is not None else None),
+               "guidance": describe(loaded.module.guidance),
                **_results(trainer, dm, callbacks, selected)}
     if cfg.num_samples > 0 and not selected & {"fid", "is"}:
         accelerator = cfg.trainer.accelerator

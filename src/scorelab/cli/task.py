@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from scorelab.cli.build import build_datamodule
 from scorelab.controllable import (MASKS, check_resampling, colorization, controlled_sample,
                                    grey_to_rgb, inpainting, named_mask)
+from scorelab.data.base import to_unit_range
 from scorelab.errors import ConfigError
 
 TASKS = ("generate", "inpaint", "colorize")
@@ -48,7 +49,7 @@ def _read_image(path: str, what: str, channels: int | None = None) -> torch.Tens
         img = decode_image(str(p), mode=mode)
     except RuntimeError as e:
         raise ConfigError(f"task.{what}={path}: not a readable image ({e})") from None
-    return img.float() / 127.5 - 1.0
+    return to_unit_range(img, 255.0)
 
 
 def _check_size(img: torch.Tensor, shape, what: str, path: str) -> None:

@@ -20,6 +20,7 @@ from scorelab.cli.guide import build_guidance
 from scorelab.cli.common import fresh_path, log, output_dir, reports_errors, write_json
 from scorelab.cli.sample import draw_samples
 from scorelab.errors import ConfigError
+from scorelab.guidance import describe
 from scorelab.speed import apply_speed, check_switches, resolve_precision, uses_gpu
 from scorelab.visualize import save_samples
 
@@ -33,12 +34,13 @@ def _callbacks(cfg: DictConfig, dm, samples: bool = True) -> list:
     for name, node in (cfg.callbacks or {}).items():
         if node is None:
             continue
-        if not samples and name in ("sample_grid", "fid", "bpd"):
-            log.info("model=%s draws no samples: callbacks.%s skipped", cfg.model, name)
-            continue
         extra = {"inverse_scaler": dm.inverse_scaler, "is_image": dm.is_image} \
             if name == "sample_grid" else {}
         made[name] = make(cfg, f"callbacks.{name}", **extra)
+        if not samples and isinstance(made[name], (SampleGrid, _MetricCallback)):
+            log.info("model=%s draws no samples: callbacks.%s skipped", cfg.model, name)
+            del made[name]
+            continue
         if isinstance(made[name], FIDCallback):
             try:
                 made[name].prepare(dm)      # missing feature weights stop the run here
@@ -150,6 +152,6 @@ def _final_samples(cfg, loaded: LoadedCheckpoint, out, step: int) -> dict:
     path = save_samples(x, fresh_path(out / "samples.png", step), loaded.is_image)
     guidance = loaded.module.guidance
     return {"samples": str(path), "sampler": settings, "nfe": nfe,
-            "guidance": guidance.settings() if guidance is not None else None,
+            "guidance": describe(guidance),
             "sampling_wall_time_s": round(seconds, 2),
             "samples_from": "ema" if loaded.ema else "raw"}
