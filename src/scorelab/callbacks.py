@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
 from lightning.pytorch.trainer.states import TrainerFn
 
 from scorelab.checks import check_values, integer, one_of
+from scorelab.latent import nats_to_latent_bits
 from scorelab.likelihood import check_likelihood_options
 from scorelab.metrics.evaluation import (gather_union, heldout_bits_per_dim, my_chunks,
                                          reference_statistics, resolve_features,
@@ -230,7 +231,8 @@ class FIDCallback(_MetricCallback):
 
 class BitsPerDimCallback(_MetricCallback):
     """Bits/dim (images) or NLL in nats/dim (vectors) of the first ``num_examples``
-    held-out examples through the probability-flow ODE, with the EMA weights.
+    held-out examples through the probability-flow ODE, with the EMA weights; for a latent
+    model ``latent_bpd``, bits per dimension of the autoencoder's latent.
 
     Args:
         every_n_steps / at_end / seed: when to run (see ``_MetricCallback``).
@@ -260,23 +262,36 @@ class BitsPerDimCallback(_MetricCallback):
     def compute(self, trainer, pl_module, gather) -> dict:
         val = self.datamodule.val_set
         n = min(self.num_examples, len(val))
-        x = torch.stack([val[i][0] for i in range(n)]).to(pl_module.device)
+        latent = pl_module.latent
+        if latent is None:
+            x = torch.stack([val[i][0] for i in range(n)]).to(pl_module.device)
+        else:
+            # One latent draw per example, the same on every process.
+            gen = torch.Generator(device=pl_module.device).manual_seed(self.seed)
+            x = pl_module.model_input(self.datamodule.posteriors(val, range(n))
+                                      .to(pl_module.device), gen)
         y = torch.tensor([int(val[i][1]) for i in range(n)], device=pl_module.device)
         model = pl_module.model
         start = time.perf_counter()
-        bar = _progress(trainer, n, self.chunk,
-                        "bits/dim examples" if pl_module.is_image else "NLL examples")
+        pixels = pl_module.is_image and latent is None
+        bar = _progress(trainer, n, self.chunk, "bits/dim examples" if pixels else "NLL examples")
         try:
             local, nfe = heldout_bits_per_dim(
                 lambda yb: model.prediction_fn(yb if pl_module.conditional else None),
-                model.sde, x, y, self.chunk, self.seed, pl_module.is_image,
+                model.sde, x, y, self.chunk, self.seed, pixels,
                 trainer.global_rank, trainer.world_size, progress=bar, **self.likelihood)
         finally:
             bar.close()
         values = gather_union(local, gather)["value"]
-        key = "bpd" if pl_module.is_image else "nll_nats_per_dim"
+        key = "bpd" if pixels else "nll_nats_per_dim"
+        if latent is not None:
+            # bits per dimension of the autoencoder's latent z (not of pixels)
+            key, values = "latent_bpd", nats_to_latent_bits(values, latent.log_scale_per_dim())
         self.settings = {**self.likelihood, "num_examples": n, "chunk": self.chunk,
                          "nfe_last_chunk": nfe, "seed": self.seed,
                          "processes": trainer.world_size,
                          "wall_time_s": round(time.perf_counter() - start, 2)}
+        if latent is not None:
+            self.settings["space"] = ("latent z of the autoencoder (continuous density, one "
+                                      "posterior draw per example; not pixel bits/dim)")
         return {key: float(values.mean()), f"{key}_stderr": float(values.std() / math.sqrt(n))}

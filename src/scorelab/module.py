@@ -70,6 +70,10 @@ class DiffusionModule(L.LightningModule):
         config: the composed run config as a plain dict, stored in every checkpoint.
         fused_optimizer: ask the optimiser for fused kernels (true / false / "auto": when
             the parameters are on a GPU).
+        latent: a ``scorelab.latent.LatentSpace`` (latent diffusion): batches are posteriors
+            of its frozen autoencoder, ``data_shape`` is its latent shape, and ``sample()``
+            decodes to pixels. Its weights, shift and scale are part of the module's state,
+            so a checkpoint samples without the stage-1 file.
     """
 
     NAN_CHECK_EVERY = 50
@@ -79,8 +83,9 @@ class DiffusionModule(L.LightningModule):
                  num_classes: int = 0, is_image: bool = True, conditional: bool = False,
                  warmup_steps: int = 0, sampler: dict | None = None, config: dict | None = None,
                  fused_optimizer: bool | str = "auto", lr_decay: str = "none",
-                 p_uncond: float = 0.0):
+                 p_uncond: float = 0.0, latent=None):
         super().__init__()
+        self.latent = latent
         self.p_uncond = check_p_uncond(p_uncond)
         self.guidance = None       # a ``scorelab.guidance`` object used by ``sample()``
         check_value("optim.lr_decay", lr_decay, LR_DECAY_RULE)
@@ -106,8 +111,19 @@ class DiffusionModule(L.LightningModule):
     def _labels(self, y):
         return y if self.conditional else None
 
+    @property
+    def pixel_shape(self) -> tuple:
+        """One sample's shape in data space (``data_shape`` unless latent)."""
+        return self.data_shape if self.latent is None else self.latent.data_shape
+
+    def model_input(self, x: torch.Tensor, generator=None) -> torch.Tensor:
+        """A batch as the diffusion sees it: x itself, or for a latent model the normalised
+        z ~ q(z|x) drawn from the batch's posteriors."""
+        return x if self.latent is None else self.latent.draw(x, generator)
+
     def training_step(self, batch, batch_idx):
         x, y = batch
+        x = self.model_input(x)
         y = drop_labels(y, self.p_uncond) if self.conditional else None
         loss = self.loss_fn(self.model, x, y)
         detached = loss.detach()
@@ -165,6 +181,7 @@ class DiffusionModule(L.LightningModule):
         x, y = batch
         # Same noise for every validation pass, so the curve compares like with like.
         gen = torch.Generator(device=x.device).manual_seed(10_000 + batch_idx)
+        x = self.model_input(x, gen)
         loss = self.loss_fn(self.model, x, self._labels(y), generator=gen)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=x.shape[0])
         return loss
@@ -185,8 +202,10 @@ class DiffusionModule(L.LightningModule):
         return self.conditional or self._guidance_needs_labels()
 
     def on_save_checkpoint(self, checkpoint):
-        checkpoint["scorelab"] = {"config": self.config, "data_shape": list(self.data_shape),
+        checkpoint["scorelab"] = {"config": self.config, "data_shape": list(self.pixel_shape),
                                   "num_classes": self.num_classes, "is_image": self.is_image}
+        if self.latent is not None:
+            checkpoint["scorelab"]["latent"] = self.latent.describe()
 
     def set_guidance(self, guidance) -> None:
         """Guide ``sample()`` with a ``scorelab.guidance`` object (None: no guidance). Kept
@@ -203,11 +222,13 @@ class DiffusionModule(L.LightningModule):
 
     @torch.no_grad()
     def sample(self, n: int, y: torch.Tensor | None = None, generator=None, callback=None,
-               sampler: dict | None = None) -> SampleResult:
+               sampler: dict | None = None, decode: bool = True) -> SampleResult:
         """Draw n samples with ``sampler`` settings {name, steps, **options} (default: the
         module's configured sampler), guided if ``set_guidance`` was given one. A model
         that takes labels (conditional, or guided by a classifier) given none draws the
-        classes in turn (the null label is only for classifier-free guidance)."""
+        classes in turn (the null label is only for classifier-free guidance). A latent
+        model's samples are decoded to pixels (fp32) unless ``decode=False``; ``callback``
+        sees the latents."""
         if self.takes_labels and y is None:
             y = torch.arange(n, device=self.device) % self.num_classes
         settings = dict(sampler or self.sampler)
@@ -216,8 +237,11 @@ class DiffusionModule(L.LightningModule):
         was_training = self.training
         self.eval()
         try:
-            return sample(model, self.model.sde, (n,) + self.data_shape, sampler=name,
-                          steps=steps, generator=generator, device=self.device,
-                          callback=callback, **settings)
+            res = sample(model, self.model.sde, (n,) + self.data_shape, sampler=name,
+                         steps=steps, generator=generator, device=self.device,
+                         callback=callback, **settings)
+            if self.latent is not None and decode:
+                res = SampleResult(self.latent.decode(res.x), res.nfe)
+            return res
         finally:
             self.train(was_training)

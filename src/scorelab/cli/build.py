@@ -147,16 +147,22 @@ def backbone_classes(cfg: DictConfig, num_classes: int) -> int:
 
 
 def build_module(cfg: DictConfig, data_shape, num_classes: int,
-                 is_image: bool = True, strict_sampler: bool = True) -> DiffusionModule:
-    """The DiffusionModule of a config, for data of the given shape and classes.
-    ``strict_sampler=False`` (loading a checkpoint): a stored sampler this version does not
-    know falls back to the default pc sampler with a warning instead of failing."""
+                 is_image: bool = True, strict_sampler: bool = True,
+                 latent=None) -> DiffusionModule:
+    """The DiffusionModule of a config, for data of the given shape and classes; with a
+    ``LatentSpace`` (``autoencoder`` group) on its latents, the backbone built for the latent
+    shape. ``strict_sampler=False`` (loading a checkpoint): a stored sampler this version does
+    not know falls back to the default pc sampler with a warning instead of failing."""
     if cfg.conditional and num_classes <= 0:
         raise ConfigError("conditional=true needs a dataset with class labels")
-    check_backbone_shape(cfg, data_shape)
+    if latent is not None and tuple(latent.data_shape) != tuple(data_shape):
+        raise ConfigError(f"the autoencoder takes images {list(latent.data_shape)} but the "
+                          f"data has {list(data_shape)}")
+    model_shape = tuple(data_shape) if latent is None else tuple(latent.latent_shape)
+    check_backbone_shape(cfg, model_shape)
     sde = make(cfg, "sde")
     head = make(cfg, "head")
-    backbone = make(cfg, "backbone", data_shape=tuple(data_shape),
+    backbone = make(cfg, "backbone", data_shape=model_shape,
                     num_classes=backbone_classes(cfg, num_classes))
     loss = make(cfg, "loss")
     loss.check(sde, head)
@@ -183,12 +189,12 @@ def build_module(cfg: DictConfig, data_shape, num_classes: int,
     except ValueError as e:
         raise ConfigError(str(e)) from None
     return DiffusionModule(
-        model, loss, optimizer=make(cfg.optim, "optimizer"), data_shape=data_shape,
+        model, loss, optimizer=make(cfg.optim, "optimizer"), data_shape=model_shape,
         num_classes=num_classes, is_image=is_image, conditional=cfg.conditional,
         p_uncond=p_uncond if cfg.conditional else 0.0,
         warmup_steps=cfg.optim.warmup_steps, lr_decay=cfg.optim.get("lr_decay", "none"),
         sampler=sampler, fused_optimizer=(cfg.get("speed") or {}).get("fused_optimizer", "auto"),
-        config=OmegaConf.to_container(cfg, resolve=True))
+        config=OmegaConf.to_container(cfg, resolve=True), latent=latent)
 
 
 MODELS = ("diffusion", "classifier", "autoencoder")
@@ -230,17 +236,19 @@ def build_autoencoder_module(cfg: DictConfig, data_shape, num_classes: int,
 
 
 def build_any_module(cfg: DictConfig, data_shape, num_classes: int, is_image: bool = True,
-                     strict_sampler: bool = True):
-    """The module ``cfg.model`` names (``MODELS``): a DiffusionModule, or the
-    ``AuxiliaryModule`` of a classifier or an autoencoder."""
+                     strict_sampler: bool = True, latent=None):
+    """The module ``cfg.model`` names (``MODELS``): a DiffusionModule (on ``latent``'s
+    latents when given), or the ``AuxiliaryModule`` of a classifier or an autoencoder."""
     kind = cfg.get("model", "diffusion")
     if kind not in MODELS:
         raise ConfigError(f"model={kind}: must be one of {', '.join(MODELS)}")
+    if latent is not None and kind != "diffusion":
+        raise ConfigError(f"model={kind} trains on pixels: autoencoder must be none")
     if kind == "classifier":
         return build_classifier_module(cfg, data_shape, num_classes, is_image)
     if kind == "autoencoder":
         return build_autoencoder_module(cfg, data_shape, num_classes, is_image)
-    return build_module(cfg, data_shape, num_classes, is_image, strict_sampler)
+    return build_module(cfg, data_shape, num_classes, is_image, strict_sampler, latent)
 
 
 def _an(word: str) -> str:
@@ -282,8 +290,12 @@ class LoadedCheckpoint:
             raise ConfigError(f"ckpt={path}: holds no EMA weights (trained with "
                               f"callbacks.ema=null); pass use_ema=false")
         state = ckpt["state_dict"] if (use_ema or not has_raw) else ckpt["current_model_state"]
+        latent = None
+        if "latent" in meta:
+            from scorelab.cli.latent import latent_from_checkpoint   # (imports this module)
+            latent = latent_from_checkpoint(meta["latent"], self.data_shape)
         self.module = build_any_module(self.cfg, self.data_shape, self.num_classes,
-                                       self.is_image, strict_sampler=False)
+                                       self.is_image, strict_sampler=False, latent=latent)
         self.module.load_state_dict(state)
         self.module.eval()
 

@@ -6,7 +6,8 @@ to metrics.json with the settings of every number, and printed as a table.
   (``FIDCallback``, ``BitsPerDimCallback``) in one validation pass, so they run on as many
   processes as the ``trainer`` group gives (``trainer=ddp trainer.devices=2``) and give
   the same numbers as on one:
-  - bpd: bits/dim of ``metrics.bpd.num_examples`` held-out examples (PF-ODE);
+  - bpd: bits/dim of ``metrics.bpd.num_examples`` held-out examples (PF-ODE); for a
+    latent model ``latent_bpd``, bits per dimension of the autoencoder's latent;
   - fid / is: ``num_samples`` samples with the ``sampler`` group (default: the
     checkpoint's), guided as the ``guidance`` group says, against the dataset's reference
     statistics, on the digit classifier or Inception features (``metrics.fid.*``); class
@@ -24,6 +25,7 @@ from scorelab.callbacks import BitsPerDimCallback, FIDCallback
 from scorelab.checks import integer, optional
 from scorelab.cli.build import build_datamodule, check_config_values, pick_device
 from scorelab.cli.common import log, output_dir, reports_errors, write_json
+from scorelab.cli.latent import latent_datamodule
 from scorelab.cli.sample import draw_samples, load_guided, resolve_sampler, save_sample_files
 from scorelab.errors import ConfigError
 from scorelab.guidance import describe
@@ -128,6 +130,9 @@ def main(cfg: DictConfig) -> dict:
     if cfg.batch_size is not None:
         data_cfg = OmegaConf.merge(data_cfg, {"data": {"batch_size": cfg.batch_size}})
     dm = build_datamodule(data_cfg)
+    if loaded.module.latent is not None:     # shift and scale come from the checkpoint
+        dm = latent_datamodule(loaded.cfg.get("autoencoder"), dm, loaded.module.latent,
+                               estimate=False)
     dm.setup("validate")
     selected = set(cfg.get("metrics") or {})
     callbacks = _metric_callbacks(cfg, dm, loaded)

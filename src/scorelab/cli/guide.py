@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from scorelab.cli.build import LoadedCheckpoint
@@ -30,18 +31,27 @@ def _interval(g: dict) -> dict:
 
 
 def _same_model_space(what: str, other: LoadedCheckpoint, module: DiffusionModule) -> None:
-    """A classifier or guide must live on the same path, data shape and classes."""
+    """A classifier or guide must live on the same path, data shape (the same latent space
+    for a latent model) and classes."""
     mine = module.config
     theirs = OmegaConf.to_container(other.cfg, resolve=True)
     for key in ("sde", "noise_label"):
         if mine.get(key) != theirs.get(key):
             raise ConfigError(f"guidance.{what}={other.path}: trained with {key}="
                               f"{theirs.get(key)}, but the model has {key}={mine.get(key)}")
-    if tuple(other.data_shape) != tuple(module.data_shape) \
+    if tuple(other.module.data_shape) != tuple(module.data_shape) \
             or other.num_classes != module.num_classes:
-        raise ConfigError(f"guidance.{what}={other.path}: data shape {list(other.data_shape)} "
-                          f"with {other.num_classes} classes, but the model's is "
-                          f"{list(module.data_shape)} with {module.num_classes}")
+        raise ConfigError(f"guidance.{what}={other.path}: data shape "
+                          f"{list(other.module.data_shape)} with {other.num_classes} classes, "
+                          f"but the model's is {list(module.data_shape)} with "
+                          f"{module.num_classes}")
+    space = [getattr(m, "latent", None) for m in (other.module, module)]
+    if any(s is not None for s in space) and (
+            None in space or space[0].describe() != space[1].describe()
+            or not all(torch.equal(a, b) for a, b in zip(space[0].state_dict().values(),
+                                                         space[1].state_dict().values()))):
+        raise ConfigError(f"guidance.{what}={other.path}: not in the model's latent space "
+                          f"(a guide must use the same autoencoder, shift and scale)")
 
 
 def _cfg(g: dict, module: DiffusionModule):

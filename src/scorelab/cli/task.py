@@ -91,6 +91,9 @@ def constraint_for(task: dict, loaded, observation: torch.Tensor):
     """The ``Constraint`` of the task (checked against the data before sampling)."""
     if not loaded.is_image:
         raise ConfigError(f"task={task['name']} needs image data")
+    if loaded.module.latent is not None:
+        raise ConfigError(f"task={task['name']} constrains pixels, but this model generates "
+                          f"an autoencoder's latents (a latent model); use task=generate")
     if task["name"] == "colorize":
         if loaded.data_shape[0] != 3:
             raise ConfigError(f"task=colorize needs RGB data (3 channels); the model's data "
@@ -105,6 +108,9 @@ def check_task(task: dict, loaded) -> None:
         return
     if not loaded.is_image:
         raise ConfigError(f"task={task['name']} needs image data")
+    if loaded.module.latent is not None:
+        raise ConfigError(f"task={task['name']} constrains pixels, but this model generates "
+                          f"an autoencoder's latents (a latent model); use task=generate")
     if task["name"] == "colorize" and loaded.data_shape[0] != 3:
         raise ConfigError(f"task=colorize needs RGB data (3 channels); the model's data has "
                           f"{loaded.data_shape[0]}")

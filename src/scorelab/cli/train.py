@@ -1,7 +1,9 @@
 """python train.py [overrides]: train, then leave in the run directory the last checkpoint,
 a sample grid from the EMA weights (guided as the ``guidance`` group says), metrics.json and
 the composed config. ``model=classifier`` trains a noisy classifier, ``model=autoencoder`` a
-stage-1 autoencoder instead (no samples; their validation metrics in metrics.json)."""
+stage-1 autoencoder instead (no samples; their validation metrics in metrics.json).
+``autoencoder=<source>`` trains the diffusion in that autoencoder's latent space (samples,
+grids and FID decoded to pixels)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from scorelab.auxiliary_module import AuxiliaryModule
 from scorelab.cli.build import (LoadedCheckpoint, build_any_module, build_datamodule,
                                 check_training_config, make, pick_device)
 from scorelab.cli.guide import build_guidance
+from scorelab.cli.latent import build_latent, latent_datamodule
 from scorelab.cli.common import fresh_path, log, output_dir, reports_errors, write_json
 from scorelab.cli.sample import draw_samples
 from scorelab.errors import ConfigError
@@ -65,7 +68,13 @@ def main(cfg: DictConfig) -> dict:
     torch.set_float32_matmul_precision(cfg.matmul_precision)
     dm = build_datamodule(cfg)
     dm.setup("fit")
-    module = build_any_module(cfg, dm.shape, dm.num_classes, dm.is_image)
+    latent = build_latent(cfg.get("autoencoder"), dm.shape)
+    module = build_any_module(cfg, dm.shape, dm.num_classes, dm.is_image, latent=latent)
+    if latent is not None:
+        dm = latent_datamodule(cfg.autoencoder, dm, latent, estimate=True)
+        dm.setup("fit")          # encodes the data once, estimates the latent shift and scale
+        log.info("latent diffusion on %s latents; shift %s, scale %s", list(latent.latent_shape),
+                 latent.describe()["shift"], latent.describe()["scale"])
     auxiliary = isinstance(module, AuxiliaryModule)
     if not auxiliary:
         module.set_guidance(build_guidance(cfg.get("guidance"), module))
@@ -121,6 +130,8 @@ def main(cfg: DictConfig) -> dict:
         "checkpoint": str(last),
         **result,
     }
+    if latent is not None:
+        metrics["latent"] = {k: v for k, v in latent.describe().items() if k != "config"}
     write_json(fresh_path(out / "metrics.json", trainer.global_step), metrics)
     log.info("run directory: %s", out)
     log.info("metrics: %s", metrics)

@@ -1,0 +1,127 @@
+"""The ``autoencoder`` config group -> a ``LatentSpace`` and the DataModule that yields its
+posteriors (latent diffusion), with the checks that need the autoencoder made at start-up.
+
+    autoencoder=scorelab autoencoder.ckpt=PATH     a stage-1 run of model=autoencoder
+    autoencoder=diffusers autoencoder.pretrained=DIR_OR_HUB_ID      (scorelab[diffusers])
+    autoencoder.normalize=scale|shift_scale|channel|fixed|none|config
+    autoencoder.encode=cache|on_the_fly
+
+A diffusion checkpoint stores the autoencoder's source, config and weights and the latent
+shift and scale, so ``latent_from_checkpoint`` rebuilds the space without the stage-1 file.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+from scorelab import diffusers_autoencoder as hf
+from scorelab.checks import boolean, check_values, integer, one_of
+from scorelab.cli.build import LoadedCheckpoint, make
+from scorelab.data.latent import ENCODINGS, LatentDataModule
+from scorelab.errors import ConfigError
+from scorelab.latent import NORMALIZATIONS, LatentSpace
+
+SOURCES = ("none", "scorelab", "diffusers")
+RULES = {"source": one_of(SOURCES, "autoencoder source"),
+         "normalize": one_of(NORMALIZATIONS + ("config",), "normalisation"),
+         "encode": one_of(ENCODINGS, "encoding"), "sample_posterior": boolean(),
+         "batch_size": integer(1), "use_ema": boolean(), "local_files_only": boolean()}
+
+
+def latent_settings(node) -> dict | None:
+    """The ``autoencoder`` node as a checked dict; None for ``source: none`` / no node."""
+    s = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) \
+        else dict(node or {})
+    if s.get("source", "none") == "none":
+        return None
+    try:
+        check_values("autoencoder", {k: v for k, v in s.items() if k in RULES}, RULES)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if s.get("normalize") == "config" and s["source"] != "diffusers":
+        raise ConfigError("autoencoder.normalize=config reads a pretrained VAE's "
+                          "scaling_factor (source=diffusers); use scale, shift_scale or "
+                          "channel")
+    return s
+
+
+def _given(s: dict, key: str) -> str:
+    value = s.get(key)
+    if value in (None, "", "???"):
+        hint = "train one with python train.py experiment=mnist5k_autoencoder" \
+            if key == "ckpt" else "a local directory or a Hugging Face hub id"
+        raise ConfigError(f"autoencoder.{key}: not given ({hint})")
+    return str(value)
+
+
+def _space(net, s: dict, description: dict, scaling=None) -> LatentSpace:
+    normalize, scale, shift = s.get("normalize", "scale"), None, None
+    if normalize == "config":
+        normalize, (scale, shift) = "fixed", scaling
+    elif normalize == "fixed":
+        scale, shift = s.get("scale"), s.get("shift")
+    try:
+        return LatentSpace(net, normalize, s.get("sample_posterior", True), scale, shift,
+                           description)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def build_latent(node, data_shape) -> LatentSpace | None:
+    """The latent space the ``autoencoder`` node asks for, for images of ``data_shape``
+    (None without one). Reads the stage-1 checkpoint or the pretrained VAE now."""
+    s = latent_settings(node)
+    if s is None:
+        return None
+    if s["source"] == "scorelab":
+        loaded = LoadedCheckpoint(_given(s, "ckpt"), use_ema=s.get("use_ema", True),
+                                  kind="autoencoder")
+        if tuple(loaded.data_shape) != tuple(data_shape):
+            raise ConfigError(f"autoencoder.ckpt={loaded.path}: trained on images "
+                              f"{list(loaded.data_shape)}, but the data has {list(data_shape)}")
+        description = {"source": "scorelab", "ckpt": str(loaded.path),
+                       "global_step": loaded.global_step,
+                       "config": OmegaConf.to_container(loaded.cfg.backbone, resolve=True)}
+        return _space(loaded.module.model, s, description)
+    vae = hf.load_pretrained(_given(s, "pretrained"), s.get("subfolder"),
+                             s.get("local_files_only", False))
+    config = hf.plain_config(vae)
+    input_range = list(s.get("input_range") or (-1.0, 1.0))
+    try:
+        net = hf.DiffusersAutoencoder(vae, data_shape, input_range)
+    except ValueError as e:
+        raise ConfigError(f"autoencoder.pretrained={s['pretrained']}: {e}") from None
+    description = {"source": "diffusers", "pretrained": str(s["pretrained"]),
+                   "config": config, "input_range": input_range}
+    scaling = hf.config_scaling(config) if s.get("normalize") == "config" else None
+    return _space(net, s, description, scaling)
+
+
+def latent_from_checkpoint(meta: dict, data_shape) -> LatentSpace:
+    """The latent space a diffusion checkpoint describes (``meta["latent"]``), with fresh
+    autoencoder weights: the checkpoint's state dict holds the trained ones."""
+    d = meta
+    if d["source"] == "scorelab":
+        net = make(OmegaConf.create({"autoencoder": d["config"]}), "autoencoder",
+                   data_shape=tuple(data_shape))
+    else:
+        net = hf.DiffusersAutoencoder(hf.from_config(d["config"]), data_shape,
+                                      d.get("input_range", (-1.0, 1.0)))
+    description = {k: v for k, v in d.items()
+                   if k in ("source", "ckpt", "global_step", "config", "pretrained",
+                            "input_range")}
+    fixed = d["normalize"] == "fixed"
+    return LatentSpace(net, d["normalize"], d["sample_posterior"],
+                       d["scale"][0] if fixed else None, d["shift"][0] if fixed else None,
+                       description)
+
+
+def latent_datamodule(node, pixels, latent: LatentSpace, estimate: bool) -> LatentDataModule:
+    """The DataModule of posteriors of ``pixels`` through ``latent``, as the node configures
+    its encoding."""
+    s = latent_settings(node) or {}
+    try:
+        return LatentDataModule(pixels, latent, s.get("encode", "cache"),
+                                s.get("batch_size", 256), estimate)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
