@@ -2,8 +2,8 @@
 feature extractor, against the pixel dataset's statistics), training throughput and time,
 sampling time, from two finished train.py runs.
 
-    python benchmarks/latent_vs_pixel.py --pixel RUN_DIR --latent RUN_DIR [--n 500]
-        [--samplers edm:18 dpm_solver:20] [--floor docs/autoencoder_mnist5k.json]
+    python benchmarks/latent_vs_pixel.py --pixel RUN_DIR --latent RUN_DIR [RUN_DIR ...] [--n 500]
+        [--names NAME ...] [--samplers edm:18 dpm_solver:20] [--floor docs/autoencoder_mnist5k.json]
         [--out docs/latent_vs_pixel]
 
 Both models sample from the same initial noise per chunk (``sampler_gap.evaluate``), on this
@@ -56,7 +56,7 @@ def table(rows: list[dict], floor: dict | None) -> str:
     for r in rows:
         lines.append(
             f"| {r['name']} | {r['space']} {'×'.join(map(str, r['shape']))} | {r['backbone']} "
-            f"{r["network_params_m"]} M | {r["train_steps"]} | {r['train_wall_time_s']:.0f} s | "
+            f"{r['network_params_m']} M | {r['train_steps']} | {r['train_wall_time_s']:.0f} s | "
             f"{r['train_images_per_s']} | {r['sampler']} ({r['nfe']}) | {r['fid']:.2f} | "
             f"{r['seconds']:.1f} s |")
     if floor:
@@ -71,17 +71,23 @@ def table(rows: list[dict], floor: dict | None) -> str:
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--pixel", type=Path, required=True)
-    p.add_argument("--latent", type=Path, required=True)
+    p.add_argument("--latent", type=Path, nargs="+", required=True)
     p.add_argument("--n", type=int, default=500)
     p.add_argument("--batch", type=int, default=125)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--samplers", nargs="+", default=["edm:18", "dpm_solver:20"])
+    p.add_argument("--names", nargs="+", default=None, help="one name per latent run")
     p.add_argument("--floor", type=Path, default=None)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     torch.manual_seed(args.seed)
     rows = []
-    for name, run in (("pixel", args.pixel), ("latent", args.latent)):
+    names = args.names or [f"latent {i + 1}" if len(args.latent) > 1 else "latent"
+                           for i in range(len(args.latent))]
+    if len(names) != len(args.latent):
+        p.error("--names needs one name per latent run")
+    runs = [("pixel", args.pixel)] + list(zip(names, args.latent))
+    for name, run in runs:
         info = describe_run(run)
         for r in evaluate(str(run / "checkpoints" / "last.ckpt"), args.samplers, args.n,
                           args.batch, args.seed):

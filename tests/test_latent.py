@@ -230,7 +230,7 @@ def test_diffusers_errors_offline_and_without_the_extra(tmp_path, monkeypatch):
 
 # --- the command line -----------------------------------------------------------------------
 
-FAST = ["data=digits", "backbone.hidden=32", "backbone.depth=2", "backbone.heads=2",
+FAST = ["data=digits", "backbone.channels=16",
         "trainer.max_steps=30", "trainer.val_check_interval=15", "sampler.steps=6",
         "num_samples=9", "callbacks.progress.refresh_rate=50",
         "callbacks.sample_grid.num_samples=9"]
@@ -279,6 +279,8 @@ def test_checkpoint_samples_and_evaluates_without_the_stage1_file(stages):
         import numpy as np
         x = np.load(out / "samples.npz")["samples"]
         assert x.shape == (5, 1, 8, 8) and np.isfinite(x).all()
+        info = json.loads((out / "sampling.json").read_text())
+        assert info["latent"]["latent_shape"] == [2, 4, 4] and info["guidance"]["name"] == "cfg"
         ev = stages / "eval"
         run("evaluate.py", f"ckpt={ckpt}", "metrics=[fid,bpd]", "num_samples=20",
             "metrics.bpd.num_examples=4", "metrics.bpd.chunk=4", f"hydra.run.dir={ev}",

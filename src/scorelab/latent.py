@@ -163,6 +163,14 @@ class LatentSpace(nn.Module):
                 "shift": [round(v, 6) for v in self.shift.flatten().tolist()]}
 
 
+def latent_summary(latent: LatentSpace | None) -> dict | None:
+    """What result files record of a latent space: ``describe()`` without the autoencoder's
+    config (None for a pixel-space model)."""
+    if latent is None:
+        return None
+    return {k: v for k, v in latent.describe().items() if k != "config"}
+
+
 def nats_to_latent_bits(nats_per_dim_u: Tensor | float, log_scale_per_dim: float):
     """Negative log-likelihood of u in nats per dimension -> bits per dimension of the
     autoencoder's latent z (invariant to the chosen scale): (nll_u - log scale) / ln 2."""

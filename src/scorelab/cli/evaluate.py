@@ -29,6 +29,7 @@ from scorelab.cli.latent import latent_datamodule
 from scorelab.cli.sample import draw_samples, load_guided, resolve_sampler, save_sample_files
 from scorelab.errors import ConfigError
 from scorelab.guidance import describe
+from scorelab.latent import latent_summary
 from scorelab.metrics.features import FeatureWeightsMissing
 
 
@@ -144,6 +145,7 @@ def main(cfg: DictConfig) -> dict:
                "processes": trainer.world_size,
                "loss": OmegaConf.to_container(loaded.cfg.loss),
                "guidance": describe(loaded.module.guidance),
+               "latent": latent_summary(loaded.module.latent),
                **_results(trainer, dm, callbacks, selected)}
     if cfg.num_samples > 0 and not selected & {"fid", "is"}:
         accelerator = cfg.trainer.accelerator

@@ -20,6 +20,7 @@ from scorelab.cli.task import (check_task, constraint_for, draw_controlled, obse
 from scorelab.data.base import inverse_scaler
 from scorelab.errors import ConfigError
 from scorelab.guidance import describe
+from scorelab.latent import latent_summary
 from scorelab.visualize import save_samples
 
 
@@ -132,7 +133,7 @@ def main(cfg: DictConfig) -> dict:
     info = {"ckpt": str(loaded.path), "weights": "ema" if loaded.ema else "raw",
             "num_samples": cfg.num_samples, "sampler": settings, "nfe_per_sample": nfe,
             "seed": cfg.seed, "wall_time_s": round(seconds, 2),
-            "guidance": describe(guidance),
+            "guidance": describe(guidance), "latent": latent_summary(loaded.module.latent),
             "grid": str(grid), "npz": str(npz), **extra}
     write_json(out / "sampling.json", info)
     log.info("wrote %s and %s", grid, npz)

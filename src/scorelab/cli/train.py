@@ -24,6 +24,7 @@ from scorelab.cli.common import fresh_path, log, output_dir, reports_errors, wri
 from scorelab.cli.sample import draw_samples
 from scorelab.errors import ConfigError
 from scorelab.guidance import describe
+from scorelab.latent import latent_summary
 from scorelab.speed import apply_speed, check_switches, resolve_precision, uses_gpu
 from scorelab.visualize import save_samples
 
@@ -72,9 +73,6 @@ def main(cfg: DictConfig) -> dict:
     module = build_any_module(cfg, dm.shape, dm.num_classes, dm.is_image, latent=latent)
     if latent is not None:
         dm = latent_datamodule(cfg.autoencoder, dm, latent, estimate=True)
-        dm.setup("fit")          # encodes the data once, estimates the latent shift and scale
-        log.info("latent diffusion on %s latents; shift %s, scale %s", list(latent.latent_shape),
-                 latent.describe()["shift"], latent.describe()["scale"])
     auxiliary = isinstance(module, AuxiliaryModule)
     if not auxiliary:
         module.set_guidance(build_guidance(cfg.get("guidance"), module))
@@ -98,6 +96,10 @@ def main(cfg: DictConfig) -> dict:
     trainer_args["precision"] = resolve_precision(trainer_args.get("precision", "auto"),
                                                   trainer_args.get("accelerator", "auto"))
     applied = _apply_speed(cfg, module, trainer_args)
+    if latent is not None:      # every check passed: encode the data, estimate shift and scale
+        dm.setup("fit")
+        log.info("latent diffusion on %s latents; shift %s, scale %s", list(latent.latent_shape),
+                 latent.describe()["shift"], latent.describe()["scale"])
     log.info("precision %s, %s", trainer_args["precision"], applied)
     trainer = L.Trainer(**trainer_args, callbacks=callbacks, logger=logger,
                         default_root_dir=str(out))
@@ -131,7 +133,7 @@ def main(cfg: DictConfig) -> dict:
         **result,
     }
     if latent is not None:
-        metrics["latent"] = {k: v for k, v in latent.describe().items() if k != "config"}
+        metrics["latent"] = latent_summary(latent)
     write_json(fresh_path(out / "metrics.json", trainer.global_step), metrics)
     log.info("run directory: %s", out)
     log.info("metrics: %s", metrics)
