@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from scorelab.checks import check_values, integer, one_of
 from scorelab.latent import nats_to_latent_bits
@@ -58,13 +59,23 @@ class EMA(WeightAveraging):
 class Checkpoint(ModelCheckpoint):
     """Lightning's ModelCheckpoint, plus ``last.ckpt`` written at the end of training even
     when the last periodic save fell on an earlier step (ModelCheckpoint skips it then), so
-    the run's final weights are always on disk."""
+    the run's final weights are always on disk, and when training stops on SIGTERM
+    (pre-emption: Lightning stops after the step in progress, on every process), so that
+    ``resume=true`` continues from that step. Lightning writes each file through a
+    transaction: never half-written."""
+
+    @property
+    def last_path(self) -> Path:
+        return Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
 
     def on_train_end(self, trainer, pl_module):
         super().on_train_end(trainer, pl_module)
         if self.save_last and self.dirpath:
-            final = Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
-            trainer.save_checkpoint(str(final))
+            trainer.save_checkpoint(str(self.last_path))
+
+    def on_exception(self, trainer, pl_module, exception):
+        if isinstance(exception, SIGTERMException) and self.dirpath:
+            trainer.save_checkpoint(str(self.last_path))
 
 
 class SampleGrid(L.Callback):

@@ -11,3 +11,12 @@ class ConfigError(ScorelabError, ValueError):
 
 class NonFiniteLossError(ScorelabError, FloatingPointError):
     """The training loss became NaN or infinite."""
+
+
+class Interrupted(ScorelabError):
+    """A run stopped by a signal (SIGTERM, SIGUSR1: pre-emption) after saving what it had;
+    the process exits with 128 + the signal number, as if killed by it."""
+
+    def __init__(self, message: str, signum: int = 15):
+        super().__init__(message)
+        self.exit_code = 128 + int(signum)

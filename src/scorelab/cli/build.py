@@ -24,7 +24,7 @@ from scorelab.score import ScoreModel
 log = logging.getLogger("scorelab")
 
 
-def make(cfg: DictConfig, group: str, **kwargs):
+def make(cfg: DictConfig, group: str, /, **kwargs):
     """instantiate(cfg[group]) with errors that name the config group (``group`` may be a
     dotted key, e.g. "callbacks.fid")."""
     node = OmegaConf.select(cfg, group)

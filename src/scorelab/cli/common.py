@@ -6,25 +6,81 @@ import functools
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 
-from scorelab.errors import ScorelabError
+from scorelab.errors import ConfigError, Interrupted, ScorelabError
+from scorelab.summarize import JOB_STATUS
 
 log = logging.getLogger("scorelab")
 
 
+def in_sweep() -> bool:
+    """Whether this process runs one job of a ``-m`` sweep."""
+    from hydra.types import RunMode
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def record_status(status: str, seconds: float, error: str = "") -> None:
+    """``job_status.json`` in the run directory (read by ``scorelab.summarize``)."""
+    data = {"status": status, "wall_time_s": round(seconds, 2)}
+    if error:
+        data["error"] = error
+    (output_dir() / JOB_STATUS).write_text(json.dumps(data, indent=2) + "\n")
+
+
 def reports_errors(main):
-    """Turn the errors a user can fix into one line on stderr and exit status 2."""
+    """Turn the errors a user can fix into one line on stderr and exit status 2
+    (``Interrupted``: its own status). In a ``-m`` sweep a failing job, whatever the error,
+    is recorded as failed in its ``job_status.json`` with its one-line error and the sweep
+    goes on (Hydra's runner would stop at a ``sys.exit`` and re-raise other errors); an
+    interrupted job stops the sweep."""
     @functools.wraps(main)
     def wrapper(cfg):
+        sweep, start = in_sweep(), time.perf_counter()
         try:
-            return main(cfg)
+            result = main(cfg)
+        except Interrupted as e:
+            print(f"scorelab: {e}", file=sys.stderr)
+            if sweep:
+                record_status("interrupted", time.perf_counter() - start, str(e))
+            sys.exit(e.exit_code)
         except ScorelabError as e:
-            print(f"scorelab: error: {e}", file=sys.stderr)
-            sys.exit(2)
+            if not sweep:
+                print(f"scorelab: error: {e}", file=sys.stderr)
+                sys.exit(2)
+            error = str(e)
+        except Exception as e:  # noqa: BLE001 - a sweep records any failure and goes on
+            if not sweep:
+                raise
+            log.exception("job failed")
+            error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        else:
+            if sweep:
+                record_status("completed", time.perf_counter() - start)
+            return result
+        print(f"scorelab: error: {error} (job {HydraConfig.get().job.num} failed; the sweep "
+              f"goes on)", file=sys.stderr)
+        record_status("failed", time.perf_counter() - start, error)
+        return None
     return wrapper
+
+
+def optimized(cfg, metrics: dict):
+    """What the command returns to Hydra: ``metrics[cfg.optimized_metric]`` as a float for
+    a sweeper to optimise, or the whole dict when no metric is named."""
+    name = cfg.get("optimized_metric")
+    if not name:
+        return metrics
+    value = metrics.get(name)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        numbers = sorted(k for k, v in metrics.items()
+                         if isinstance(v, (int, float)) and not isinstance(v, bool))
+        raise ConfigError(f"optimized_metric={name}: not a number this run reports; it "
+                          f"reports {', '.join(numbers)}")
+    return float(value)
 
 
 def output_dir() -> Path:

@@ -24,11 +24,12 @@ from omegaconf import DictConfig, OmegaConf
 from scorelab.callbacks import BitsPerDimCallback, FIDCallback
 from scorelab.checks import integer, optional
 from scorelab.cli.build import build_datamodule, check_config_values, pick_device
-from scorelab.cli.common import log, output_dir, reports_errors, write_json
+from scorelab.cli.common import log, optimized, output_dir, reports_errors, write_json
 from scorelab.cli.latent import latent_datamodule
 from scorelab.cli.sample import draw_samples, load_guided, resolve_sampler, save_sample_files
 from scorelab.errors import ConfigError
 from scorelab.guidance import describe
+from scorelab.interrupt import stop_on_signals
 from scorelab.latent import latent_summary
 from scorelab.metrics.features import FeatureWeightsMissing
 
@@ -123,6 +124,11 @@ def _table(metrics: dict) -> str:
 
 @reports_errors
 def main(cfg: DictConfig) -> dict:
+    with stop_on_signals():         # SIGTERM / SIGUSR1: stop within one chunk of samples
+        return _main(cfg)
+
+
+def _main(cfg: DictConfig) -> dict:
     out = output_dir()
     check_config_values(cfg, EVALUATE_RULES)
     L.seed_everything(cfg.seed, verbose=False)
@@ -154,4 +160,4 @@ def main(cfg: DictConfig) -> dict:
     write_json(out / "metrics.json", metrics)
     print(_table(metrics))
     log.info("wrote %s", out / "metrics.json")
-    return metrics
+    return optimized(cfg, metrics)

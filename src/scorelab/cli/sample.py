@@ -18,8 +18,9 @@ from scorelab.cli.guide import build_guidance
 from scorelab.cli.task import (check_task, constraint_for, draw_controlled, observations,
                                task_settings)
 from scorelab.data.base import inverse_scaler
-from scorelab.errors import ConfigError
+from scorelab.errors import ConfigError, Interrupted
 from scorelab.guidance import describe
+from scorelab.interrupt import check, requested, stop_on_signals
 from scorelab.latent import latent_summary
 from scorelab.visualize import save_samples
 
@@ -57,13 +58,17 @@ def draw_samples(loaded: LoadedCheckpoint, settings: dict, n: int, seed: int, de
     bar = SamplingProgress(n_batches * settings["steps"], f"{desc} ({settings['name']})")
     xs, nfe, start = [], 0, time.perf_counter()
     for b in range(n_batches):
+        if requested():             # pre-empted: keep the batches already drawn
+            break
         lo, hi = b * batch_size, min(n, (b + 1) * batch_size)
         y = labels[lo:hi] if labels is not None else None
         res = module.sample(hi - lo, y=y, generator=gen, callback=bar, sampler=settings)
         xs.append(res.x.cpu())
         nfe = res.nfe
     bar.close()
-    x = inverse_scaler(torch.cat(xs), loaded.is_image)
+    x = inverse_scaler(torch.cat(xs) if xs else torch.zeros((0,) + loaded.data_shape),
+                       loaded.is_image)
+    labels = labels[:len(x)] if labels is not None else None
     return x, labels, nfe, time.perf_counter() - start
 
 
@@ -112,6 +117,11 @@ def _controlled(cfg, task, loaded, settings, device, out) -> dict:
 
 @reports_errors
 def main(cfg: DictConfig) -> dict:
+    with stop_on_signals():
+        return _main(cfg)
+
+
+def _main(cfg: DictConfig) -> dict:
     out = output_dir()
     if cfg.num_samples < 1 or cfg.batch_size < 1:
         raise ConfigError("num_samples and batch_size must be >= 1")
@@ -128,6 +138,8 @@ def main(cfg: DictConfig) -> dict:
         done = _controlled(cfg, task, loaded, settings, device, out)
         x, labels, nfe, seconds, extra = done["x"], done["labels"], done["nfe"], \
             done["seconds"], done["info"]
+    if len(x) == 0:
+        check("sampling")                           # stopped before the first batch
     grid, npz = save_sample_files(x, labels, nfe, out, loaded.is_image)
     guidance = loaded.module.guidance
     info = {"ckpt": str(loaded.path), "weights": "ema" if loaded.ema else "raw",
@@ -135,6 +147,11 @@ def main(cfg: DictConfig) -> dict:
             "seed": cfg.seed, "wall_time_s": round(seconds, 2),
             "guidance": describe(guidance), "latent": latent_summary(loaded.module.latent),
             "grid": str(grid), "npz": str(npz), **extra}
+    if requested():
+        info["interrupted"] = f"signal {requested()}: {len(x)} of {cfg.num_samples} samples"
     write_json(out / "sampling.json", info)
     log.info("wrote %s and %s", grid, npz)
+    if requested():
+        raise Interrupted(f"stopped by signal {requested()} after {len(x)} of "
+                          f"{cfg.num_samples} samples; {npz} holds them", requested())
     return info

@@ -7,11 +7,15 @@ grids and FID decoded to pixels)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from scorelab.callbacks import EMA, FIDCallback, SampleGrid, _MetricCallback
@@ -20,9 +24,11 @@ from scorelab.cli.build import (LoadedCheckpoint, build_any_module, build_datamo
                                 check_training_config, make, pick_device)
 from scorelab.cli.guide import build_guidance
 from scorelab.cli.latent import build_latent, latent_datamodule
-from scorelab.cli.common import fresh_path, log, output_dir, reports_errors, write_json
+from scorelab.cli.loggers import build_logger, finish
+from scorelab.cli.common import (fresh_path, log, optimized, output_dir, reports_errors,
+                                 write_json)
 from scorelab.cli.sample import draw_samples
-from scorelab.errors import ConfigError
+from scorelab.errors import ConfigError, Interrupted
 from scorelab.guidance import describe
 from scorelab.latent import latent_summary
 from scorelab.speed import apply_speed, check_switches, resolve_precision, uses_gpu
@@ -90,7 +96,7 @@ def main(cfg: DictConfig) -> dict:
         if not last.is_file():
             raise ConfigError(f"resume=true but there is no {last} to resume from")
         resume_from = str(last)
-    logger = make(cfg, "logger") if cfg.get("logger") else False
+    logger = build_logger(cfg, out)
     OmegaConf.save(cfg, fresh_path(out / "config.yaml", _step_of(resume_from)), resolve=True)
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_args["precision"] = resolve_precision(trainer_args.get("precision", "auto"),
@@ -104,7 +110,13 @@ def main(cfg: DictConfig) -> dict:
     trainer = L.Trainer(**trainer_args, callbacks=callbacks, logger=logger,
                         default_root_dir=str(out))
     start = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=resume_from, weights_only=True)
+    with stop_signals_as_sigterm():
+        try:
+            trainer.fit(module, datamodule=dm, ckpt_path=resume_from, weights_only=True)
+        except SIGTERMException:
+            raise Interrupted(f"stopped by a signal at step {trainer.global_step}; "
+                              f"{ckpt_cb.last_path} holds it: continue with resume=true "
+                              f"hydra.run.dir={out}") from None
     train_time = time.perf_counter() - start
     trainer.validate(module, datamodule=dm, verbose=False)   # EMA weights (EMA callback)
     val_loss = trainer.callback_metrics.get("val/loss")
@@ -134,10 +146,31 @@ def main(cfg: DictConfig) -> dict:
     }
     if latent is not None:
         metrics["latent"] = latent_summary(latent)
+    for cb in callbacks:        # the metric callbacks' values at the end (FID, bits/dim)
+        if isinstance(cb, _MetricCallback) and cb.history:
+            metrics.update({k: v for k, v in cb.history[-1].items() if k != "step"})
     write_json(fresh_path(out / "metrics.json", trainer.global_step), metrics)
+    finish(logger)
     log.info("run directory: %s", out)
     log.info("metrics: %s", metrics)
-    return metrics
+    return optimized(cfg, metrics)
+
+
+@contextlib.contextmanager
+def stop_signals_as_sigterm():
+    """SIGUSR1 (a scheduler's warning before pre-emption) does what SIGTERM does in
+    training: Lightning stops after the step in progress and ``Checkpoint`` saves it.
+    On SLURM with auto-requeue Lightning handles SIGUSR1 itself (checkpoint and requeue)."""
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+    if not hasattr(signal, "SIGUSR1") or SLURMEnvironment.detect():
+        yield
+        return
+    previous = signal.signal(signal.SIGUSR1,
+                             lambda signum, frame: os.kill(os.getpid(), signal.SIGTERM))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
 
 
 def _apply_speed(cfg, module, trainer_args) -> dict:

@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from scorelab.interrupt import check
 from scorelab.likelihood import bits_per_dim, log_likelihood
 from scorelab.metrics.fid import (class_accuracy, feature_statistics, frechet_distance,
                                   inception_score, load_statistics, save_statistics)
@@ -66,6 +67,7 @@ def sample_features(sample_fn: Callable, extractor, n: int, chunk: int, seed: in
         rows["labels"] = []
     nfe = 0
     for k, start, size in my_chunks(n, chunk, rank, world):
+        check("sampling for FID / IS")          # a pre-empted job stops within one chunk
         index = torch.arange(start, start + size, device=device)
         y = index % num_classes if num_classes > 0 else None
         x, nfe = sample_fn(size, y, chunk_generator(seed, k, device))
@@ -109,6 +111,7 @@ def heldout_bits_per_dim(model_for: Callable, sde, x: Tensor, y: Tensor | None,
     Returns ({"index", "value"}, NFE of the last chunk)."""
     index, values, nfe = [], [], 0
     for k, start, size in my_chunks(x.shape[0], chunk, rank, world):
+        check("the bits/dim evaluation")
         xb = x[start:start + size]
         yb = y[start:start + size] if y is not None else None
         gen = chunk_generator(seed, k, x.device)

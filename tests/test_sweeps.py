@@ -1,0 +1,171 @@
+"""Sweeps and interruptions through the command line: a -m sweep writes its summary (per
+job; per configuration over seeds with a 95 % interval), a failing job is recorded and the
+sweep goes on, scorelab.summarize rebuilds the summary of an interrupted sweep, and SIGTERM /
+SIGUSR1 stop training (with a checkpoint that resumes), sampling and evaluation promptly."""
+
+import csv
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT
+from test_cli import run
+
+TOY = ["experiment=gmm_vp_eps", "trainer.max_steps=10", "trainer.val_check_interval=10",
+       "data.n_samples=600", "sampler.steps=10", "num_samples=50",
+       "callbacks.progress.refresh_rate=0"]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    base = tmp_path_factory.mktemp("sweep")
+    out = base / "grid"
+    run("train.py", "-m", *TOY, "sde=vp,subvp", "head=eps,x0", "seed=0,1",
+        f"hydra.sweep.dir={out}", cwd=base, threads=1)
+    return out
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_sweep_summary_has_a_row_per_job_and_per_configuration(sweep):
+    jobs = read_csv(sweep / "summary.csv")
+    assert len(jobs) == 8 and {r["status"] for r in jobs} == {"completed"}
+    assert all(float(r["wall_time_s"]) > 0 and r["val_loss"] for r in jobs)
+    assert {r["overrides"] for r in jobs} >= {"sde=vp head=eps seed=0", "sde=subvp head=x0 seed=1"}
+    configs = read_csv(sweep / "summary_configs.csv")
+    assert len(configs) == 4 and all(r["completed"] == "2" for r in configs)
+    for c in configs:                       # mean and interval recomputed from the job rows
+        values = [float(r["val_loss"]) for r in jobs
+                  if r["overrides"].replace(" seed=0", "").replace(" seed=1", "")
+                  == c["configuration"]]
+        assert len(values) == 2 and c["val_loss_n"] == "2"
+        mean, sd = np.mean(values), np.std(values, ddof=1)
+        assert float(c["val_loss_mean"]) == pytest.approx(mean, rel=1e-3)
+        # t(0.975, 1) = 12.706: the 95 % interval of two values is wide
+        assert float(c["val_loss_ci95"]) == pytest.approx(12.706 * sd / math.sqrt(2), rel=1e-3)
+    md = (sweep / "summary.md").read_text()
+    assert "8 jobs: 8 completed" in md and "sde=subvp head=eps | 2 / 2 |" in md
+
+
+def test_summarize_marks_unfinished_jobs(sweep, tmp_path):
+    """An interrupted sweep: a job without job_status.json is 'unfinished'."""
+    copy = tmp_path / "copy"
+    import shutil
+    shutil.copytree(sweep, copy)
+    victim = copy / "3"
+    (victim / "job_status.json").unlink()
+    subprocess.run([sys.executable, "-m", "scorelab.summarize", str(copy)], check=True,
+                   capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    jobs = read_csv(copy / "summary.csv")
+    assert [r["status"] for r in jobs].count("unfinished") == 1
+    assert "1 unfinished" in (copy / "summary.md").read_text()
+
+
+def test_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
+    out = tmp_path / "sweep"
+    proc = run("train.py", "-m", *TOY, "sampler.steps=10,-1", "optimized_metric=val_loss",
+               f"hydra.sweep.dir={out}", cwd=tmp_path, threads=1)
+    assert proc.returncode == 0
+    jobs = read_csv(out / "summary.csv")
+    assert [r["status"] for r in jobs] == ["completed", "failed"]
+    assert "sampler.steps" in jobs[1]["error"] and jobs[0]["val_loss"]
+    assert "scorelab: error: sampler.steps" in proc.stderr
+    status = json.loads(((out / "1") / "job_status.json").read_text())
+    assert status["status"] == "failed"
+
+
+def test_optimized_metric_must_be_a_reported_number(tmp_path):
+    proc = run("train.py", *TOY, "optimized_metric=nope", f"hydra.run.dir={tmp_path / 'r'}",
+               cwd=tmp_path, check=False, threads=1)
+    assert proc.returncode == 2
+    assert "optimized_metric=nope: not a number this run reports" in proc.stderr
+
+
+def _start(script, *overrides, cwd):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1",
+           "WANDB_MODE": "offline"}
+    log = open(cwd / f"{script}.log", "w")
+    proc = subprocess.Popen([sys.executable, str(ROOT / script), *overrides], cwd=cwd,
+                            env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    return proc, cwd / f"{script}.log"
+
+
+def _wait_for(log, needle, proc, limit=300):
+    start = time.monotonic()
+    while needle not in log.read_text():
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() - start < limit, f"no {needle!r} in {limit} s"
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_signal_during_training_saves_a_checkpoint_that_resumes(tmp_path, signum):
+    run_dir = tmp_path / "run"
+    proc, log = _start("train.py", "experiment=gmm_vp_eps", "trainer.max_steps=100000",
+                       "trainer.val_check_interval=100000", "callbacks.progress.refresh_rate=1",
+                       "trainer.log_every_n_steps=1", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    _wait_for(log, "Epoch 0:", proc)
+    proc.send_signal(signum)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    text = log.read_text()
+    assert "continue with resume=true" in text
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    step = ckpt["global_step"]
+    assert 0 < step < 100000
+    run("train.py", "experiment=gmm_vp_eps", f"trainer.max_steps={step + 5}",
+        "trainer.val_check_interval=100000", "resume=true", "num_samples=10", "sampler.steps=5",
+        f"hydra.run.dir={run_dir}", cwd=tmp_path, threads=1)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["steps"] == step + 5
+
+
+def test_signal_during_sampling_keeps_the_finished_batches(tmp_path, sweep):
+    ckpt = (sweep / "0") / "checkpoints" / "last.ckpt"
+    out = tmp_path / "s"
+    proc, log = _start("sample.py", f"ckpt={ckpt}", "num_samples=100000", "batch_size=10",
+                       "sampler.steps=50", f"hydra.run.dir={out}", cwd=tmp_path)
+    _wait_for(log, "sampling (", proc)
+    time.sleep(2.0)                     # a batch takes a few hundredths of a second
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    x = np.load(out / "samples.npz")["samples"]
+    assert 0 < len(x) < 100000 and len(x) % 10 == 0
+    info = json.loads((out / "sampling.json").read_text())
+    assert info["interrupted"].startswith(f"signal {int(signal.SIGTERM)}: {len(x)} of 100000")
+
+
+def test_wandb_sweep_runs_share_a_group_and_resume_their_run(tmp_path):
+    """logger=wandb offline in a 2-job sweep: each job its own run, both in the group named
+    after the sweep directory with the job type of their overrides, the config flat; a
+    resumed job continues its W&B run id."""
+    out = tmp_path / "wsweep"
+    run("train.py", "-m", *TOY, "logger=wandb", "trainer.log_every_n_steps=2", "sde=vp,subvp",
+        f"hydra.sweep.dir={out}", cwd=tmp_path, threads=1)
+    ids = []
+    for job, sde in (("0", "vp"), ("1", "subvp")):
+        run_id = (out / job / "wandb_run_id").read_text().strip()
+        runs = list((out / job / "wandb").glob(f"offline-run-*-{run_id}"))
+        assert len(runs) == 1, job
+        blob = b"".join(p.read_bytes() for p in runs[0].glob("*.wandb"))
+        # the job type (the swept override alone, not the sweep's "sde=vp,subvp") and the
+        # group (the sweep directory's name, not inside a path)
+        assert re.search(rb"sde=" + sde.encode() + rb"[^,]", blob)
+        assert re.search(rb"[^/]wsweep[^/]", blob)
+        assert b"optim.optimizer.lr" in blob and b"train/loss_step" in blob
+        ids.append(run_id)
+    assert ids[0] != ids[1]
+    run("train.py", *TOY, "logger=wandb", "sde=vp", "trainer.max_steps=15", "resume=true",
+        f"hydra.run.dir={out / '0'}", cwd=tmp_path, threads=1)
+    assert len(list((out / "0" / "wandb").glob(f"offline-run-*-{ids[0]}"))) == 2
