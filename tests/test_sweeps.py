@@ -169,3 +169,92 @@ def test_wandb_sweep_runs_share_a_group_and_resume_their_run(tmp_path):
     run("train.py", *TOY, "logger=wandb", "sde=vp", "trainer.max_steps=15", "resume=true",
         f"hydra.run.dir={out / '0'}", cwd=tmp_path, threads=1)
     assert len(list((out / "0" / "wandb").glob(f"offline-run-*-{ids[0]}"))) == 2
+
+
+def test_sweep_with_ddp_jobs_does_not_relaunch_the_sweep(tmp_path):
+    """-m with trainer=ddp: each job's second process joins that job (its log in the job's
+    directory) instead of starting the sweep again."""
+    out = tmp_path / "ddp"
+    run("train.py", "-m", *TOY, "seed=0,1", "trainer=ddp", "trainer.devices=2",
+        "trainer.accelerator=cpu", f"hydra.sweep.dir={out}", cwd=tmp_path, threads=1)
+    assert sorted(d.name for d in out.iterdir() if d.is_dir()) == ["0", "1"]
+    for job in ("0", "1"):
+        assert (out / job / "train_ddp_process_1.log").is_file()
+        assert json.loads((out / job / "job_status.json").read_text())["status"] == "completed"
+        assert not list((out / job).glob("config_step*.yaml"))      # one config per job
+    assert len(read_csv(out / "summary.csv")) == 2
+
+
+def test_bad_resume_and_checkpoints_fail_in_one_line_and_keep_the_files(tmp_path):
+    run_dir = tmp_path / "r"
+    run("train.py", *TOY, f"hydra.run.dir={run_dir}", cwd=tmp_path, threads=1)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+    proc = run("train.py", *TOY, "backbone.width=64", "resume=true", "trainer.max_steps=20",
+               f"hydra.run.dir={run_dir}", cwd=tmp_path, check=False, threads=1)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("scorelab: error:")]
+    assert len(lines) == 1 and "was trained with another config (shape" in lines[0]
+    assert last.read_bytes() == before and (run_dir / "metrics.json").is_file()
+    # a checkpoint whose stored config no longer builds its weights
+    ckpt = torch.load(last, weights_only=True)
+    ckpt["scorelab"]["config"]["backbone"]["depth"] = 2
+    edited = tmp_path / "edited.ckpt"
+    torch.save(ckpt, edited)
+    from scorelab.cli.build import LoadedCheckpoint
+    from scorelab.errors import ConfigError
+    with pytest.raises(ConfigError, match="do not fit the network its config builds.*unexpected"):
+        LoadedCheckpoint(str(edited))
+    corrupt = tmp_path / "corrupt" / "checkpoints"
+    corrupt.mkdir(parents=True)
+    (corrupt / "last.ckpt").write_bytes(before[: len(before) // 2])
+    proc = run("train.py", *TOY, "resume=true", f"hydra.run.dir={corrupt.parent}",
+               cwd=tmp_path, check=False, threads=1)
+    assert proc.returncode == 2 and "is not a loadable checkpoint" in proc.stderr
+
+
+def test_unwritable_or_full_checkpoint_directory_fails_at_start_up(tmp_path, monkeypatch):
+    import shutil as sh
+    from collections import namedtuple
+
+    from scorelab.cli.train import check_writable
+    from scorelab.errors import ConfigError
+    net = torch.nn.Linear(1000, 1000)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="cannot write checkpoints to"):
+        check_writable(tmp_path / "file" / "checkpoints", net)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(sh, "disk_usage", lambda p: usage(10 ** 9, 10 ** 9, 2 ** 20))
+    with pytest.raises(ConfigError, match="1 MiB free on its disk"):
+        check_writable(tmp_path / "ok", net)
+
+
+def test_resume_mid_epoch_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
+    """Toy: 540 training points in batches of 64 are 8 batches per epoch; the checkpoint of
+    step 13 (epoch 1, batch 5: mid-epoch) resumed to step 30 gives the raw and EMA weights,
+    optimiser state and learning rate of the run that went to 30 uninterrupted."""
+    common = ["experiment=gmm_vp_eps", "data.n_samples=600", "data.batch_size=64",
+              "trainer.max_steps=30", "trainer.val_check_interval=8",
+              "callbacks.progress.refresh_rate=0", "num_samples=10", "sampler.steps=5",
+              "seed=3"]
+    full = tmp_path / "full"
+    run("train.py", *common, "callbacks.checkpoint.every_n_train_steps=13",
+        "callbacks.checkpoint.save_top_k=-1", f"hydra.run.dir={full}", cwd=tmp_path, threads=1)
+    part = tmp_path / "part" / "checkpoints"
+    part.mkdir(parents=True)
+    import shutil
+    shutil.copy(full / "checkpoints" / "step000013.ckpt", part / "last.ckpt")
+    assert torch.load(part / "last.ckpt", weights_only=True)["global_step"] == 13
+    run("train.py", *common, "resume=true", f"hydra.run.dir={part.parent}", cwd=tmp_path,
+        threads=1)
+    a = torch.load(full / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(part / "last.ckpt", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 30
+    for key in ("state_dict", "current_model_state"):
+        for name, value in a[key].items():
+            assert torch.allclose(value.float(), b[key][name].float(), rtol=0, atol=1e-6), \
+                (key, name)
+    sa, sb = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
+    for i in sa:
+        assert torch.allclose(sa[i]["exp_avg"], sb[i]["exp_avg"], atol=1e-7)
+    assert a["lr_schedulers"][0]["last_epoch"] == b["lr_schedulers"][0]["last_epoch"]

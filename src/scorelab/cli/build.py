@@ -251,6 +251,20 @@ def build_any_module(cfg: DictConfig, data_shape, num_classes: int, is_image: bo
     return build_module(cfg, data_shape, num_classes, is_image, strict_sampler, latent)
 
 
+def state_mismatch(module: torch.nn.Module, state: dict) -> str | None:
+    """Why ``state`` does not fit ``module`` (missing, unexpected and differently shaped
+    keys, a few of each named), or None when it fits."""
+    mine = module.state_dict()
+    missing = [k for k in mine if k not in state]
+    unexpected = [k for k in state if k not in mine]
+    shapes = [f"{k} {list(state[k].shape)} vs {list(mine[k].shape)}" for k in mine
+              if k in state and hasattr(state[k], "shape") and state[k].shape != mine[k].shape]
+    parts = [f"{name} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''} ({len(keys)})"
+             for name, keys in (("missing", missing), ("unexpected", unexpected),
+                                ("shape (checkpoint vs config)", shapes)) if keys]
+    return "; ".join(parts) or None
+
+
 def _an(word: str) -> str:
     return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
 
@@ -296,6 +310,10 @@ class LoadedCheckpoint:
             latent = latent_from_checkpoint(meta["latent"], self.data_shape)
         self.module = build_any_module(self.cfg, self.data_shape, self.num_classes,
                                        self.is_image, strict_sampler=False, latent=latent)
+        mismatch = state_mismatch(self.module, state)
+        if mismatch:
+            raise ConfigError(f"ckpt={path}: its weights do not fit the network its config "
+                              f"builds ({mismatch})")
         self.module.load_state_dict(state)
         self.module.eval()
 

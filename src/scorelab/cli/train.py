@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from scorelab.callbacks import EMA, FIDCallback, SampleGrid, _MetricCallback
+from scorelab.callbacks import EMA, FIDCallback, RandomStates, SampleGrid, _MetricCallback
 from scorelab.auxiliary_module import AuxiliaryModule
 from scorelab.cli.build import (LoadedCheckpoint, build_any_module, build_datamodule,
-                                check_training_config, make, pick_device)
+                                check_training_config, make, pick_device, state_mismatch)
 from scorelab.cli.guide import build_guidance
 from scorelab.cli.latent import build_latent, latent_datamodule
 from scorelab.cli.loggers import build_logger, finish
@@ -57,7 +59,7 @@ def _callbacks(cfg: DictConfig, dm, samples: bool = True) -> list:
             except ValueError as e:
                 raise ConfigError(f"callbacks.{name}: {e}") from None
     first = [c for c in made.values() if isinstance(c, (SampleGrid, _MetricCallback))]
-    return first + [c for c in made.values() if c not in first]
+    return first + [c for c in made.values() if c not in first] + [RandomStates()]
 
 
 def _checkpoint_callback(callbacks):
@@ -96,8 +98,13 @@ def main(cfg: DictConfig) -> dict:
         if not last.is_file():
             raise ConfigError(f"resume=true but there is no {last} to resume from")
         resume_from = str(last)
+        check_resumable(module, resume_from)
+    if ckpt_cb.dirpath:
+        check_writable(Path(ckpt_cb.dirpath), module)
     logger = build_logger(cfg, out)
-    OmegaConf.save(cfg, fresh_path(out / "config.yaml", _step_of(resume_from)), resolve=True)
+    if rank_zero_only.rank == 0:           # (DDP: the other processes run this script too)
+        OmegaConf.save(cfg, fresh_path(out / "config.yaml", _step_of(resume_from)),
+                       resolve=True)
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_args["precision"] = resolve_precision(trainer_args.get("precision", "auto"),
                                                   trainer_args.get("accelerator", "auto"))
@@ -182,6 +189,41 @@ def _apply_speed(cfg, module, trainer_args) -> dict:
                            speed.get("channels_last", "auto"), gpu=gpu)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+
+
+def check_resumable(module, path: str) -> None:
+    """The checkpoint to resume must be readable and fit this config's network."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same message
+        raise ConfigError(f"resume=true: {path} is not a loadable checkpoint "
+                          f"({type(e).__name__}); move it away to start afresh") from None
+    mismatch = state_mismatch(module, state)
+    if mismatch:
+        raise ConfigError(f"resume=true: {path} was trained with another config ({mismatch}); "
+                          f"resume with the run's own overrides (its config.yaml)")
+
+
+# Room for a checkpoint: raw and EMA weights, Adam's two moments, and a margin.
+def needed_bytes(module) -> int:
+    params = sum(p.numel() * p.element_size() for p in module.parameters())
+    return 4 * params + 64 * 2 ** 20
+
+
+def check_writable(directory: Path, module) -> None:
+    """Fail now, not at the first checkpoint, if checkpoints cannot be written there."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".write_test"
+        probe.write_bytes(b"0")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"cannot write checkpoints to {directory}: "
+                          f"{e.strerror or e}") from None
+    free, need = shutil.disk_usage(directory).free, needed_bytes(module)
+    if free < need:
+        raise ConfigError(f"{directory}: {free / 2 ** 20:.0f} MiB free on its disk, a checkpoint "
+                          f"of this model needs about {need / 2 ** 20:.0f} MiB")
 
 
 def _step_of(ckpt_path) -> int:

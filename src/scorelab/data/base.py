@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import itertools
 
 import lightning as L
 import torch
@@ -69,11 +70,18 @@ class DiffusionDataModule(L.LightningDataModule, abc.ABC):
         self.train_set, self.val_set = random_split(full, [len(full) - n_val, n_val],
                                                     generator=split)
 
-    def _loader(self, ds, shuffle: bool, drop_last: bool) -> DataLoader:
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, drop_last=drop_last,
-                          num_workers=self.num_workers,
-                          pin_memory=self.pin_memory and torch.cuda.is_available(),
-                          persistent_workers=self.num_workers > 0)
+    def _loader(self, ds, shuffle: bool, drop_last: bool, owner=None) -> DataLoader:
+        """``owner``: the DataModule the trainer is attached to (default: this one)."""
+        owner = owner or self
+        # A generator of its own (seeded from the run's seed), so that creating an iterator
+        # never draws from the global stream the training noise comes from.
+        seed = int(torch.randint(2 ** 62, (1,))) if shuffle else self.seed
+        return ResumableLoader(ds, batch_size=self.batch_size, shuffle=shuffle,
+                               drop_last=drop_last, num_workers=self.num_workers,
+                               pin_memory=self.pin_memory and torch.cuda.is_available(),
+                               persistent_workers=self.num_workers > 0,
+                               generator=torch.Generator().manual_seed(seed),
+                               progress=lambda: batches_done(owner.trainer))
 
     def train_dataloader(self):
         return self._loader(self.train_set, shuffle=True, drop_last=True)
@@ -83,6 +91,81 @@ class DiffusionDataModule(L.LightningDataModule, abc.ABC):
 
     def inverse_scaler(self, x: torch.Tensor) -> torch.Tensor:
         return inverse_scaler(x, self.is_image)
+
+
+def batches_done(trainer) -> int:
+    """Training batches of the current epoch that have been trained on (0 without one)."""
+    if trainer is None:
+        return 0
+    return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+
+
+class _Skipping:
+    """A batch sampler whose next iteration starts after its first ``skip`` batches (of
+    indices: no data is loaded for them); its length stays the epoch's."""
+
+    def __init__(self, batch_sampler, skip: int):
+        self.batch_sampler, self.skip = batch_sampler, skip
+
+    def __iter__(self):
+        return itertools.islice(iter(self.batch_sampler), self.skip, None)
+
+    def __len__(self):
+        return len(self.batch_sampler)
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader that a checkpoint can resume mid-epoch (Lightning's stateful-loader
+    protocol: it stores ``state_dict()`` in checkpoints and calls ``load_state_dict`` before
+    iterating again): the state is the epoch, the shuffling generator's state at the start
+    of that epoch and how many batches of it were trained on (``progress()``); the resumed
+    iteration draws the same order and starts after them.
+
+    Args:
+        progress: ``() -> int``, batches of the current epoch already trained on.
+        *args, **kwargs: DataLoader's.
+    """
+
+    def __init__(self, *args, progress=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.progress = progress
+        self._skip, self._active_skip = 0, 0
+        self._restore, self._epoch_start = None, None
+
+    def __iter__(self):
+        if self.generator is not None:
+            if self._restore is not None:
+                self.generator.set_state(self._restore)
+                self._restore = None
+            self._epoch_start = self.generator.get_state()
+        self._active_skip, self._skip = self._skip, 0
+        try:
+            return super().__iter__()
+        finally:
+            self._active_skip = 0
+
+    @property
+    def _index_sampler(self):
+        base = super()._index_sampler
+        return _Skipping(base, self._active_skip) if self._active_skip else base
+
+    def state_dict(self) -> dict:
+        state = {"batches": int(self.progress()) if self.progress else 0,
+                 "epoch": int(getattr(self.sampler, "epoch", 0))}
+        if self.generator is not None and self._epoch_start is not None:
+            state["generator_epoch_start"] = self._epoch_start
+            state["generator_now"] = self.generator.get_state()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self._skip = int(state.get("batches", 0))
+        if self._skip >= len(self):
+            # saved after an epoch's last batch: the next epoch draws from where it ended
+            self._skip, self._restore = 0, state.get("generator_now")
+        else:
+            self._restore = state.get("generator_epoch_start")
+        if hasattr(self.sampler, "set_epoch"):        # DistributedSampler: order by epoch
+            self.sampler.set_epoch(int(state.get("epoch", 0)))
 
 
 def inverse_scaler(x: torch.Tensor, is_image: bool) -> torch.Tensor:

@@ -110,10 +110,10 @@ class LatentDataModule(L.LightningDataModule):
         self.train_set = train
 
     def train_dataloader(self):
-        return self.pixels._loader(self.train_set, shuffle=True, drop_last=True)
+        return self.pixels._loader(self.train_set, shuffle=True, drop_last=True, owner=self)
 
     def val_dataloader(self):
-        return self.pixels._loader(self.val_set, shuffle=False, drop_last=False)
+        return self.pixels._loader(self.val_set, shuffle=False, drop_last=False, owner=self)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """On the fly: the images of a batch become posteriors on their device."""
