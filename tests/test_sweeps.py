@@ -110,25 +110,40 @@ def _wait_for(log, needle, proc, limit=300):
         time.sleep(0.2)
 
 
+SIGNAL_RUN = ["experiment=gmm_vp_eps", "data.n_samples=600", "trainer.max_steps=400",
+              "trainer.val_check_interval=100", "trainer.log_every_n_steps=1",
+              "callbacks.progress.refresh_rate=1", "num_samples=10", "sampler.steps=5"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted") / "run"
+    run("train.py", *SIGNAL_RUN, f"hydra.run.dir={out}", cwd=out.parent, threads=1)
+    return torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
-def test_signal_during_training_saves_a_checkpoint_that_resumes(tmp_path, signum):
+def test_signal_during_training_checkpoints_and_resumes_to_the_same_weights(
+        tmp_path, signum, uninterrupted):
+    """SIGTERM / SIGUSR1 at whatever step training has reached (mid-epoch: 8 batches per
+    epoch): a checkpoint of that step, exit status 143, and resume=true ends with the
+    weights of the uninterrupted run (raw and EMA, to 1e-6)."""
     run_dir = tmp_path / "run"
-    proc, log = _start("train.py", "experiment=gmm_vp_eps", "trainer.max_steps=100000",
-                       "trainer.val_check_interval=100000", "callbacks.progress.refresh_rate=1",
-                       "trainer.log_every_n_steps=1", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    proc, log = _start("train.py", *SIGNAL_RUN, f"hydra.run.dir={run_dir}", cwd=tmp_path)
     _wait_for(log, "Epoch 0:", proc)
     proc.send_signal(signum)
     assert proc.wait(timeout=60) == 128 + signal.SIGTERM
-    text = log.read_text()
-    assert "continue with resume=true" in text
-    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
-    step = ckpt["global_step"]
-    assert 0 < step < 100000
-    run("train.py", "experiment=gmm_vp_eps", f"trainer.max_steps={step + 5}",
-        "trainer.val_check_interval=100000", "resume=true", "num_samples=10", "sampler.steps=5",
-        f"hydra.run.dir={run_dir}", cwd=tmp_path, threads=1)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["steps"] == step + 5
+    assert "continue with resume=true" in log.read_text()
+    step = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert 0 < step < 400
+    run("train.py", *SIGNAL_RUN, "resume=true", f"hydra.run.dir={run_dir}", cwd=tmp_path,
+        threads=1)
+    resumed = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == uninterrupted["global_step"] == 400
+    for key in ("state_dict", "current_model_state"):
+        for name, value in uninterrupted[key].items():
+            assert torch.allclose(value.float(), resumed[key][name].float(), rtol=0,
+                                  atol=1e-6), (step, key, name)
 
 
 def test_signal_during_sampling_keeps_the_finished_batches(tmp_path, sweep):
@@ -258,3 +273,20 @@ def test_resume_mid_epoch_ends_with_the_weights_of_an_uninterrupted_run(tmp_path
     for i in sa:
         assert torch.allclose(sa[i]["exp_avg"], sb[i]["exp_avg"], atol=1e-7)
     assert a["lr_schedulers"][0]["last_epoch"] == b["lr_schedulers"][0]["last_epoch"]
+
+
+def test_requeued_slurm_job_comes_back_to_its_directory_and_resumes(tmp_path):
+    """Under SLURM the run directory is the job id's, and resume=auto starts afresh the
+    first time and continues the second (the cluster requeues the same command)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1",
+           "SLURM_JOB_ID": "4242"}
+    cmd = [sys.executable, str(ROOT / "train.py"), *TOY, "resume=auto"]
+    subprocess.run(cmd, cwd=tmp_path, env=env, check=True, capture_output=True)
+    run_dir = tmp_path / "outputs" / "train" / "4242"
+    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 10
+    subprocess.run(cmd + ["trainer.max_steps=15"], cwd=tmp_path, env=env, check=True,
+                   capture_output=True)
+    assert json.loads((run_dir / "metrics_step000015.json").read_text())["steps"] == 15
+    proc = run("train.py", *TOY, "resume=maybe", f"hydra.run.dir={tmp_path / 'x'}",
+               cwd=tmp_path, check=False, threads=1)
+    assert proc.returncode == 2 and "resume=maybe: must be true, false or auto" in proc.stderr

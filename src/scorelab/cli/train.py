@@ -89,15 +89,8 @@ def main(cfg: DictConfig) -> dict:
     callbacks = _callbacks(cfg, dm, samples=not auxiliary)
     ckpt_cb = _checkpoint_callback(callbacks)
     existing = sorted(Path(ckpt_cb.dirpath).glob("*.ckpt")) if ckpt_cb.dirpath else []
-    resume_from = None
-    if existing and not cfg.resume:
-        raise ConfigError(f"{ckpt_cb.dirpath} already holds checkpoints ({existing[0].name}); "
-                          f"pass resume=true to continue that run, or use another hydra.run.dir")
-    if cfg.resume:
-        last = Path(ckpt_cb.dirpath) / "last.ckpt"
-        if not last.is_file():
-            raise ConfigError(f"resume=true but there is no {last} to resume from")
-        resume_from = str(last)
+    resume_from = resume_point(cfg.resume, out, Path(ckpt_cb.dirpath), existing)
+    if resume_from is not None:
         check_resumable(module, resume_from)
     if ckpt_cb.dirpath:
         check_writable(Path(ckpt_cb.dirpath), module)
@@ -191,16 +184,50 @@ def _apply_speed(cfg, module, trainer_args) -> dict:
         raise ConfigError(str(e)) from None
 
 
+RESUME = (False, True, "auto")
+
+
+def resume_point(resume, out: Path, ckpt_dir: Path, existing: list) -> str | None:
+    """The checkpoint to continue from: ``resume=true`` the run's last checkpoint (it must
+    exist); ``auto`` the newest of it and Lightning's SLURM requeue checkpoint
+    (``hpc_ckpt_N.ckpt``), or none for a fresh start (a job requeued by the cluster resumes
+    with the same command); ``false`` none, in a directory without checkpoints."""
+    if resume not in RESUME:
+        raise ConfigError(f"resume={resume}: must be true, false or auto")
+    candidates = [p for p in [ckpt_dir / "last.ckpt", *out.glob("hpc_ckpt_*.ckpt")]
+                  if p.is_file()]
+    if resume is False:
+        if existing:
+            raise ConfigError(f"{ckpt_dir} already holds checkpoints ({existing[0].name}); pass "
+                              f"resume=true to continue that run, or use another hydra.run.dir")
+        return None
+    if not candidates:
+        if resume is True:
+            raise ConfigError(f"resume=true but there is no {ckpt_dir / 'last.ckpt'} to resume "
+                              f"from")
+        return None
+    newest = max(candidates, key=lambda p: _step_of(str(p)) if _readable(p) else -1)
+    return str(newest)
+
+
+def _readable(path: Path) -> bool:
+    try:
+        _step_of(str(path))
+        return True
+    except Exception:  # noqa: BLE001 - check_resumable reports it
+        return False
+
+
 def check_resumable(module, path: str) -> None:
     """The checkpoint to resume must be readable and fit this config's network."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same message
-        raise ConfigError(f"resume=true: {path} is not a loadable checkpoint "
+        raise ConfigError(f"resume: {path} is not a loadable checkpoint "
                           f"({type(e).__name__}); move it away to start afresh") from None
     mismatch = state_mismatch(module, state)
     if mismatch:
-        raise ConfigError(f"resume=true: {path} was trained with another config ({mismatch}); "
+        raise ConfigError(f"resume: {path} was trained with another config ({mismatch}); "
                           f"resume with the run's own overrides (its config.yaml)")
 
 
