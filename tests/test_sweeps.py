@@ -1,7 +1,8 @@
 """Sweeps and interruptions through the command line: a -m sweep writes its summary (per
 job; per configuration over seeds with a 95 % interval), a failing job is recorded and the
 sweep goes on, scorelab.summarize rebuilds the summary of an interrupted sweep, and SIGTERM /
-SIGUSR1 stop training (with a checkpoint that resumes), sampling and evaluation promptly."""
+SIGUSR1 stop training (with a checkpoint that resumes exactly) and sampling (keeping the
+finished batches)."""
 
 import csv
 import json
@@ -11,7 +12,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -93,26 +93,9 @@ def test_optimized_metric_must_be_a_reported_number(tmp_path):
     assert "optimized_metric=nope: not a number this run reports" in proc.stderr
 
 
-def _start(script, *overrides, cwd):
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1",
-           "WANDB_MODE": "offline"}
-    log = open(cwd / f"{script}.log", "w")
-    proc = subprocess.Popen([sys.executable, str(ROOT / script), *overrides], cwd=cwd,
-                            env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
-    return proc, cwd / f"{script}.log"
-
-
-def _wait_for(log, needle, proc, limit=300):
-    start = time.monotonic()
-    while needle not in log.read_text():
-        assert proc.poll() is None, log.read_text()[-3000:]
-        assert time.monotonic() - start < limit, f"no {needle!r} in {limit} s"
-        time.sleep(0.2)
-
-
-SIGNAL_RUN = ["experiment=gmm_vp_eps", "data.n_samples=600", "trainer.max_steps=400",
-              "trainer.val_check_interval=100", "trainer.log_every_n_steps=1",
-              "callbacks.progress.refresh_rate=1", "num_samples=10", "sampler.steps=5"]
+SIGNAL_RUN = ["experiment=gmm_vp_eps", "data.n_samples=600", "data.batch_size=64",
+              "trainer.max_steps=60", "trainer.val_check_interval=20",
+              "callbacks.progress.refresh_rate=0", "num_samples=10", "sampler.steps=5"]
 
 
 @pytest.fixture(scope="module")
@@ -122,43 +105,54 @@ def uninterrupted(tmp_path_factory):
     return torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+@pytest.mark.parametrize("signum,step", [(signal.SIGTERM, 13), (signal.SIGUSR1, 8),
+                                         (signal.SIGTERM, 20)])
 def test_signal_during_training_checkpoints_and_resumes_to_the_same_weights(
-        tmp_path, signum, uninterrupted):
-    """SIGTERM / SIGUSR1 at whatever step training has reached (mid-epoch: 8 batches per
-    epoch): a checkpoint of that step, exit status 143, and resume=true ends with the
-    weights of the uninterrupted run (raw and EMA, to 1e-6)."""
+        tmp_path, signum, step, uninterrupted):
+    """A signal during step 13 (mid-epoch: 8 batches per epoch), 8 (an epoch's last) or 20
+    (a validation step): training stops after that step with a checkpoint of it and exit
+    status 143, and resume=true ends with the uninterrupted run's raw and EMA weights."""
     run_dir = tmp_path / "run"
-    proc, log = _start("train.py", *SIGNAL_RUN, f"hydra.run.dir={run_dir}", cwd=tmp_path)
-    _wait_for(log, "Epoch 0:", proc)
-    proc.send_signal(signum)
-    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
-    assert "continue with resume=true" in log.read_text()
-    step = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
-    assert 0 < step < 400
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT / 'tests'}",
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *SIGNAL_RUN,
+                           "+callbacks.signal._target_=signal_at_step.SignalAtStep",
+                           f"+callbacks.signal.step={step}",
+                           f"+callbacks.signal.signum={int(signum)}",
+                           f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-3000:]
+    assert "continue with resume=true" in proc.stderr
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == step
     run("train.py", *SIGNAL_RUN, "resume=true", f"hydra.run.dir={run_dir}", cwd=tmp_path,
         threads=1)
     resumed = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
-    assert resumed["global_step"] == uninterrupted["global_step"] == 400
+    assert resumed["global_step"] == uninterrupted["global_step"] == 60
     for key in ("state_dict", "current_model_state"):
         for name, value in uninterrupted[key].items():
             assert torch.allclose(value.float(), resumed[key][name].float(), rtol=0,
-                                  atol=1e-6), (step, key, name)
+                                  atol=1e-6), (key, name)
 
 
 def test_signal_during_sampling_keeps_the_finished_batches(tmp_path, sweep):
+    """SIGTERM in the middle of the third batch of 10: that batch is finished, the 30
+    samples are kept, and the rest is not drawn."""
     ckpt = (sweep / "0") / "checkpoints" / "last.ckpt"
     out = tmp_path / "s"
-    proc, log = _start("sample.py", f"ckpt={ckpt}", "num_samples=100000", "batch_size=10",
-                       "sampler.steps=50", f"hydra.run.dir={out}", cwd=tmp_path)
-    _wait_for(log, "sampling (", proc)
-    time.sleep(2.0)                     # a batch takes a few hundredths of a second
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    argv = [f"ckpt={ckpt}", "num_samples=1000", "batch_size=10", "sampler.steps=20",
+            f"hydra.run.dir={out}"]
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT / 'tests'}",
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", "import signal_at_step; "
+                           f"signal_at_step.sample_with_signal(50, {argv!r})"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-3000:]
     x = np.load(out / "samples.npz")["samples"]
-    assert 0 < len(x) < 100000 and len(x) % 10 == 0
+    assert len(x) == 30
     info = json.loads((out / "sampling.json").read_text())
-    assert info["interrupted"].startswith(f"signal {int(signal.SIGTERM)}: {len(x)} of 100000")
+    assert info["interrupted"] == f"signal {int(signal.SIGTERM)}: 30 of 1000 samples"
+    assert "after 30 of 1000 samples" in proc.stderr
 
 
 def test_wandb_sweep_runs_share_a_group_and_resume_their_run(tmp_path):
@@ -236,7 +230,7 @@ def test_unwritable_or_full_checkpoint_directory_fails_at_start_up(tmp_path, mon
     from scorelab.errors import ConfigError
     net = torch.nn.Linear(1000, 1000)
     (tmp_path / "file").write_text("")
-    with pytest.raises(ConfigError, match="cannot write checkpoints to"):
+    with pytest.raises(ConfigError, match="is not a directory"):
         check_writable(tmp_path / "file" / "checkpoints", net)
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(sh, "disk_usage", lambda p: usage(10 ** 9, 10 ** 9, 2 ** 20))
@@ -290,3 +284,60 @@ def test_requeued_slurm_job_comes_back_to_its_directory_and_resumes(tmp_path):
     proc = run("train.py", *TOY, "resume=maybe", f"hydra.run.dir={tmp_path / 'x'}",
                cwd=tmp_path, check=False, threads=1)
     assert proc.returncode == 2 and "resume=maybe: must be true, false or auto" in proc.stderr
+
+
+def test_optuna_search_returns_the_optimized_metric(tmp_path):
+    """hydra/sweeper=lr_ema: Optuna samples the learning rate and EMA decay, each trial
+    returns optimized_metric, and the best is reported; the summary covers the trials."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    out = tmp_path / "optuna"
+    run("train.py", "-m", *TOY, "hydra/sweeper=lr_ema", "hydra.sweeper.n_trials=2",
+        "optimized_metric=val_loss", f"hydra.sweep.dir={out}", cwd=tmp_path, threads=1)
+    best = (out / "optimization_results.yaml").read_text()
+    assert "optim.optimizer.lr" in best and "best_value" in best
+    jobs = read_csv(out / "summary.csv")
+    assert len(jobs) == 2 and all("optim.optimizer.lr=" in r["overrides"] for r in jobs)
+    values = [float(r["val_loss"]) for r in jobs]
+    assert f"best_value: {min(values)}"[:18] in best
+
+
+def test_slurm_launcher_config_composes_and_dry_runs(tmp_path):
+    """hydra/launcher=slurm: the sbatch script for a 2-device DDP job (no cluster)."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "slurm_dry_run.py"),
+                           "hydra.launcher.partition=gpu", "trainer=ddp", "trainer.devices=2",
+                           f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                          cwd=tmp_path, capture_output=True, text=True, check=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    text = proc.stdout
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --ntasks-per-node=2",
+                 "#SBATCH --gpus-per-node=2", "#SBATCH --time=1440", "#SBATCH --job-name=train"):
+        assert line in text, (line, text)
+    assert "srun" in text and "submitit.core._submit" in text
+
+
+def test_a_checkpoint_written_while_validating_keeps_raw_and_ema_apart(tmp_path):
+    """SIGTERM can stop a validation, during which the EMA weights are swapped into the
+    module: before the checkpoint is written the raw weights go back."""
+    import lightning as L
+
+    from scorelab.callbacks import EMA
+
+    class Tiny(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Linear(2, 2)
+
+    module = Tiny()
+    ema = EMA(decay=0.5)
+    ema.setup(None, module, "fit")
+    raw = {k: v.clone() for k, v in module.state_dict().items()}
+    with torch.no_grad():
+        for p in ema._average_model.parameters():
+            p.add_(1.0)                               # an average that differs from raw
+    ema.on_validation_epoch_start(None, module)
+    assert not torch.equal(module.net.weight, raw["net.weight"])
+    ema.restore_raw(module)
+    assert all(torch.equal(module.state_dict()[k], raw[k]) for k in raw)
+    ema.restore_raw(module)                           # idempotent
+    assert all(torch.equal(module.state_dict()[k], raw[k]) for k in raw)

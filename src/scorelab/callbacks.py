@@ -55,6 +55,23 @@ class EMA(WeightAveraging):
     def on_train_end(self, trainer, pl_module):
         """Leave the raw weights in place (the base class copies the average over them)."""
 
+    swapped = False     # the average is in the module (during validation)
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        super().on_validation_epoch_start(trainer, pl_module)
+        self.swapped = self._average_model is not None
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        super().on_validation_epoch_end(trainer, pl_module)
+        self.swapped = False
+
+    def restore_raw(self, pl_module) -> None:
+        """Put the raw weights back if a validation was stopped with the average swapped in
+        (a checkpoint must never take the average for the raw weights)."""
+        if self.swapped:
+            self._swap_models(pl_module)
+            self.swapped = False
+
 
 class Checkpoint(ModelCheckpoint):
     """Lightning's ModelCheckpoint, plus ``last.ckpt`` written at the end of training even
@@ -73,8 +90,22 @@ class Checkpoint(ModelCheckpoint):
         if self.save_last and self.dirpath:
             trainer.save_checkpoint(str(self.last_path))
 
+    _stopped_at = -1
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        # A stop was requested during this step: save now, in the state a resumed run
+        # continues exactly (Lightning raises only after its end-of-epoch bookkeeping).
+        if trainer.received_sigterm and self.dirpath:
+            trainer.save_checkpoint(str(self.last_path))
+            self._stopped_at = trainer.global_step
+
     def on_exception(self, trainer, pl_module, exception):
-        if isinstance(exception, SIGTERMException) and self.dirpath:
+        if (isinstance(exception, SIGTERMException) and self.dirpath
+                and self._stopped_at != trainer.global_step):
+            for cb in trainer.callbacks:          # stopped during validation: raw weights back
+                if isinstance(cb, EMA):
+                    cb.restore_raw(pl_module)
             trainer.save_checkpoint(str(self.last_path))
 
 

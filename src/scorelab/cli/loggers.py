@@ -11,6 +11,7 @@ import secrets
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from scorelab.cli.build import make
@@ -60,7 +61,8 @@ def build_logger(cfg: DictConfig, out: Path):
             run_id = id_file.read_text().strip()
         else:
             run_id = secrets.token_hex(4)           # W&B ids: letters and digits
-            id_file.write_text(run_id + "\n")
+            if rank_zero_only.rank == 0:            # (only rank 0 logs to W&B)
+                id_file.write_text(run_id + "\n")
         extra = {"id": run_id, "resume": "allow"}
         identity = sweep_identity()
         if identity is not None and cfg.logger.get("group") is None:

@@ -238,16 +238,18 @@ def needed_bytes(module) -> int:
 
 
 def check_writable(directory: Path, module) -> None:
-    """Fail now, not at the first checkpoint, if checkpoints cannot be written there."""
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / ".write_test"
-        probe.write_bytes(b"0")
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(f"cannot write checkpoints to {directory}: "
-                          f"{e.strerror or e}") from None
-    free, need = shutil.disk_usage(directory).free, needed_bytes(module)
+    """Fail now, not at the first checkpoint, if checkpoints cannot be written there (the
+    directory, or the nearest existing folder above it, is checked; nothing is created)."""
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"cannot write checkpoints to {directory}: {existing} is not a "
+                          f"directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write checkpoints to {directory}: no write permission in "
+                          f"{existing}")
+    free, need = shutil.disk_usage(existing).free, needed_bytes(module)
     if free < need:
         raise ConfigError(f"{directory}: {free / 2 ** 20:.0f} MiB free on its disk, a checkpoint "
                           f"of this model needs about {need / 2 ** 20:.0f} MiB")

@@ -7,7 +7,7 @@ import itertools
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset, random_split
+from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset, random_split
 
 from scorelab.checks import boolean, check_values, integer, number
 from scorelab.errors import ScorelabError
@@ -73,10 +73,12 @@ class DiffusionDataModule(L.LightningDataModule, abc.ABC):
     def _loader(self, ds, shuffle: bool, drop_last: bool, owner=None) -> DataLoader:
         """``owner``: the DataModule the trainer is attached to (default: this one)."""
         owner = owner or self
-        # A generator of its own (seeded from the run's seed), so that creating an iterator
-        # never draws from the global stream the training noise comes from.
-        seed = int(torch.randint(2 ** 62, (1,))) if shuffle else self.seed
-        return ResumableLoader(ds, batch_size=self.batch_size, shuffle=shuffle,
+        # Shuffled by (seed, epoch), the seed drawn from the run's seed; and a generator of
+        # its own, so that creating an iterator never draws from the global stream the
+        # training noise comes from.
+        seed = int(torch.randint(2 ** 62, (1,)))
+        return ResumableLoader(ds, batch_size=self.batch_size,
+                               sampler=EpochShuffle(ds, seed) if shuffle else None,
                                drop_last=drop_last, num_workers=self.num_workers,
                                pin_memory=self.pin_memory and torch.cuda.is_available(),
                                persistent_workers=self.num_workers > 0,
@@ -114,12 +116,28 @@ class _Skipping:
         return len(self.batch_sampler)
 
 
+class EpochShuffle(RandomSampler):
+    """A permutation of the dataset for each epoch, drawn from (seed, epoch) — the rule of
+    DistributedSampler, which Lightning puts in its place under DDP — so that any epoch's
+    order can be drawn again after a restart (``set_epoch``)."""
+
+    def __init__(self, data_source, seed: int):
+        super().__init__(data_source)
+        self.seed, self.epoch = int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(len(self.data_source), generator=g).tolist())
+
+
 class ResumableLoader(DataLoader):
     """A DataLoader that a checkpoint can resume mid-epoch (Lightning's stateful-loader
     protocol: it stores ``state_dict()`` in checkpoints and calls ``load_state_dict`` before
-    iterating again): the state is the epoch, the shuffling generator's state at the start
-    of that epoch and how many batches of it were trained on (``progress()``); the resumed
-    iteration draws the same order and starts after them.
+    iterating again): the state is the epoch and how many of its batches were trained on
+    (``progress()``); the resumed iteration draws that epoch's order and starts after them.
 
     Args:
         progress: ``() -> int``, batches of the current epoch already trained on.
@@ -130,14 +148,8 @@ class ResumableLoader(DataLoader):
         super().__init__(*args, **kwargs)
         self.progress = progress
         self._skip, self._active_skip = 0, 0
-        self._restore, self._epoch_start = None, None
 
     def __iter__(self):
-        if self.generator is not None:
-            if self._restore is not None:
-                self.generator.set_state(self._restore)
-                self._restore = None
-            self._epoch_start = self.generator.get_state()
         self._active_skip, self._skip = self._skip, 0
         try:
             return super().__iter__()
@@ -150,22 +162,16 @@ class ResumableLoader(DataLoader):
         return _Skipping(base, self._active_skip) if self._active_skip else base
 
     def state_dict(self) -> dict:
-        state = {"batches": int(self.progress()) if self.progress else 0,
-                 "epoch": int(getattr(self.sampler, "epoch", 0))}
-        if self.generator is not None and self._epoch_start is not None:
-            state["generator_epoch_start"] = self._epoch_start
-            state["generator_now"] = self.generator.get_state()
-        return state
+        return {"batches": int(self.progress()) if self.progress else 0,
+                "epoch": int(getattr(self.sampler, "epoch", 0))}
 
     def load_state_dict(self, state: dict) -> None:
-        self._skip = int(state.get("batches", 0))
-        if self._skip >= len(self):
-            # saved after an epoch's last batch: the next epoch draws from where it ended
-            self._skip, self._restore = 0, state.get("generator_now")
-        else:
-            self._restore = state.get("generator_epoch_start")
-        if hasattr(self.sampler, "set_epoch"):        # DistributedSampler: order by epoch
-            self.sampler.set_epoch(int(state.get("epoch", 0)))
+        epoch, self._skip = int(state.get("epoch", 0)), int(state.get("batches", 0))
+        if self._skip >= len(self):               # saved after the epoch's last batch
+            epoch, self._skip = epoch + 1, 0
+        # (Lightning sets the epoch only after its first iterator of a resumed run)
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
 
 
 def inverse_scaler(x: torch.Tensor, is_image: bool) -> torch.Tensor:

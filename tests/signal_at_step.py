@@ -1,0 +1,40 @@
+"""A callback for the tests: the process sends itself a signal as a training step starts,
+as a scheduler would (train.py ... +callbacks.signal._target_=signal_at_step.SignalAtStep)."""
+
+import os
+import signal
+
+import lightning as L
+
+
+class SignalAtStep(L.Callback):
+    def __init__(self, step: int, signum: int = int(signal.SIGTERM)):
+        self.step, self.signum = int(step), int(signum)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step - 1:        # during step `step`
+            os.kill(os.getpid(), self.signum)
+
+
+def sample_with_signal(after_steps: int, argv: list[str]) -> None:
+    """sample.py's command line (``argv``), the process signalling itself SIGTERM after
+    ``after_steps`` sampler steps (in the middle of a batch)."""
+    import runpy
+    import sys
+    from pathlib import Path
+
+    import scorelab.cli.sample as sample_cli
+
+    class Signalling(sample_cli.SamplingProgress):
+        count = 0
+
+        def __call__(self, i, x):
+            super().__call__(i, x)
+            self.count += 1
+            if self.count == after_steps:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    sample_cli.SamplingProgress = Signalling
+    script = Path(__file__).resolve().parents[1] / "sample.py"
+    sys.argv = [str(script), *argv]
+    runpy.run_path(str(script), run_name="__main__")
