@@ -300,13 +300,7 @@ def test_latent_errors_through_the_cli(stages, tmp_path):
         ("train.py", ["experiment=mnist5k_latent", "data=digits"], "autoencoder.ckpt: not given"),
         ("train.py", ["experiment=mnist5k_latent", "data=digits", f"autoencoder.ckpt={ldm}"],
          "holds a diffusion model, not an autoencoder model"),
-        ("train.py", ["experiment=mnist5k_latent", f"autoencoder.ckpt={ae}"],
-         "trained on images [1, 8, 8], but the data has [1, 28, 28]"),
-        ("train.py", ["experiment=mnist5k_autoencoder", "data=digits", "autoencoder=scorelab",
-                      f"autoencoder.ckpt={ae}"], "model=autoencoder trains on pixels"),
         ("sample.py", [f"ckpt={ldm}", "task=inpaint"], "latent model"),
-        ("sample.py", [f"ckpt={ldm}", "guidance=classifier", f"guidance.classifier_ckpt={ae}"],
-         "holds an autoencoder model"),
     ]
     for script, args, message in cases:
         proc = run(script, *args, f"hydra.run.dir={tmp_path / 'x'}", cwd=tmp_path,
@@ -314,6 +308,21 @@ def test_latent_errors_through_the_cli(stages, tmp_path):
         assert proc.returncode == 2, (args, proc.stderr[-2000:])
         lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("scorelab: error:")]
         assert len(lines) == 1 and message in lines[0], (args, proc.stderr[-2000:])
+    # the same start-up checks in process
+    from scorelab.cli.build import build_any_module
+    from scorelab.cli.guide import build_guidance
+    from scorelab.cli.latent import build_latent
+    with pytest.raises(ConfigError, match=r"trained on images \[1, 8, 8\], but the data has "
+                                          r"\[1, 28, 28\]"):
+        build_latent({"source": "scorelab", "ckpt": str(ae)}, (1, 28, 28))
+    space = build_latent({"source": "scorelab", "ckpt": str(ae)}, (1, 8, 8))
+    cfg = compose_train(["experiment=mnist5k_autoencoder", "data=digits"], tmp_path)
+    with pytest.raises(ConfigError, match="model=autoencoder trains on pixels"):
+        build_any_module(cfg, (1, 8, 8), 10, latent=space)
+    from scorelab.cli.build import LoadedCheckpoint
+    module = LoadedCheckpoint(str(ldm)).module
+    with pytest.raises(ConfigError, match="holds an autoencoder model"):
+        build_guidance({"name": "classifier", "classifier_ckpt": str(ae)}, module)
 
 
 def test_scale_is_the_same_on_one_and_two_processes(stages):
@@ -332,6 +341,7 @@ def test_scale_is_the_same_on_one_and_two_processes(stages):
     assert one["latent.scale"].flatten()[0] != 1.0
 
 
+@pytest.mark.slow       # (the unit test above covers loading, scaling and rebuilding)
 def test_diffusers_vae_through_the_cli(tmp_path):
     """autoencoder=diffusers with a tiny random AutoencoderKL in a local directory: training
     reads its scaling_factor / shift_factor; the checkpoint samples after the directory is

@@ -105,8 +105,10 @@ def uninterrupted(tmp_path_factory):
     return torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
 
 
-@pytest.mark.parametrize("signum,step", [(signal.SIGTERM, 13), (signal.SIGUSR1, 8),
-                                         (signal.SIGTERM, 20)])
+@pytest.mark.parametrize("signum,step", [
+    (signal.SIGTERM, 13),
+    pytest.param(signal.SIGUSR1, 8, marks=pytest.mark.slow),
+    pytest.param(signal.SIGTERM, 20, marks=pytest.mark.slow)])
 def test_signal_during_training_checkpoints_and_resumes_to_the_same_weights(
         tmp_path, signum, step, uninterrupted):
     """A signal during step 13 (mid-epoch: 8 batches per epoch), 8 (an epoch's last) or 20
@@ -238,6 +240,7 @@ def test_unwritable_or_full_checkpoint_directory_fails_at_start_up(tmp_path, mon
         check_writable(tmp_path / "ok", net)
 
 
+@pytest.mark.slow       # (the SIGTERM test above resumes mid-epoch too, through the signal)
 def test_resume_mid_epoch_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
     """Toy: 540 training points in batches of 64 are 8 batches per epoch; the checkpoint of
     step 13 (epoch 1, batch 5: mid-epoch) resumed to step 30 gives the raw and EMA weights,
@@ -269,6 +272,7 @@ def test_resume_mid_epoch_ends_with_the_weights_of_an_uninterrupted_run(tmp_path
     assert a["lr_schedulers"][0]["last_epoch"] == b["lr_schedulers"][0]["last_epoch"]
 
 
+@pytest.mark.slow
 def test_requeued_slurm_job_comes_back_to_its_directory_and_resumes(tmp_path):
     """Under SLURM the run directory is the job id's, and resume=auto starts afresh the
     first time and continues the second (the cluster requeues the same command)."""
