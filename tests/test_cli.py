@@ -163,6 +163,7 @@ def test_evaluate_gives_the_same_metrics_on_two_processes(trained):
         assert two[key] == one[key], key
 
 
+@pytest.mark.slow       # (resume: test_sweeps' signal test; untouched files: its fault test)
 def test_existing_run_is_never_overwritten_and_resume_continues(trained):
     out = trained / "train"
     before = (out / "checkpoints/last.ckpt").read_bytes()
@@ -232,6 +233,7 @@ FM = ["experiment=digits_fm", "backbone.channels=8", "trainer.max_steps=40",
       "callbacks.sample_grid=null", "callbacks.progress.refresh_rate=50"]
 
 
+@pytest.mark.slow       # (flow matching through the CLI also runs in test_latent, test_cli_guidance)
 def test_flow_matching_trains_samples_and_evaluates(tmp_path, one_thread):
     """digits_fm (linear path, velocity head, flow-matching loss) through the command line:
     the flow ODE in training, then every sampler family from the checkpoint, from alpha = 0,

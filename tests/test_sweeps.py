@@ -9,6 +9,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -62,7 +63,6 @@ def test_sweep_summary_has_a_row_per_job_and_per_configuration(sweep):
 def test_summarize_marks_unfinished_jobs(sweep, tmp_path):
     """An interrupted sweep: a job without job_status.json is 'unfinished'."""
     copy = tmp_path / "copy"
-    import shutil
     shutil.copytree(sweep, copy)
     victim = copy / "3"
     (victim / "job_status.json").unlink()
@@ -86,11 +86,16 @@ def test_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert status["status"] == "failed"
 
 
-def test_optimized_metric_must_be_a_reported_number(tmp_path):
-    proc = run("train.py", *TOY, "optimized_metric=nope", f"hydra.run.dir={tmp_path / 'r'}",
-               cwd=tmp_path, check=False, threads=1)
-    assert proc.returncode == 2
-    assert "optimized_metric=nope: not a number this run reports" in proc.stderr
+def test_optimized_metric_must_be_a_reported_number():
+    from scorelab.cli.common import optimized
+    from scorelab.errors import ConfigError
+    metrics = {"val_loss": 0.5, "fid": 3, "sampler": {"name": "edm"}, "ema": True}
+    assert optimized({"optimized_metric": None}, metrics) is metrics
+    assert optimized({"optimized_metric": "fid"}, metrics) == 3.0
+    for name in ("nope", "sampler", "ema"):
+        with pytest.raises(ConfigError, match=f"optimized_metric={name}: not a number this "
+                                              f"run reports; it reports fid, val_loss"):
+            optimized({"optimized_metric": name}, metrics)
 
 
 SIGNAL_RUN = ["experiment=gmm_vp_eps", "data.n_samples=600", "data.batch_size=64",
@@ -177,9 +182,18 @@ def test_wandb_sweep_runs_share_a_group_and_resume_their_run(tmp_path):
         assert b"optim.optimizer.lr" in blob and b"train/loss_step" in blob
         ids.append(run_id)
     assert ids[0] != ids[1]
-    run("train.py", *TOY, "logger=wandb", "sde=vp", "trainer.max_steps=15", "resume=true",
-        f"hydra.run.dir={out / '0'}", cwd=tmp_path, threads=1)
-    assert len(list((out / "0" / "wandb").glob(f"offline-run-*-{ids[0]}"))) == 2
+    # a resumed job asks W&B for the same run
+    from omegaconf import OmegaConf
+
+    from scorelab.cli.loggers import build_logger, finish
+    cfg = OmegaConf.create({"logger": {"_target_": "lightning.pytorch.loggers.WandbLogger",
+                                       "project": "scorelab", "save_dir": str(out / "0"),
+                                       "offline": True}})
+    logger = build_logger(cfg, out / "0")
+    try:
+        assert logger._wandb_init["id"] == ids[0] and logger._wandb_init["resume"] == "allow"
+    finally:
+        finish(logger)
 
 
 def test_sweep_with_ddp_jobs_does_not_relaunch_the_sweep(tmp_path):
@@ -196,32 +210,33 @@ def test_sweep_with_ddp_jobs_does_not_relaunch_the_sweep(tmp_path):
     assert len(read_csv(out / "summary.csv")) == 2
 
 
-def test_bad_resume_and_checkpoints_fail_in_one_line_and_keep_the_files(tmp_path):
+def test_bad_resume_and_checkpoints_fail_in_one_line_and_keep_the_files(sweep, tmp_path):
     run_dir = tmp_path / "r"
-    run("train.py", *TOY, f"hydra.run.dir={run_dir}", cwd=tmp_path, threads=1)
+    shutil.copytree(sweep / "0", run_dir)          # a finished toy run (sde=vp head=eps)
     last = run_dir / "checkpoints" / "last.ckpt"
     before = last.read_bytes()
-    proc = run("train.py", *TOY, "backbone.width=64", "resume=true", "trainer.max_steps=20",
-               f"hydra.run.dir={run_dir}", cwd=tmp_path, check=False, threads=1)
+    proc = run("train.py", *TOY, "sde=vp", "head=eps", "backbone.width=64", "resume=true",
+               "trainer.max_steps=20", f"hydra.run.dir={run_dir}", cwd=tmp_path, check=False,
+               threads=1)
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("scorelab: error:")]
     assert len(lines) == 1 and "was trained with another config (shape" in lines[0]
     assert last.read_bytes() == before and (run_dir / "metrics.json").is_file()
+    from scorelab.cli.build import LoadedCheckpoint
+    from scorelab.cli.train import check_resumable
+    from scorelab.errors import ConfigError
     # a checkpoint whose stored config no longer builds its weights
     ckpt = torch.load(last, weights_only=True)
     ckpt["scorelab"]["config"]["backbone"]["depth"] = 2
     edited = tmp_path / "edited.ckpt"
     torch.save(ckpt, edited)
-    from scorelab.cli.build import LoadedCheckpoint
-    from scorelab.errors import ConfigError
     with pytest.raises(ConfigError, match="do not fit the network its config builds.*unexpected"):
         LoadedCheckpoint(str(edited))
-    corrupt = tmp_path / "corrupt" / "checkpoints"
-    corrupt.mkdir(parents=True)
-    (corrupt / "last.ckpt").write_bytes(before[: len(before) // 2])
-    proc = run("train.py", *TOY, "resume=true", f"hydra.run.dir={corrupt.parent}",
-               cwd=tmp_path, check=False, threads=1)
-    assert proc.returncode == 2 and "is not a loadable checkpoint" in proc.stderr
+    corrupt = tmp_path / "corrupt.ckpt"
+    corrupt.write_bytes(before[: len(before) // 2])
+    with pytest.raises(ConfigError, match="is not a loadable checkpoint"):
+        check_resumable(LoadedCheckpoint(str(last)).module, str(corrupt))
+    assert last.read_bytes() == before
 
 
 def test_unwritable_or_full_checkpoint_directory_fails_at_start_up(tmp_path, monkeypatch):
@@ -254,7 +269,6 @@ def test_resume_mid_epoch_ends_with_the_weights_of_an_uninterrupted_run(tmp_path
         "callbacks.checkpoint.save_top_k=-1", f"hydra.run.dir={full}", cwd=tmp_path, threads=1)
     part = tmp_path / "part" / "checkpoints"
     part.mkdir(parents=True)
-    import shutil
     shutil.copy(full / "checkpoints" / "step000013.ckpt", part / "last.ckpt")
     assert torch.load(part / "last.ckpt", weights_only=True)["global_step"] == 13
     run("train.py", *common, "resume=true", f"hydra.run.dir={part.parent}", cwd=tmp_path,
