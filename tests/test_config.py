@@ -125,14 +125,14 @@ def test_sde_x_head_trains_on_toy(tmp_path, sde, head):
         return module.loss_fn(module.model, x, generator=torch.Generator().manual_seed(0)).item()
 
     before = val_loss()
-    trainer = L.Trainer(max_steps=150, logger=False, enable_checkpointing=False,
+    trainer = L.Trainer(max_steps=250, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False,
                         limit_val_batches=0, accelerator="cpu")
     trainer.fit(module, datamodule=dm)
     after = val_loss()
-    # every combination learns (5 % in 150 steps; the slowest, the velocity head on VP,
-    # gains 8-9 %); how well is the oracle tests' business
-    assert torch.isfinite(torch.tensor(after)) and after < 0.95 * before
+    # every combination learns (the slowest, the velocity head on VP, gains 12 % in 250
+    # steps); how well is the oracle tests' business
+    assert torch.isfinite(torch.tensor(after)) and after < 0.9 * before
 
 
 @pytest.mark.parametrize("sampler", options("sampler"))

@@ -104,8 +104,9 @@ def main(cfg: DictConfig) -> dict:
     applied = _apply_speed(cfg, module, trainer_args)
     if latent is not None:      # every check passed: encode the data, estimate shift and scale
         dm.setup("fit")
-        log.info("latent diffusion on %s latents; shift %s, scale %s", list(latent.latent_shape),
-                 latent.describe()["shift"], latent.describe()["scale"])
+        summary = latent_summary(latent)
+        log.info("latent diffusion on %s latents; shift %s, scale %s", summary["latent_shape"],
+                 summary["shift"], summary["scale"])
     log.info("precision %s, %s", trainer_args["precision"], applied)
     trainer = L.Trainer(**trainer_args, callbacks=callbacks, logger=logger,
                         default_root_dir=str(out))
@@ -206,16 +207,16 @@ def resume_point(resume, out: Path, ckpt_dir: Path, existing: list) -> str | Non
             raise ConfigError(f"resume=true but there is no {ckpt_dir / 'last.ckpt'} to resume "
                               f"from")
         return None
-    newest = max(candidates, key=lambda p: _step_of(str(p)) if _readable(p) else -1)
-    return str(newest)
+    steps = {p: _step_or_unreadable(p) for p in candidates}     # each file read once
+    return str(max(candidates, key=steps.__getitem__))
 
 
-def _readable(path: Path) -> bool:
+def _step_or_unreadable(path: Path) -> int:
+    """The checkpoint's step, or -1 when it cannot be read (check_resumable reports it)."""
     try:
-        _step_of(str(path))
-        return True
-    except Exception:  # noqa: BLE001 - check_resumable reports it
-        return False
+        return _step_of(str(path))
+    except Exception:  # noqa: BLE001
+        return -1
 
 
 def check_resumable(module, path: str) -> None:
