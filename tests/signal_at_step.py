@@ -38,3 +38,27 @@ def sample_with_signal(after_steps: int, argv: list[str]) -> None:
     script = Path(__file__).resolve().parents[1] / "sample.py"
     sys.argv = [str(script), *argv]
     runpy.run_path(str(script), run_name="__main__")
+
+
+def evaluate_with_signal(after_chunks: int, argv: list[str]) -> None:
+    """evaluate.py's command line (``argv``), the process signalling itself SIGTERM when the
+    ``after_chunks``-th chunk of a metric (FID samples or bits/dim examples) is done."""
+    import runpy
+    import sys
+    from pathlib import Path
+
+    import scorelab.callbacks as callbacks
+
+    class Signalling(callbacks.WorkProgress):
+        count = 0
+
+        def update(self, n, nfe=None):
+            super().update(n, nfe)
+            Signalling.count += 1
+            if Signalling.count == after_chunks:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    callbacks.WorkProgress = Signalling
+    script = Path(__file__).resolve().parents[1] / "evaluate.py"
+    sys.argv = [str(script), *argv]
+    runpy.run_path(str(script), run_name="__main__")

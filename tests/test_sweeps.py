@@ -142,6 +142,38 @@ def test_signal_during_training_checkpoints_and_resumes_to_the_same_weights(
                                   atol=1e-6), (key, name)
 
 
+def test_submitit_preemption_requeues_the_job_which_ends_as_if_uninterrupted(
+        tmp_path, uninterrupted):
+    """A sweep through submitit (its local executor: the signal handling and requeueing of
+    its SLURM jobs, without a cluster). submitit's pre-emption signal USR2 during step 13:
+    the step finishes, last.ckpt is written, the job is marked requeued and handed to
+    submitit, which runs it again in its directory; it continues (resume=false, the
+    default) and ends with the uninterrupted run's weights."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    out = tmp_path / "sub"
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT / 'tests'}",
+           "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", *SIGNAL_RUN,
+                    "hydra/launcher=submitit_local",
+                    "+callbacks.signal._target_=signal_at_step.SignalAtStep",
+                    "+callbacks.signal.step=13", f"+callbacks.signal.signum={int(signal.SIGUSR2)}",
+                    f"hydra.sweep.dir={out}"], cwd=tmp_path, env=env, check=True,
+                   capture_output=True, timeout=600)
+    log = "".join(p.read_text() for p in (out / ".submitit").rglob("*_log.err"))
+    assert "Caught signal SIGUSR2" in log and "is preempted" in log
+    assert "Restoring states from the checkpoint path at" in log
+    job = out / "0"
+    assert (job / "config_step000013.yaml").is_file()        # the second start, at step 13
+    assert sorted(p.name for p in (job / "checkpoints").iterdir()) == ["last.ckpt"]
+    assert json.loads((job / "job_status.json").read_text())["status"] == "completed"
+    resumed = torch.load(job / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == 60
+    for key in ("state_dict", "current_model_state"):
+        for name, value in uninterrupted[key].items():
+            assert torch.allclose(value.float(), resumed[key][name].float(), rtol=0,
+                                  atol=1e-6), (key, name)
+
+
 def test_signal_during_sampling_keeps_the_finished_batches(tmp_path, sweep):
     """SIGTERM in the middle of the third batch of 10: that batch is finished, the 30
     samples are kept, and the rest is not drawn."""
@@ -160,6 +192,28 @@ def test_signal_during_sampling_keeps_the_finished_batches(tmp_path, sweep):
     info = json.loads((out / "sampling.json").read_text())
     assert info["interrupted"] == f"signal {int(signal.SIGTERM)}: 30 of 1000 samples"
     assert "after 30 of 1000 samples" in proc.stderr
+
+
+def test_signal_during_evaluation_keeps_the_finished_chunks(tmp_path, sweep):
+    """SIGTERM as the third of six NLL chunks ends: evaluate.py stops there, exits 143 and
+    its metrics.json keeps the validation loss and the NLL of the 24 examples done, named
+    partial_* so that no summary takes it for the full metric."""
+    ckpt = (sweep / "0") / "checkpoints" / "last.ckpt"
+    out = tmp_path / "e"
+    argv = [f"ckpt={ckpt}", "metrics=[bpd]", "metrics.bpd.num_examples=48",
+            "metrics.bpd.chunk=8", f"hydra.run.dir={out}"]
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT / 'tests'}",
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", "import signal_at_step; "
+                           f"signal_at_step.evaluate_with_signal(3, {argv!r})"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "nll_nats_per_dim" not in metrics
+    assert np.isfinite(metrics["partial_nll_nats_per_dim"]) and np.isfinite(metrics["val_loss"])
+    assert metrics["nll_nats_per_dim_settings"]["completed"] == "24 of 48"
+    assert metrics["interrupted"] == f"signal {int(signal.SIGTERM)}: nll_nats_per_dim 24 of 48"
+    assert "keeps what finished" in proc.stderr.splitlines()[-1]
 
 
 def test_wandb_sweep_runs_share_a_group_and_resume_their_run(tmp_path):

@@ -79,16 +79,26 @@ class Checkpoint(ModelCheckpoint):
     the run's final weights are always on disk, and when training stops on SIGTERM
     (pre-emption: Lightning stops after the step in progress, on every process), so that
     ``resume=true`` continues from that step. Lightning writes each file through a
-    transaction: never half-written."""
+    transaction: never half-written. A resumed run writes its ``last.ckpt`` over the one it
+    resumed from (no ``last-v1.ckpt`` beside it)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("enable_version_counter", False)
+        super().__init__(*args, **kwargs)
 
     @property
     def last_path(self) -> Path:
         return Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
 
+    def _save_last(self, trainer) -> None:
+        # recorded as Lightning's own last checkpoint, which it then replaces in place
+        self.last_model_path = str(self.last_path)
+        trainer.save_checkpoint(self.last_model_path)
+
     def on_train_end(self, trainer, pl_module):
         super().on_train_end(trainer, pl_module)
         if self.save_last and self.dirpath:
-            trainer.save_checkpoint(str(self.last_path))
+            self._save_last(trainer)
 
     _stopped_at = -1
 
@@ -97,7 +107,7 @@ class Checkpoint(ModelCheckpoint):
         # A stop was requested during this step: save now, in the state a resumed run
         # continues exactly (Lightning raises only after its end-of-epoch bookkeeping).
         if trainer.received_sigterm and self.dirpath:
-            trainer.save_checkpoint(str(self.last_path))
+            self._save_last(trainer)
             self._stopped_at = trainer.global_step
 
     def on_exception(self, trainer, pl_module, exception):
@@ -106,7 +116,7 @@ class Checkpoint(ModelCheckpoint):
             for cb in trainer.callbacks:          # stopped during validation: raw weights back
                 if isinstance(cb, EMA):
                     cb.restore_raw(pl_module)
-            trainer.save_checkpoint(str(self.last_path))
+            self._save_last(trainer)
 
 
 def _rng_state() -> dict:
@@ -239,6 +249,16 @@ class _MetricCallback(L.Callback):
                 logger.log_metrics({f"metrics/{k}": v for k, v in values.items()}, step=step)
 
 
+def _stopped_early(values: dict, done: int, wanted: int, settings: dict) -> dict:
+    """Values computed on the ``done`` of ``wanted`` units that finished before a stop
+    request (``scorelab.interrupt``): renamed ``partial_<name>`` so that no table or sweeper
+    takes them for the full metric; ``settings["completed"]`` says how many."""
+    if done == wanted:
+        return values
+    settings["completed"] = f"{done} of {wanted}"
+    return {f"partial_{k}": v for k, v in values.items()}
+
+
 def _progress(trainer, n: int, chunk: int, desc: str) -> WorkProgress:
     """A bar over this process's share of n units done in chunks (shown on rank 0 only)."""
     mine = sum(size for _, _, size in my_chunks(n, chunk, trainer.global_rank,
@@ -321,7 +341,11 @@ class FIDCallback(_MetricCallback):
                                          progress=bar)
         finally:
             bar.close()
-        values = sample_metrics(gather_union(local, gather), reference, self.splits)
+        union = gather_union(local, gather)
+        done = union["index"].shape[0]
+        # Too few finished samples for a covariance (or for the IS splits): no value.
+        values = (sample_metrics(union, reference, min(self.splits, done))
+                  if done >= min(2, self.num_samples) else {})
         self.settings = {"sampler": settings, "steps": settings["steps"], "nfe": nfe,
                          "num_samples": self.num_samples, "features": self.features,
                          "reference": self.reference_path, "seed": self.seed,
@@ -329,7 +353,7 @@ class FIDCallback(_MetricCallback):
                          "wall_time_s": round(time.perf_counter() - start, 2)}
         if pl_module.guidance is not None:
             self.settings["guidance"] = pl_module.guidance.settings()
-        return values
+        return _stopped_early(values, done, self.num_samples, self.settings)
 
 
 class BitsPerDimCallback(_MetricCallback):
@@ -357,6 +381,7 @@ class BitsPerDimCallback(_MetricCallback):
         self.likelihood = dict(likelihood or {})
         self.datamodule = datamodule
         self.settings: dict = {}
+        self.metric_key = "bpd"     # or nll_nats_per_dim / latent_bpd, known at compute
 
     def setup(self, trainer, pl_module, stage):
         if self.datamodule is None:
@@ -386,10 +411,12 @@ class BitsPerDimCallback(_MetricCallback):
         finally:
             bar.close()
         values = gather_union(local, gather)["value"]
+        done = values.shape[0]
         key = "bpd" if pixels else "nll_nats_per_dim"
         if latent is not None:
             # bits per dimension of the autoencoder's latent z (not of pixels)
             key, values = "latent_bpd", nats_to_latent_bits(values, latent.log_scale_per_dim())
+        self.metric_key = key
         self.settings = {**self.likelihood, "num_examples": n, "chunk": self.chunk,
                          "nfe_last_chunk": nfe, "seed": self.seed,
                          "processes": trainer.world_size,
@@ -397,4 +424,6 @@ class BitsPerDimCallback(_MetricCallback):
         if latent is not None:
             self.settings["space"] = ("latent z of the autoencoder (continuous density, one "
                                       "posterior draw per example; not pixel bits/dim)")
-        return {key: float(values.mean()), f"{key}_stderr": float(values.std() / math.sqrt(n))}
+        result = {key: float(values.mean()),
+                  f"{key}_stderr": float(values.std() / math.sqrt(done))} if done else {}
+        return _stopped_early(result, done, n, self.settings)

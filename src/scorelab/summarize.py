@@ -42,6 +42,12 @@ def _numbers(job: Path) -> dict[str, float]:
             if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in NOT_RESULTS}
 
 
+def job_status(run_dir: Path) -> dict:
+    """The run directory's ``job_status.json`` ({} when there is none: unfinished)."""
+    path = Path(run_dir) / JOB_STATUS
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def job_rows(sweep: Path) -> list[dict]:
     """One dict per job directory: job, overrides (those that differ between jobs; the
     others in common), status, error, wall_time_s, numbers."""
@@ -51,8 +57,7 @@ def job_rows(sweep: Path) -> list[dict]:
     rows = []
     common = set.intersection(*(set(_overrides(j)) for j in jobs)) if len(jobs) > 1 else set()
     for job in jobs:
-        status = json.loads((job / JOB_STATUS).read_text()) if (job / JOB_STATUS).is_file() \
-            else {"status": "unfinished"}
+        status = job_status(job) or {"status": "unfinished"}
         rows.append({"job": job.name, "common": [o for o in _overrides(job) if o in common],
                      "overrides": [o for o in _overrides(job) if o not in common],
                      "status": status["status"], "error": status.get("error", ""),

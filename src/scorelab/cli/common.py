@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.utilities import rank_zero_only
 
 from scorelab.errors import ConfigError, Interrupted, ScorelabError
 from scorelab.summarize import JOB_STATUS
@@ -23,8 +24,15 @@ def in_sweep() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+# job_status.json of a training job that was pre-empted and handed to submitit to requeue
+REQUEUED = "requeued"
+
+
 def record_status(status: str, seconds: float, error: str = "") -> None:
-    """``job_status.json`` in the run directory (read by ``scorelab.summarize``)."""
+    """``job_status.json`` in the run directory (read by ``scorelab.summarize``), written by
+    the first process of a multi-process job."""
+    if rank_zero_only.rank != 0:
+        return
     data = {"status": status, "wall_time_s": round(seconds, 2)}
     if error:
         data["error"] = error

@@ -27,9 +27,9 @@ from scorelab.cli.build import build_datamodule, check_config_values, pick_devic
 from scorelab.cli.common import log, optimized, output_dir, reports_errors, write_json
 from scorelab.cli.latent import latent_datamodule
 from scorelab.cli.sample import draw_samples, load_guided, resolve_sampler, save_sample_files
-from scorelab.errors import ConfigError
+from scorelab.errors import ConfigError, Interrupted
 from scorelab.guidance import describe
-from scorelab.interrupt import stop_on_signals
+from scorelab.interrupt import requested, stop_on_signals
 from scorelab.latent import latent_summary
 from scorelab.metrics.features import FeatureWeightsMissing
 
@@ -101,16 +101,20 @@ def _results(trainer, dm, callbacks, selected) -> dict:
             out["sample_settings"] = cb.settings
         else:
             out.update(values)
-            out[next(iter(values)) + "_settings"] = cb.settings
+            out[cb.metric_key + "_settings"] = cb.settings
     return out
 
 
 def _samples(cfg, loaded, device, out) -> dict:
     settings = resolve_sampler(cfg.sampler, loaded.module.sampler, loaded.module.model.sde)
     x, labels, nfe, seconds = draw_samples(loaded, settings, cfg.num_samples, cfg.seed, device)
-    save_sample_files(x, labels, nfe, out, loaded.is_image)
-    return {"samples": {"sampler": settings, "num_samples": cfg.num_samples, "nfe": nfe,
-                        "wall_time_s": round(seconds, 2)}}
+    info = {"sampler": settings, "num_samples": cfg.num_samples, "nfe": nfe,
+            "wall_time_s": round(seconds, 2)}
+    if len(x):
+        save_sample_files(x, labels, nfe, out, loaded.is_image)
+    if len(x) < cfg.num_samples:         # a stop request: the finished batches are kept
+        info["interrupted"] = f"{len(x)} of {cfg.num_samples}"
+    return {"samples": info}
 
 
 def _table(metrics: dict) -> str:
@@ -124,7 +128,9 @@ def _table(metrics: dict) -> str:
 
 @reports_errors
 def main(cfg: DictConfig) -> dict:
-    with stop_on_signals():         # SIGTERM / SIGUSR1: stop within one chunk of samples
+    # SIGTERM / SIGUSR1: stop within one chunk of samples or examples; metrics.json keeps
+    # the metrics that finished and the partial_* values of the one that was stopped.
+    with stop_on_signals():
         return _main(cfg)
 
 
@@ -145,6 +151,8 @@ def _main(cfg: DictConfig) -> dict:
     callbacks = _metric_callbacks(cfg, dm, loaded)
     trainer = _validate(cfg, loaded, dm, callbacks, out)
     if not trainer.is_global_zero:
+        if requested():
+            raise Interrupted(f"stopped by signal {requested()}", requested())
         return {}
     metrics = {"ckpt": str(loaded.path), "weights": "ema" if loaded.ema else "raw",
                "global_step": loaded.global_step, "seed": cfg.seed,
@@ -153,11 +161,28 @@ def _main(cfg: DictConfig) -> dict:
                "guidance": describe(loaded.module.guidance),
                "latent": latent_summary(loaded.module.latent),
                **_results(trainer, dm, callbacks, selected)}
-    if cfg.num_samples > 0 and not selected & {"fid", "is"}:
+    if cfg.num_samples > 0 and not selected & {"fid", "is"} and not requested():
         accelerator = cfg.trainer.accelerator
         device = pick_device({"gpu": "cuda"}.get(accelerator, accelerator))
         metrics.update(_samples(cfg, loaded, device, out))
+    if requested():
+        metrics["interrupted"] = _stopped(metrics)
     write_json(out / "metrics.json", metrics)
     print(_table(metrics))
     log.info("wrote %s", out / "metrics.json")
+    if requested():
+        raise Interrupted(f"stopped by signal {requested()}: {metrics['interrupted']}; "
+                          f"{out / 'metrics.json'} keeps what finished", requested())
     return optimized(cfg, metrics)
+
+
+def _stopped(metrics: dict) -> str:
+    """What a stop request left unfinished, from the settings of each computation."""
+    parts = [f"{key.removesuffix('_settings')} {s['completed']}"
+             for key, s in metrics.items()
+             if isinstance(s, dict) and "completed" in s]
+    samples = metrics.get("samples", {})
+    if samples.get("interrupted"):
+        parts.append(f"samples {samples['interrupted']}")
+    return (f"signal {requested()}: " + ", ".join(parts) if parts
+            else f"signal {requested()} after the last computation")

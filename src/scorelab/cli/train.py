@@ -27,13 +27,14 @@ from scorelab.cli.build import (LoadedCheckpoint, build_any_module, build_datamo
 from scorelab.cli.guide import build_guidance
 from scorelab.cli.latent import build_latent, latent_datamodule
 from scorelab.cli.loggers import build_logger, finish
-from scorelab.cli.common import (fresh_path, log, optimized, output_dir, reports_errors,
-                                 write_json)
+from scorelab.cli.common import (REQUEUED, fresh_path, log, optimized, output_dir,
+                                 record_status, reports_errors, write_json)
 from scorelab.cli.sample import draw_samples
 from scorelab.errors import ConfigError, Interrupted
 from scorelab.guidance import describe
 from scorelab.latent import latent_summary
 from scorelab.speed import apply_speed, check_switches, resolve_precision, uses_gpu
+from scorelab.summarize import job_status
 from scorelab.visualize import save_samples
 
 
@@ -111,10 +112,15 @@ def main(cfg: DictConfig) -> dict:
     trainer = L.Trainer(**trainer_args, callbacks=callbacks, logger=logger,
                         default_root_dir=str(out))
     start = time.perf_counter()
-    with stop_signals_as_sigterm():
+    with stop_signals_as_sigterm() as stop:
         try:
             trainer.fit(module, datamodule=dm, ckpt_path=resume_from, weights_only=True)
         except SIGTERMException:
+            log.info("stopped at step %d; %s holds it", trainer.global_step, ckpt_cb.last_path)
+            if stop.requeues:
+                record_status(REQUEUED, time.perf_counter() - start,
+                              f"pre-empted at step {trainer.global_step}")
+            stop.hand_over()        # a submitit job: submitit requeues it and exits here
             raise Interrupted(f"stopped by a signal at step {trainer.global_step}; "
                               f"{ckpt_cb.last_path} holds it: continue with resume=true "
                               f"hydra.run.dir={out}") from None
@@ -157,21 +163,55 @@ def main(cfg: DictConfig) -> dict:
     return optimized(cfg, metrics)
 
 
+class _Stop:
+    """The pre-emption signal that ``stop_signals_as_sigterm`` turned into SIGTERM, and the
+    handler it displaced."""
+
+    def __init__(self):
+        self.received: list[int] = []
+        self.displaced: dict = {}
+
+    @property
+    def requeues(self) -> bool:
+        """Whether ``hand_over`` gives the signal to a handler that requeues (submitit's)."""
+        return bool(self.received) and callable(self.displaced.get(self.received[0]))
+
+    def hand_over(self) -> None:
+        if self.requeues:
+            self.displaced[self.received[0]](self.received[0], None)
+
+
 @contextlib.contextmanager
 def stop_signals_as_sigterm():
-    """SIGUSR1 (a scheduler's warning before pre-emption) does what SIGTERM does in
-    training: Lightning stops after the step in progress and ``Checkpoint`` saves it.
-    On SLURM with auto-requeue Lightning handles SIGUSR1 itself (checkpoint and requeue)."""
+    """Scheduler signals that announce pre-emption do what SIGTERM does in training:
+    Lightning stops after the step in progress and ``Checkpoint`` saves it. These are
+    SIGUSR1 (on SLURM with auto-requeue Lightning handles it itself: checkpoint and
+    requeue) and, in a job that submitit launched (``hydra/launcher=slurm``), submitit's
+    pre-emption signal (``$SUBMITIT_PREEMPT_SIGNAL``, USR2 by default), which submitit would
+    otherwise answer by requeueing at once, mid-step and without a checkpoint.
+
+    Yields a ``_Stop``: once that checkpoint is written, ``hand_over()`` passes the signal
+    to the handler it displaced. submitit's requeues the job; its checkpoint hook resubmits
+    the same overrides, so the job comes back to its directory, where ``resume_point`` finds
+    it marked as requeued and continues it."""
     from lightning.pytorch.plugins.environments import SLURMEnvironment
-    if not hasattr(signal, "SIGUSR1") or SLURMEnvironment.detect():
-        yield
-        return
-    previous = signal.signal(signal.SIGUSR1,
-                             lambda signum, frame: os.kill(os.getpid(), signal.SIGTERM))
+    names = [] if SLURMEnvironment.detect() else ["SIGUSR1"]
+    if os.environ.get("SUBMITIT_EXECUTOR"):
+        names.append("SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2").upper()
+                     .removeprefix("SIG"))
+    signals = {getattr(signal, n) for n in names if hasattr(signal, n)} - {signal.SIGTERM}
+    stop = _Stop()
+
+    def forward(signum, frame):
+        stop.received.append(signum)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    stop.displaced = {s: signal.signal(s, forward) for s in signals}
     try:
-        yield
+        yield stop
     finally:
-        signal.signal(signal.SIGUSR1, previous)
+        for s, handler in stop.displaced.items():
+            signal.signal(s, handler)
 
 
 def _apply_speed(cfg, module, trainer_args) -> dict:
@@ -192,11 +232,15 @@ def resume_point(resume, out: Path, ckpt_dir: Path, existing: list) -> str | Non
     """The checkpoint to continue from: ``resume=true`` the run's last checkpoint (it must
     exist); ``auto`` the newest of it and Lightning's SLURM requeue checkpoint
     (``hpc_ckpt_N.ckpt``), or none for a fresh start (a job requeued by the cluster resumes
-    with the same command); ``false`` none, in a directory without checkpoints."""
+    with the same command); ``false`` none, in a directory without checkpoints, unless the
+    directory's job was pre-empted and handed to submitit for requeueing (as ``auto``)."""
     if resume not in RESUME:
         raise ConfigError(f"resume={resume}: must be true, false or auto")
     candidates = [p for p in [ckpt_dir / "last.ckpt", *out.glob("hpc_ckpt_*.ckpt")]
                   if p.is_file()]
+    if resume is False and candidates and job_status(out).get("status") == REQUEUED:
+        log.info("%s: a job that was pre-empted and requeued; it continues", out)
+        resume = "auto"
     if resume is False:
         if existing:
             raise ConfigError(f"{ckpt_dir} already holds checkpoints ({existing[0].name}); pass "

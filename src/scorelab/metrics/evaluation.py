@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from scorelab.interrupt import check
+from scorelab.interrupt import requested
 from scorelab.likelihood import bits_per_dim, log_likelihood
 from scorelab.metrics.fid import (class_accuracy, feature_statistics, frechet_distance,
                                   inception_score, load_statistics, save_statistics)
@@ -61,13 +61,16 @@ def sample_features(sample_fn: Callable, extractor, n: int, chunk: int, seed: in
     logits)`` in float64 with attributes ``dim`` and ``num_logits``; a conditional model
     (``num_classes`` > 0) gets label i % num_classes for sample i.
     ``progress(m, nfe)`` is called after every chunk of m samples (e.g. ``WorkProgress``).
+    A stop request (``scorelab.interrupt``) ends the loop after the chunk in progress; the
+    finished chunks are returned (fewer rows than the share).
     Returns ({"index", "features", "logits"[, "labels"]} on ``device``, NFE per sample)."""
     rows = {"index": [], "features": [], "logits": []}
     if num_classes > 0:
         rows["labels"] = []
     nfe = 0
     for k, start, size in my_chunks(n, chunk, rank, world):
-        check("sampling for FID / IS")          # a pre-empted job stops within one chunk
+        if requested():                 # pre-empted: keep the finished chunks
+            break
         index = torch.arange(start, start + size, device=device)
         y = index % num_classes if num_classes > 0 else None
         x, nfe = sample_fn(size, y, chunk_generator(seed, k, device))
@@ -107,11 +110,13 @@ def heldout_bits_per_dim(model_for: Callable, sde, x: Tensor, y: Tensor | None,
     """This process's share of per-example bits/dim (images, 8-bit dequantised) or NLL in
     nats/dim (vectors) of held-out x ([-1, 1] for images). ``model_for(y)`` gives the
     model's prediction function (or a score function) for labels y (None: unconditional).
-    ``progress(m, nfe)`` is called after every chunk of m examples.
+    ``progress(m, nfe)`` is called after every chunk of m examples. A stop request ends the
+    loop after the chunk in progress, as in ``sample_features``.
     Returns ({"index", "value"}, NFE of the last chunk)."""
     index, values, nfe = [], [], 0
     for k, start, size in my_chunks(x.shape[0], chunk, rank, world):
-        check("the bits/dim evaluation")
+        if requested():
+            break
         xb = x[start:start + size]
         yb = y[start:start + size] if y is not None else None
         gen = chunk_generator(seed, k, x.device)
