@@ -8,12 +8,14 @@ import lightning as L
 
 
 class SignalAtStep(L.Callback):
-    def __init__(self, step: int, signum: int = int(signal.SIGTERM)):
-        self.step, self.signum = int(step), int(signum)
+    """``rank``: only that process signals itself (None: every process, as srun does)."""
+
+    def __init__(self, step: int, signum: int = int(signal.SIGTERM), rank: int | None = None):
+        self.step, self.signum, self.rank = int(step), int(signum), rank
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.step - 1:        # during step `step`
-            os.kill(os.getpid(), self.signum)
+        if trainer.global_step == self.step - 1 and self.rank in (None, trainer.global_rank):
+            os.kill(os.getpid(), self.signum)               # during step `step`
 
 
 def sample_with_signal(after_steps: int, argv: list[str]) -> None:

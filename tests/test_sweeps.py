@@ -142,6 +142,43 @@ def test_signal_during_training_checkpoints_and_resumes_to_the_same_weights(
                                   atol=1e-6), (key, name)
 
 
+DDP_RUN = ["experiment=gmm_vp_eps", "data.n_samples=600", "data.batch_size=32",
+           "trainer.max_steps=40", "trainer.val_check_interval=20", "trainer=ddp",
+           "trainer.devices=2", "trainer.accelerator=cpu", "callbacks.progress.refresh_rate=0",
+           "num_samples=10", "sampler.steps=5"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rank", [None, 1], ids=["every-rank", "rank-1-only"])
+def test_ddp_signal_mid_epoch_resumes_to_the_same_weights(tmp_path, rank):
+    """trainer=ddp on 2 gloo processes (8 steps per epoch): SIGTERM during step 7 on every
+    process (srun), or on the second only, stops both after that step with one checkpoint,
+    and resume=true ends with the uninterrupted run's weights (each rank's data order and
+    random streams restored)."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT / 'tests'}",
+           "OMP_NUM_THREADS": "1"}
+    train = [sys.executable, str(ROOT / "train.py"), *DDP_RUN]
+    subprocess.run(train + [f"hydra.run.dir={tmp_path / 'u'}"], cwd=tmp_path, env=env,
+                   check=True, capture_output=True, timeout=600)
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(train + ["+callbacks.signal._target_=signal_at_step.SignalAtStep",
+                                   "+callbacks.signal.step=7", f"+callbacks.signal.rank={'null' if rank is None else rank}",
+                                   f"hydra.run.dir={run_dir}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-3000:]
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)[
+        "global_step"] == 7
+    subprocess.run(train + ["resume=true", f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=env,
+                   check=True, capture_output=True, timeout=600)
+    a = torch.load(tmp_path / "u" / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 40
+    for key in ("state_dict", "current_model_state"):
+        for name, value in a[key].items():
+            assert torch.allclose(value.float(), b[key][name].float(), rtol=0, atol=1e-6), \
+                (key, name)
+
+
 def test_submitit_preemption_requeues_the_job_which_ends_as_if_uninterrupted(
         tmp_path, uninterrupted):
     """A sweep through submitit (its local executor: the signal handling and requeueing of

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import signal
 import time
 from pathlib import Path
 
@@ -77,14 +78,22 @@ class Checkpoint(ModelCheckpoint):
     """Lightning's ModelCheckpoint, plus ``last.ckpt`` written at the end of training even
     when the last periodic save fell on an earlier step (ModelCheckpoint skips it then), so
     the run's final weights are always on disk, and when training stops on SIGTERM
-    (pre-emption: Lightning stops after the step in progress, on every process), so that
+    (pre-emption: training stops after the step in progress, on every process), so that
     ``resume=true`` continues from that step. Lightning writes each file through a
     transaction: never half-written. A resumed run writes its ``last.ckpt`` over the one it
-    resumed from (no ``last-v1.ckpt`` beside it)."""
+    resumed from (no ``last-v1.ckpt`` beside it).
+
+    On several processes SIGTERM only sets a flag here (Lightning's own handler broadcasts
+    from inside the signal handler, so two signals on one rank and one on another, as a
+    launcher forwarding the signal gives, leave the ranks in different collectives: a
+    hang). After every step the ranks agree on it in one all-reduce, so a signal to any
+    of them stops all at the same step, each taking part in the checkpoint."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("enable_version_counter", False)
         super().__init__(*args, **kwargs)
+        self._requested = False
+        self._before_fit = None
 
     @property
     def last_path(self) -> Path:
@@ -94,6 +103,21 @@ class Checkpoint(ModelCheckpoint):
         # recorded as Lightning's own last checkpoint, which it then replaces in place
         self.last_model_path = str(self.last_path)
         trainer.save_checkpoint(self.last_model_path)
+
+    def setup(self, trainer, pl_module, stage):
+        super().setup(trainer, pl_module, stage)
+        self._before_fit = signal.getsignal(signal.SIGTERM)   # before Lightning's handler
+
+    def on_train_start(self, trainer, pl_module):
+        super().on_train_start(trainer, pl_module)
+        self._requested = False
+        if trainer.world_size > 1:                  # Lightning restores its original at the end
+            signal.signal(signal.SIGTERM, self._flag)
+
+    def _flag(self, signum, frame):
+        self._requested = True
+        if callable(self._before_fit):
+            self._before_fit(signum, frame)
 
     def on_train_end(self, trainer, pl_module):
         super().on_train_end(trainer, pl_module)
@@ -106,6 +130,14 @@ class Checkpoint(ModelCheckpoint):
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         # A stop was requested during this step: save now, in the state a resumed run
         # continues exactly (Lightning raises only after its end-of-epoch bookkeeping).
+        if trainer.world_size > 1:
+            flag = torch.tensor([float(self._requested)], device=pl_module.device)
+            if float(trainer.strategy.reduce(flag, reduce_op="sum")) == 0:
+                return
+            if self.dirpath:
+                self._save_last(trainer)
+                self._stopped_at = trainer.global_step
+            raise SIGTERMException()
         if trainer.received_sigterm and self.dirpath:
             self._save_last(trainer)
             self._stopped_at = trainer.global_step
