@@ -271,6 +271,8 @@ def test_wandb_sweep_runs_share_a_group_and_resume_their_run(tmp_path):
         assert re.search(rb"sde=" + sde.encode() + rb"[^,]", blob)
         assert re.search(rb"[^/]wsweep[^/]", blob)
         assert b"optim.optimizer.lr" in blob and b"train/loss_step" in blob
+        assert b"val/loss" in blob
+        assert list((runs[0] / "files" / "media" / "images").glob("samples_*.png"))
         ids.append(run_id)
     assert ids[0] != ids[1]
     # a resumed job asks W&B for the same run
@@ -285,6 +287,15 @@ def test_wandb_sweep_runs_share_a_group_and_resume_their_run(tmp_path):
         assert logger._wandb_init["id"] == ids[0] and logger._wandb_init["resume"] == "allow"
     finally:
         finish(logger)
+
+
+def test_tensorboard_logger_shows_losses_and_samples(tmp_path):
+    """logger=tensorboard: the losses as scalars and the final sample grid as an image."""
+    out = tmp_path / "tb"
+    run("train.py", *TOY, "logger=tensorboard", "trainer.log_every_n_steps=2",
+        f"hydra.run.dir={out}", cwd=tmp_path, threads=1)
+    events = b"".join(p.read_bytes() for p in (out / "tensorboard").rglob("events.out.*"))
+    assert b"train/loss_step" in events and b"val/loss" in events and b"samples" in events
 
 
 def test_sweep_with_ddp_jobs_does_not_relaunch_the_sweep(tmp_path):

@@ -212,10 +212,21 @@ class RandomStates(L.Callback):
             self._pending = None
 
 
+def log_image(loggers, key: str, path: Path, step: int) -> None:
+    """The image file at ``path`` as panel ``key`` on every logger that shows images: W&B
+    (``log_image``) and TensorBoard (``add_image``); CSV has none."""
+    for logger in loggers:
+        if hasattr(logger, "log_image"):
+            logger.log_image(key, [str(path)], step=step)
+        elif hasattr(getattr(logger, "experiment", None), "add_image"):
+            from torchvision.io import ImageReadMode, read_image
+            logger.experiment.add_image(key, read_image(str(path), ImageReadMode.RGB), step)
+
+
 class SampleGrid(L.Callback):
     """Every ``every_n_steps`` training steps, draw ``num_samples`` with the module's
     configured sampler from the EMA weights and save ``samples/step_<step>.png``; logs the
-    grid to loggers that take images (W&B).
+    grid to loggers that take images (W&B, TensorBoard).
 
     Put it before ``EMA`` in the callback list: it runs at the end of validation, while the
     EMA weights are still swapped in.
@@ -242,9 +253,7 @@ class SampleGrid(L.Callback):
         if self.inverse_scaler is not None:
             x = self.inverse_scaler(x)
         path = save_samples(x.cpu(), self.dirpath / f"step_{step:06d}.png", self.is_image)
-        for logger in trainer.loggers:
-            if hasattr(logger, "log_image"):
-                logger.log_image("samples", [str(path)], step=step)
+        log_image(trainer.loggers, "samples", path, step)
 
 
 class _MetricCallback(L.Callback):

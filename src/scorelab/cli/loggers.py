@@ -73,6 +73,10 @@ def build_logger(cfg: DictConfig, out: Path):
 
 
 def finish(logger) -> None:
-    """End this job's W&B run (a sweep's next job starts its own)."""
-    if logger and type(logger).__name__ == "WandbLogger" and logger._experiment is not None:
+    """Write out what was logged after training (the final sample grid: TensorBoard's writer
+    would keep it buffered) and end this job's W&B run (a sweep's next job starts its own)."""
+    if not logger:
+        return
+    logger.finalize("success")
+    if type(logger).__name__ == "WandbLogger" and logger._experiment is not None:
         logger.experiment.finish()

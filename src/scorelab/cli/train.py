@@ -20,7 +20,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from scorelab.callbacks import EMA, FIDCallback, RandomStates, SampleGrid, _MetricCallback
+from scorelab.callbacks import (EMA, FIDCallback, RandomStates, SampleGrid, _MetricCallback,
+                                log_image)
 from scorelab.auxiliary_module import AuxiliaryModule
 from scorelab.cli.build import (LoadedCheckpoint, build_any_module, build_datamodule,
                                 check_training_config, make, pick_device, state_mismatch)
@@ -138,6 +139,7 @@ def main(cfg: DictConfig) -> dict:
         loaded = LoadedCheckpoint(str(last), use_ema=ema)
         loaded.module.set_guidance(module.guidance)
         result = _final_samples(cfg, loaded, out, trainer.global_step)
+        log_image(trainer.loggers, "samples", Path(result["samples"]), trainer.global_step)
     losses = {} if auxiliary else {
         "train_loss": module.epoch_losses[-1] if module.epoch_losses else None,
         "train_loss_first_epoch": module.epoch_losses[0] if module.epoch_losses else None}
