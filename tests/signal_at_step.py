@@ -18,49 +18,55 @@ class SignalAtStep(L.Callback):
             os.kill(os.getpid(), self.signum)               # during step `step`
 
 
-def sample_with_signal(after_steps: int, argv: list[str]) -> None:
-    """sample.py's command line (``argv``), the process signalling itself SIGTERM after
-    ``after_steps`` sampler steps (in the middle of a batch)."""
+def _sigterm_on_call(n: int):
+    """A function that sends this process SIGTERM when it is called the n-th time."""
+    calls = [0]
+
+    def tick():
+        calls[0] += 1
+        if calls[0] == n:
+            os.kill(os.getpid(), signal.SIGTERM)
+    return tick
+
+
+def _run_script(name: str, argv: list[str]) -> None:
+    """Run the repository's ``name`` (sample.py, evaluate.py) with ``argv`` in this process."""
     import runpy
     import sys
     from pathlib import Path
 
-    import scorelab.cli.sample as sample_cli
-
-    class Signalling(sample_cli.SamplingProgress):
-        count = 0
-
-        def __call__(self, i, x):
-            super().__call__(i, x)
-            self.count += 1
-            if self.count == after_steps:
-                os.kill(os.getpid(), signal.SIGTERM)
-
-    sample_cli.SamplingProgress = Signalling
-    script = Path(__file__).resolve().parents[1] / "sample.py"
+    script = Path(__file__).resolve().parents[1] / name
     sys.argv = [str(script), *argv]
     runpy.run_path(str(script), run_name="__main__")
+
+
+def sample_with_signal(after_steps: int, argv: list[str]) -> None:
+    """sample.py's command line (``argv``), the process signalling itself SIGTERM after
+    ``after_steps`` sampler steps (in the middle of a batch)."""
+    import scorelab.cli.sample as sample_cli
+
+    tick = _sigterm_on_call(after_steps)
+
+    class Signalling(sample_cli.SamplingProgress):
+        def __call__(self, i, x):
+            super().__call__(i, x)
+            tick()
+
+    sample_cli.SamplingProgress = Signalling
+    _run_script("sample.py", argv)
 
 
 def evaluate_with_signal(after_chunks: int, argv: list[str]) -> None:
     """evaluate.py's command line (``argv``), the process signalling itself SIGTERM when the
     ``after_chunks``-th chunk of a metric (FID samples or bits/dim examples) is done."""
-    import runpy
-    import sys
-    from pathlib import Path
-
     import scorelab.callbacks as callbacks
 
-    class Signalling(callbacks.WorkProgress):
-        count = 0
+    tick = _sigterm_on_call(after_chunks)
 
+    class Signalling(callbacks.WorkProgress):
         def update(self, n, nfe=None):
             super().update(n, nfe)
-            Signalling.count += 1
-            if Signalling.count == after_chunks:
-                os.kill(os.getpid(), signal.SIGTERM)
+            tick()
 
     callbacks.WorkProgress = Signalling
-    script = Path(__file__).resolve().parents[1] / "evaluate.py"
-    sys.argv = [str(script), *argv]
-    runpy.run_path(str(script), run_name="__main__")
+    _run_script("evaluate.py", argv)

@@ -211,6 +211,15 @@ def test_submitit_preemption_requeues_the_job_which_ends_as_if_uninterrupted(
                                   atol=1e-6), (key, name)
 
 
+def with_signal_helper(call: str, argv: list[str], cwd):
+    """``signal_at_step.<call>, argv)`` in a fresh process (e.g. "sample_with_signal(50")."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT / 'tests'}",
+           "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-c",
+                           f"import signal_at_step; signal_at_step.{call}, {argv!r})"],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
 def test_signal_during_sampling_keeps_the_finished_batches(tmp_path, sweep):
     """SIGTERM in the middle of the third batch of 10: that batch is finished, the 30
     samples are kept, and the rest is not drawn."""
@@ -218,11 +227,7 @@ def test_signal_during_sampling_keeps_the_finished_batches(tmp_path, sweep):
     out = tmp_path / "s"
     argv = [f"ckpt={ckpt}", "num_samples=1000", "batch_size=10", "sampler.steps=20",
             f"hydra.run.dir={out}"]
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT / 'tests'}",
-           "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", "import signal_at_step; "
-                           f"signal_at_step.sample_with_signal(50, {argv!r})"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    proc = with_signal_helper("sample_with_signal(50", argv, tmp_path)
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-3000:]
     x = np.load(out / "samples.npz")["samples"]
     assert len(x) == 30
@@ -239,11 +244,7 @@ def test_signal_during_evaluation_keeps_the_finished_chunks(tmp_path, sweep):
     out = tmp_path / "e"
     argv = [f"ckpt={ckpt}", "metrics=[bpd]", "metrics.bpd.num_examples=48",
             "metrics.bpd.chunk=8", f"hydra.run.dir={out}"]
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT / 'tests'}",
-           "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", "import signal_at_step; "
-                           f"signal_at_step.evaluate_with_signal(3, {argv!r})"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    proc = with_signal_helper("evaluate_with_signal(3", argv, tmp_path)
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert "nll_nats_per_dim" not in metrics
