@@ -162,7 +162,8 @@ def test_ddp_signal_mid_epoch_resumes_to_the_same_weights(tmp_path, rank):
                    check=True, capture_output=True, timeout=600)
     run_dir = tmp_path / "run"
     proc = subprocess.run(train + ["+callbacks.signal._target_=signal_at_step.SignalAtStep",
-                                   "+callbacks.signal.step=7", f"+callbacks.signal.rank={'null' if rank is None else rank}",
+                                   "+callbacks.signal.step=7",
+                                   f"+callbacks.signal.rank={'null' if rank is None else rank}",
                                    f"hydra.run.dir={run_dir}"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-3000:]
@@ -193,7 +194,8 @@ def test_submitit_preemption_requeues_the_job_which_ends_as_if_uninterrupted(
     subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", *SIGNAL_RUN,
                     "hydra/launcher=submitit_local",
                     "+callbacks.signal._target_=signal_at_step.SignalAtStep",
-                    "+callbacks.signal.step=13", f"+callbacks.signal.signum={int(signal.SIGUSR2)}",
+                    "+callbacks.signal.step=13",
+                    f"+callbacks.signal.signum={int(signal.SIGUSR2)}",
                     f"hydra.sweep.dir={out}"], cwd=tmp_path, env=env, check=True,
                    capture_output=True, timeout=600)
     log = "".join(p.read_text() for p in (out / ".submitit").rglob("*_log.err"))
@@ -211,12 +213,13 @@ def test_submitit_preemption_requeues_the_job_which_ends_as_if_uninterrupted(
                                   atol=1e-6), (key, name)
 
 
-def with_signal_helper(call: str, argv: list[str], cwd):
-    """``signal_at_step.<call>, argv)`` in a fresh process (e.g. "sample_with_signal(50")."""
+def with_signal_helper(helper: str, count: int, argv: list[str], cwd):
+    """``signal_at_step.<helper>(count, argv)`` (a script that signals itself) in a fresh
+    process."""
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT / 'tests'}",
            "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-c",
-                           f"import signal_at_step; signal_at_step.{call}, {argv!r})"],
+                           f"import signal_at_step; signal_at_step.{helper}({count}, {argv!r})"],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -227,7 +230,7 @@ def test_signal_during_sampling_keeps_the_finished_batches(tmp_path, sweep):
     out = tmp_path / "s"
     argv = [f"ckpt={ckpt}", "num_samples=1000", "batch_size=10", "sampler.steps=20",
             f"hydra.run.dir={out}"]
-    proc = with_signal_helper("sample_with_signal(50", argv, tmp_path)
+    proc = with_signal_helper("sample_with_signal", 50, argv, tmp_path)
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-3000:]
     x = np.load(out / "samples.npz")["samples"]
     assert len(x) == 30
@@ -244,7 +247,7 @@ def test_signal_during_evaluation_keeps_the_finished_chunks(tmp_path, sweep):
     out = tmp_path / "e"
     argv = [f"ckpt={ckpt}", "metrics=[bpd]", "metrics.bpd.num_examples=48",
             "metrics.bpd.chunk=8", f"hydra.run.dir={out}"]
-    proc = with_signal_helper("evaluate_with_signal(3", argv, tmp_path)
+    proc = with_signal_helper("evaluate_with_signal", 3, argv, tmp_path)
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert "nll_nats_per_dim" not in metrics
