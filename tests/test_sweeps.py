@@ -21,6 +21,12 @@ import torch
 from conftest import ROOT
 from test_cli import run
 
+def helper_env() -> dict:
+    """The environment of a child process that imports signal_at_step (tests/) and scorelab."""
+    return {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT / 'tests'}",
+            "OMP_NUM_THREADS": "1"}
+
+
 TOY = ["experiment=gmm_vp_eps", "trainer.max_steps=10", "trainer.val_check_interval=10",
        "data.n_samples=600", "sampler.steps=10", "num_samples=50",
        "callbacks.progress.refresh_rate=0"]
@@ -120,8 +126,7 @@ def test_signal_during_training_checkpoints_and_resumes_to_the_same_weights(
     (a validation step): training stops after that step with a checkpoint of it and exit
     status 143, and resume=true ends with the uninterrupted run's raw and EMA weights."""
     run_dir = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT / 'tests'}",
-           "OMP_NUM_THREADS": "1"}
+    env = helper_env()
     proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *SIGNAL_RUN,
                            "+callbacks.signal._target_=signal_at_step.SignalAtStep",
                            f"+callbacks.signal.step={step}",
@@ -155,8 +160,7 @@ def test_ddp_signal_mid_epoch_resumes_to_the_same_weights(tmp_path, rank):
     process (srun), or on the second only, stops both after that step with one checkpoint,
     and resume=true ends with the uninterrupted run's weights (each rank's data order and
     random streams restored)."""
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT / 'tests'}",
-           "OMP_NUM_THREADS": "1"}
+    env = helper_env()
     train = [sys.executable, str(ROOT / "train.py"), *DDP_RUN]
     subprocess.run(train + [f"hydra.run.dir={tmp_path / 'u'}"], cwd=tmp_path, env=env,
                    check=True, capture_output=True, timeout=600)
@@ -189,8 +193,7 @@ def test_submitit_preemption_requeues_the_job_which_ends_as_if_uninterrupted(
     default) and ends with the uninterrupted run's weights."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     out = tmp_path / "sub"
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT / 'tests'}",
-           "OMP_NUM_THREADS": "1"}
+    env = helper_env()
     subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", *SIGNAL_RUN,
                     "hydra/launcher=submitit_local",
                     "+callbacks.signal._target_=signal_at_step.SignalAtStep",
@@ -216,8 +219,7 @@ def test_submitit_preemption_requeues_the_job_which_ends_as_if_uninterrupted(
 def with_signal_helper(helper: str, count: int, argv: list[str], cwd):
     """``signal_at_step.<helper>(count, argv)`` (a script that signals itself) in a fresh
     process."""
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT / 'tests'}",
-           "OMP_NUM_THREADS": "1"}
+    env = helper_env()
     return subprocess.run([sys.executable, "-c",
                            f"import signal_at_step; signal_at_step.{helper}({count}, {argv!r})"],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=600)

@@ -94,6 +94,7 @@ class Checkpoint(ModelCheckpoint):
         super().__init__(*args, **kwargs)
         self._requested = False
         self._before_fit = None
+        self._flag_tensor = None    # the stop flag the ranks all-reduce (DDP)
 
     @property
     def last_path(self) -> Path:
@@ -112,6 +113,7 @@ class Checkpoint(ModelCheckpoint):
         super().on_train_start(trainer, pl_module)
         self._requested = False
         if trainer.world_size > 1:                  # Lightning restores its original at the end
+            self._flag_tensor = torch.zeros(1, device=pl_module.device)
             signal.signal(signal.SIGTERM, self._flag)
 
     def _flag(self, signum, frame):
@@ -131,8 +133,9 @@ class Checkpoint(ModelCheckpoint):
         # A stop was requested during this step: save now, in the state a resumed run
         # continues exactly (Lightning raises only after its end-of-epoch bookkeeping).
         if trainer.world_size > 1:
-            flag = torch.tensor([float(self._requested)], device=pl_module.device)
-            if float(trainer.strategy.reduce(flag, reduce_op="sum")) == 0:
+            # one host sync per step, as Lightning's own SIGTERM broadcast has
+            self._flag_tensor.fill_(float(self._requested))
+            if trainer.strategy.reduce(self._flag_tensor, reduce_op="sum").item() == 0:
                 return
             if self.dirpath:
                 self._save_last(trainer)
