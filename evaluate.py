@@ -1,14 +1,6 @@
-"""python evaluate.py [hydra overrides] — see README.md."""
+"""python evaluate.py [hydra overrides] -- the checkout's spelling of ``scorelab-evaluate`` (README.md)."""
 
-import hydra
-
-from scorelab.cli.evaluate import main as _main
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
-def main(cfg):
-    return _main(cfg)
-
+from scorelab.cli.entry import evaluate
 
 if __name__ == "__main__":
-    main()
+    evaluate()

@@ -1,14 +1,6 @@
-"""python sample.py [hydra overrides] — see README.md."""
+"""python sample.py [hydra overrides] -- the checkout's spelling of ``scorelab-sample`` (README.md)."""
 
-import hydra
-
-from scorelab.cli.sample import main as _main
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="sample")
-def main(cfg):
-    return _main(cfg)
-
+from scorelab.cli.entry import sample
 
 if __name__ == "__main__":
-    main()
+    sample()

@@ -1,14 +1,6 @@
-"""python train.py [hydra overrides] — see README.md."""
+"""python train.py [hydra overrides] -- the checkout's spelling of ``scorelab-train`` (README.md)."""
 
-import hydra
-
-from scorelab.cli.train import main as _main
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg):
-    return _main(cfg)
-
+from scorelab.cli.entry import train
 
 if __name__ == "__main__":
-    main()
+    train()

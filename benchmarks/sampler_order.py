@@ -19,9 +19,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from scorelab.mixture import GaussianMixture  # noqa: E402
+from scorelab.models.mixture import GaussianMixture  # noqa: E402
 from scorelab.sampling import sample  # noqa: E402
-from scorelab.sde import SubVPSDE, VESDE, VPSDE  # noqa: E402
+from scorelab.paths.sde import SubVPSDE, VESDE, VPSDE  # noqa: E402
 
 DETERMINISTIC = {
     "ode euler": ("ode", dict(method="euler")),

@@ -16,11 +16,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from scorelab.heads import get_head  # noqa: E402
+from scorelab.models.heads import get_head  # noqa: E402
 from scorelab.nets.unet import UNet  # noqa: E402
 from scorelab.sampling import sample  # noqa: E402
-from scorelab.score import ScoreModel  # noqa: E402
-from scorelab.sde import VESDE, VPSDE  # noqa: E402
+from scorelab.models.score import ScoreModel  # noqa: E402
+from scorelab.paths.sde import VESDE, VPSDE  # noqa: E402
 
 SAMPLERS = {
     "pc euler-maruyama": ("pc", dict(predictor="euler_maruyama", denoise=False)),

@@ -40,14 +40,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from scorelab.cli.build import build_module  # noqa: E402
-from scorelab.speed import apply_speed, resolve_precision  # noqa: E402
+from scorelab.conf import CONF_DIR  # noqa: E402
+from scorelab.util.speed import apply_speed, resolve_precision  # noqa: E402
 
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets (SXM parts).
 BF16_PEAK = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L40S": 362e12}
 
 
 def build(name: str, gpu: bool):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         # warm-up only: the plain loop builds the schedule without a trainer, so it cannot
         # know the run's length; the schedule's shape costs nothing per step either way
         cfg = compose("train", overrides=[f"backbone={name}", "~callbacks", "~logger", "~hydra",

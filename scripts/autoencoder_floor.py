@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from scorelab.autoencoder import psnr  # noqa: E402
+from scorelab.latent.autoencoder import psnr  # noqa: E402
 from scorelab.cli.build import LoadedCheckpoint, build_datamodule  # noqa: E402
 from scorelab.data.base import inverse_scaler  # noqa: E402
 from scorelab.metrics.fid import feature_statistics, frechet_distance  # noqa: E402

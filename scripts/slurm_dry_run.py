@@ -18,7 +18,9 @@ from unittest import mock
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+from scorelab.conf import CONF_DIR
+
+CONF = CONF_DIR
 
 
 def sbatch_text(overrides: list[str]) -> str:

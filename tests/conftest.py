@@ -10,8 +10,9 @@ sys.path.insert(0, str(ROOT / "src"))
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
-from scorelab.paths import CosinePath, LinearPath  # noqa: E402
-from scorelab.sde import SubVPSDE, VESDE, VPSDE  # noqa: E402
+from scorelab.conf import CONF_DIR as CONF  # noqa: E402,F401  (the shipped configs)
+from scorelab.paths.interpolants import CosinePath, LinearPath  # noqa: E402
+from scorelab.paths.sde import SubVPSDE, VESDE, VPSDE  # noqa: E402
 
 
 def all_sdes():

@@ -59,7 +59,7 @@ def sample_with_signal(after_steps: int, argv: list[str]) -> None:
 def evaluate_with_signal(after_chunks: int, argv: list[str]) -> None:
     """evaluate.py's command line (``argv``), the process signalling itself SIGTERM when the
     ``after_chunks``-th chunk of a metric (FID samples or bits/dim examples) is done."""
-    import scorelab.callbacks as callbacks
+    import scorelab.metrics.callbacks as callbacks
 
     tick = _sigterm_on_call(after_chunks)
 

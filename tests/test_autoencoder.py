@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from scorelab.autoencoder import KLAutoencoder, psnr
+from scorelab.latent.autoencoder import KLAutoencoder, psnr
 from test_cli import run
 
 

@@ -144,7 +144,7 @@ def test_guidance_errors(runs, tmp_path):
 
 def test_task_settings_are_checked():
     from scorelab.cli.task import task_settings
-    from scorelab.errors import ConfigError
+    from scorelab.util.errors import ConfigError
     with pytest.raises(ConfigError, match="task.n_resample"):
         task_settings({"name": "inpaint", "n_resample": 0})
     with pytest.raises(ConfigError, match="choose from"):
@@ -155,7 +155,7 @@ def test_cfg_needs_a_conditional_model_trained_with_label_dropout():
     from types import SimpleNamespace
 
     from scorelab.cli.guide import build_guidance
-    from scorelab.errors import ConfigError
+    from scorelab.util.errors import ConfigError
     node = {"name": "cfg", "scale": 2.0}
     with pytest.raises(ConfigError, match="conditional model"):
         build_guidance(node, SimpleNamespace(conditional=False, p_uncond=0.1))

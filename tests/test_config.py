@@ -9,11 +9,12 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
 from conftest import ROOT
+from scorelab.conf import CONF_DIR
 from scorelab.cli.build import build_datamodule, build_module, make, sampler_settings
 from scorelab.data import DataMissingError
-from scorelab.errors import ConfigError
+from scorelab.util.errors import ConfigError
 
-CONF = str(ROOT / "conf")
+CONF = str(CONF_DIR)
 
 
 def compose_train(overrides, tmp_path):
@@ -29,7 +30,7 @@ def compose_train(overrides, tmp_path):
 
 
 def options(group):
-    return sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
 def test_default_config_is_the_mnist5k_experiment(tmp_path):
@@ -144,9 +145,9 @@ def test_sampler_configs_carry_their_options_and_sample_a_gaussian(tmp_path, sam
     latter annealed Langevin's own bias, run on VE as NCSN does)."""
     from omegaconf import OmegaConf
 
-    from scorelab.mixture import GaussianMixture
+    from scorelab.models.mixture import GaussianMixture
     from scorelab.sampling import sample
-    from scorelab.sde import VESDE, VPSDE
+    from scorelab.paths.sde import VESDE, VPSDE
 
     cfg = compose_train([f"sampler={sampler}"], tmp_path)
     if sampler == "checkpoint":
@@ -154,7 +155,7 @@ def test_sampler_configs_carry_their_options_and_sample_a_gaussian(tmp_path, sam
             sampler_settings(cfg.sampler)
         return
     settings = sampler_settings(cfg.sampler)
-    yaml = OmegaConf.to_container(OmegaConf.load(ROOT / "conf/sampler" / f"{sampler}.yaml"))
+    yaml = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "sampler" / f"{sampler}.yaml"))
     assert {k: settings[k] for k in yaml} == yaml
     mean, std = torch.tensor([[0.5, -0.3]]), 0.4
     sde = VESDE(sigma_min=0.01, sigma_max=50.0) if sampler == "ald" else VPSDE()
@@ -230,7 +231,7 @@ def test_conditional_class_count_comes_from_preset_or_data(tmp_path):
 
 
 def test_speed_switches_resolve_to_off_on_cpu_and_validate():
-    from scorelab.speed import check_switches, resolve_precision
+    from scorelab.util.speed import check_switches, resolve_precision
     assert resolve_precision("auto", "cpu") == "32-true"
     assert resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
     check_switches({"compile": "auto", "channels_last": False, "fused_optimizer": "auto"},
@@ -261,7 +262,7 @@ def test_fused_optimizer_skips_a_nonfinite_step_on_device_and_reports_it(tmp_pat
     kernel skip its update (found_inf), and the run stops at the next check."""
     from torch.utils.data import DataLoader, TensorDataset
 
-    from scorelab.errors import NonFiniteLossError
+    from scorelab.util.errors import NonFiniteLossError
     cfg = compose_train(["experiment=gmm_vp_eps", "speed.fused_optimizer=true"], tmp_path)
     module = build_module(cfg, (2,), 0, is_image=False)
     module.NAN_CHECK_EVERY = 5

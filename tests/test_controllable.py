@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from conftest import all_sdes
-from scorelab.controllable import (COLOR_BASIS, MASKS, colorization, controlled_sample,
+from scorelab.guidance.controllable import (COLOR_BASIS, MASKS, colorization, controlled_sample,
                                    inpainting, named_mask)
-from scorelab.prediction import Prediction, prediction_fn
+from scorelab.models.prediction import Prediction, prediction_fn
 from scorelab.sampling import SAMPLERS
 
 N = 3000

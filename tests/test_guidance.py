@@ -7,15 +7,15 @@ import pytest
 import torch
 
 from conftest import all_sdes
-from scorelab.conditioning import NULL_LABEL, drop_labels, null_labels
-from scorelab.guidance import (Autoguidance, ClassifierFree, ClassifierGuidance, NoGuidance,
+from scorelab.models.conditioning import NULL_LABEL, drop_labels, null_labels
+from scorelab.guidance.predictions import (Autoguidance, ClassifierFree, ClassifierGuidance, NoGuidance,
                                noise_level)
-from scorelab.heads import EDMHead, EpsHead, ScoreHead, VHead, VelocityHead, X0Head
-from scorelab.mixture import GaussianMixture
+from scorelab.models.heads import EDMHead, EpsHead, ScoreHead, VHead, VelocityHead, X0Head
+from scorelab.models.mixture import GaussianMixture
 from scorelab.nets.dit import DiT
 from scorelab.nets.mlp import MLP
 from scorelab.nets.unet import UNet
-from scorelab.prediction import Prediction
+from scorelab.models.prediction import Prediction
 from scorelab.sampling import sample
 
 N = 2000
@@ -257,10 +257,10 @@ def test_trained_conditional_mlp_with_label_dropout(gmm, one_thread):
     at w = 3 all of them, pushed outwards from the marginal; its null-label branch samples
     the marginal (2.4% in the component of weight 2.8%), and with the exact classifier the
     component (100%)."""
-    from scorelab.heads import get_head
-    from scorelab.losses import DSMLoss
-    from scorelab.paths import LinearPath
-    from scorelab.score import ScoreModel
+    from scorelab.models.heads import get_head
+    from scorelab.training.losses import DSMLoss
+    from scorelab.paths.interpolants import LinearPath
+    from scorelab.models.score import ScoreModel
 
     sde, steps, lr = LinearPath(), 2000, 3e-3
     torch.manual_seed(0)
@@ -300,8 +300,8 @@ def test_trained_conditional_mlp_with_label_dropout(gmm, one_thread):
 def test_learned_variance_channels_never_reach_the_guidance():
     """DiT with learn_sigma outputs 2C channels; the prediction (and so every guidance) sees
     the C mean channels only, and CFG's rule holds on them."""
-    from scorelab.heads import get_head
-    from scorelab.score import ScoreModel
+    from scorelab.models.heads import get_head
+    from scorelab.models.score import ScoreModel
     sde = all_sdes()["vp"]
     net = DiT((1, 8, 8), patch=4, hidden=16, depth=1, heads=2, num_classes=4, learn_sigma=True)
     for p in net.parameters():

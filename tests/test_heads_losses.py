@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from scorelab.heads import HEADS, get_head
-from scorelab.losses import DDPMLoss, DSMLoss, IncompatibleError, SMLDLoss
-from scorelab.score import ScoreModel
-from scorelab.paths import CosinePath, LinearPath
-from scorelab.sde import SubVPSDE, VESDE, VPSDE
+from scorelab.models.heads import HEADS, get_head
+from scorelab.training.losses import DDPMLoss, DSMLoss, IncompatibleError, SMLDLoss
+from scorelab.models.score import ScoreModel
+from scorelab.paths.interpolants import CosinePath, LinearPath
+from scorelab.paths.sde import SubVPSDE, VESDE, VPSDE
 
 
 @pytest.mark.parametrize("head_name", list(HEADS))

@@ -10,13 +10,13 @@ import sys
 import pytest
 import torch
 
-from scorelab.autoencoder import KLAutoencoder
+from scorelab.latent.autoencoder import KLAutoencoder
 from scorelab.data import DigitsDataModule
-from scorelab.data.latent import LatentDataModule
-from scorelab.errors import ConfigError
-from scorelab.latent import LatentSpace, PosteriorMoments, nats_to_latent_bits, stack_posterior
+from scorelab.latent.datamodule import LatentDataModule
+from scorelab.util.errors import ConfigError
+from scorelab.latent.space import LatentSpace, PosteriorMoments, nats_to_latent_bits, stack_posterior
 from test_cli import run
-from conftest import ROOT
+from conftest import CONF, ROOT
 from test_config import compose_train, options
 
 
@@ -137,7 +137,7 @@ def test_every_sampler_runs_unchanged_on_latents(tmp_path, sde, one_thread):
     for option in options("sampler"):
         if option == "checkpoint":
             continue
-        settings = {**OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "sampler"
+        settings = {**OmegaConf.to_container(OmegaConf.load(CONF / "sampler"
                                                             / f"{option}.yaml")), "steps": 3}
         try:
             check_sampler(plain.model.sde, **settings)
@@ -155,7 +155,7 @@ def test_every_sampler_runs_unchanged_on_latents(tmp_path, sde, one_thread):
 
 
 def test_cfg_runs_unchanged_on_latents(tmp_path, one_thread):
-    from scorelab.guidance import ClassifierFree
+    from scorelab.guidance.predictions import ClassifierFree
     latent, plain, space = _modules(tmp_path, "linear", conditional=True)
     for m in (latent, plain):
         m.set_guidance(ClassifierFree(scale=3.0))
@@ -219,7 +219,7 @@ def test_diffusers_vae_reads_its_scaling_from_its_config(tmp_path):
 
 
 def test_diffusers_errors_offline_and_without_the_extra(tmp_path, monkeypatch):
-    from scorelab.diffusers_autoencoder import AutoencoderUnavailable, load_pretrained
+    from scorelab.latent.diffusers import AutoencoderUnavailable, load_pretrained
     pytest.importorskip("diffusers")
     with pytest.raises(AutoencoderUnavailable, match="not a local directory.*hub"):
         load_pretrained("no-such-org/no-such-vae", local_files_only=True)
@@ -258,7 +258,7 @@ def test_latent_training_stores_the_autoencoder_and_its_scale(stages):
     ckpt = torch.load(stages / "ldm" / "checkpoints" / "last.ckpt", weights_only=True)
     meta = ckpt["scorelab"]
     assert meta["data_shape"] == [1, 8, 8] and meta["latent"]["source"] == "scorelab"
-    assert meta["latent"]["config"]["_target_"] == "scorelab.autoencoder.KLAutoencoder"
+    assert meta["latent"]["config"]["_target_"] == "scorelab.latent.autoencoder.KLAutoencoder"
     assert any(k.startswith("latent.autoencoder.") for k in ckpt["state_dict"])
     assert meta["latent"]["scale"][0] == pytest.approx(float(ckpt["state_dict"]["latent.scale"]
                                                             .flatten()[0]), rel=1e-5)

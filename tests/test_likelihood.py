@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from conftest import oracle
-from scorelab.likelihood import bits_per_dim, log_likelihood
-from scorelab.mixture import GaussianMixture
+from scorelab.likelihood.pf_ode import bits_per_dim, log_likelihood
+from scorelab.models.mixture import GaussianMixture
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_hutchinson_is_unbiased(gmm, sde):
 
 def test_bits_per_dim_offset_and_change_of_variables():
     """bpd of continuous data in [0, 1] = -log p_model(2x - 1) / (D log 2) + 7 (8 bits)."""
-    from scorelab.sde import VPSDE
+    from scorelab.paths.sde import VPSDE
 
     g = GaussianMixture(torch.zeros(1, 4), torch.full((1, 4), 0.3))
     sde = VPSDE()
@@ -63,7 +63,7 @@ def test_bits_per_dim_offset_and_change_of_variables():
 
 
 def test_bad_arguments():
-    from scorelab.sde import VPSDE
+    from scorelab.paths.sde import VPSDE
 
     g = GaussianMixture.ring(2, 4)
     with pytest.raises(ValueError, match="divergence"):

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from scorelab.mixture import GaussianMixture
+from scorelab.models.mixture import GaussianMixture
 
 
 @pytest.fixture

@@ -11,17 +11,17 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import ROOT
-from scorelab.heads import get_head
-from scorelab.losses import DSMLoss
+from conftest import CONF, ROOT
+from scorelab.models.heads import get_head
+from scorelab.training.losses import DSMLoss
 from scorelab.nets.dit import DiT, SelfAttention, sincos_2d
 from scorelab.nets.layers import sinusoidal_embedding
 from scorelab.nets.mlp import MLP
 from scorelab.nets.resample import Downsample, Upsample, downsample, fir_filter, upsample
 from scorelab.nets.unet import Attention, UNet
-from scorelab.score import ScoreModel
-from scorelab.sde import VESDE, VPSDE
-from scorelab.speed import apply_speed
+from scorelab.models.score import ScoreModel
+from scorelab.paths.sde import VESDE, VPSDE
+from scorelab.util.speed import apply_speed
 
 # Published sizes: Score SDE (Song et al. 2021, Table 3 / reference configs) for 3x32x32,
 # DiT (Peebles & Xie 2023, Table 1/4) for 4x32x32 latents with 1000 classes, in millions.
@@ -31,7 +31,7 @@ PAPER_COUNTS = {"ddpm_cifar10": 35.2, "ddpmpp_cifar10": 61.8, "ddpmpp_deep_cifar
                 **{f"dit_b_{p}": 130.5 for p in (2, 4, 8)},
                 **{f"dit_l_{p}": 458.1 for p in (2, 4, 8)},
                 **{f"dit_xl_{p}": 675.1 for p in (2, 4, 8)}}
-PRESETS = sorted(p.stem for p in (ROOT / "conf" / "backbone").glob("*.yaml"))
+PRESETS = sorted(p.stem for p in (CONF / "backbone").glob("*.yaml"))
 # Denoising backbones (x -> x's shape); "encoder" is the noisy classifier's network,
 # "kl_autoencoder" the stage-1 autoencoder.
 IMAGE_PRESETS = [p for p in PRESETS if p not in ("mlp", "encoder", "kl_autoencoder")]
@@ -41,7 +41,7 @@ BIG = {"dit_l_2", "dit_l_4", "dit_l_8", "dit_xl_2", "dit_xl_4", "dit_xl_8"}
 def preset(name, **overrides):
     """The composed ``conf/backbone/<name>.yaml`` node (defaults lists resolved)."""
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=[f"backbone={name}"])
     node = OmegaConf.to_container(cfg.backbone, resolve=True)
     node.update(overrides)

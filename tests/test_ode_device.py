@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from conftest import oracle
-from scorelab.likelihood import log_likelihood
-from scorelab.mixture import GaussianMixture
+from scorelab.likelihood.pf_ode import log_likelihood
+from scorelab.models.mixture import GaussianMixture
 from scorelab.sampling import sample
 from scorelab.sampling.ode_solvers import solve_ode
 
@@ -59,7 +59,7 @@ def test_ode_defaults_to_torchdiffeq():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_torchdiffeq_path_stays_on_the_gpu(gmm):
-    from scorelab.sde import VPSDE
+    from scorelab.paths.sde import VPSDE
 
     sde, seen = VPSDE(), set()
     on_gpu = GaussianMixture(gmm.means.cuda(), gmm.stds.cuda(), gmm.weights.cuda())

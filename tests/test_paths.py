@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from conftest import all_sdes
-from scorelab.heads import get_head
-from scorelab.losses import DSMLoss
-from scorelab.paths import CosinePath, InterpolantPath, LinearPath
-from scorelab.prediction import Prediction, as_prediction_fn
-from scorelab.score import ScoreModel
-from scorelab.sde import SubVPSDE, VESDE, VPSDE
+from scorelab.models.heads import get_head
+from scorelab.training.losses import DSMLoss
+from scorelab.paths.interpolants import CosinePath, InterpolantPath, LinearPath
+from scorelab.models.prediction import Prediction, as_prediction_fn
+from scorelab.models.score import ScoreModel
+from scorelab.paths.sde import SubVPSDE, VESDE, VPSDE
 
 
 class AsPath(InterpolantPath):
@@ -171,8 +171,8 @@ def test_noise_level_draws_on_flow_paths(path, time_sampling):
 
 
 def test_combinations_that_cannot_work_on_a_flow_path_say_why():
-    from scorelab.losses import DDPMLoss, IncompatibleError
-    from scorelab.mixture import GaussianMixture
+    from scorelab.training.losses import DDPMLoss, IncompatibleError
+    from scorelab.models.mixture import GaussianMixture
     from scorelab.sampling import sample
 
     net = Fixed(torch.zeros(1))

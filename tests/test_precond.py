@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from scorelab.heads import get_head
-from scorelab.losses import DSMLoss
+from scorelab.models.heads import get_head
+from scorelab.training.losses import DSMLoss
 from scorelab.nets.mlp import MLP
-from scorelab.score import ScoreModel
-from scorelab.sde import SubVPSDE, VESDE, VPSDE
+from scorelab.models.score import ScoreModel
+from scorelab.paths.sde import SubVPSDE, VESDE, VPSDE
 
 SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": lambda: VESDE(0.01, 50.0)}
 
@@ -155,7 +155,7 @@ def test_loss_options_are_validated():
 
 
 def test_lr_schedule_warms_up_then_decays_to_zero():
-    from scorelab.module import lr_factor
+    from scorelab.training.diffusion_module import lr_factor
     assert [lr_factor(s, 10, 110) for s in (0, 4, 9)] == [0.1, 0.5, 1.0]
     assert lr_factor(50, 10, 110, "none") == 1.0
     # cosine: half-way through the decay the factor is 1/2, at the end 0

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import oracle
-from scorelab.mixture import GaussianMixture
+from scorelab.models.mixture import GaussianMixture
 from scorelab.sampling import GRIDS, SAMPLERS, make_grid, sample, sampler_options
 
 N = 3000
@@ -76,7 +76,7 @@ def test_exact_score_reproduces_mixture(gmm, true_vs_true, sde, config):
 
 def test_annealed_langevin_alone_on_ve(gmm):
     """NCSN's sampler, corrector only, on its own SDE."""
-    from scorelab.sde import VESDE
+    from scorelab.paths.sde import VESDE
 
     sde = VESDE(sigma_min=0.01, sigma_max=5.0)
     res = sample(oracle(gmm, sde), sde, (N, 2), sampler="pc", predictor="none",
@@ -207,13 +207,13 @@ def test_trained_mlp_against_the_mixture_oracle(gmm, recipe, one_thread):
     0.19-0.24) and not below it (cross-entropy >= entropy).
     An untrained MLP gives 77,000x and 6.2 nats/dim, the trained eps net read through the
     wrong head (v) 15x and 1.9 nats/dim, 500 training steps 11x: all fail."""
-    from scorelab.heads import get_head
-    from scorelab.likelihood import log_likelihood
-    from scorelab.losses import DSMLoss
+    from scorelab.models.heads import get_head
+    from scorelab.likelihood.pf_ode import log_likelihood
+    from scorelab.training.losses import DSMLoss
     from scorelab.nets.mlp import MLP
-    from scorelab.paths import LinearPath
-    from scorelab.score import ScoreModel
-    from scorelab.sde import VPSDE
+    from scorelab.paths.interpolants import LinearPath
+    from scorelab.models.score import ScoreModel
+    from scorelab.paths.sde import VPSDE
 
     steps, lr = 2000, 3e-3
     if recipe == "vp_eps_dsm":

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from scorelab.sde import SubVPSDE, VESDE, VPSDE
+from scorelab.paths.sde import SubVPSDE, VESDE, VPSDE
 
 B0, B1 = 0.1, 20.0
 T_GRID = torch.tensor([1e-5, 1e-3, 0.05, 0.3, 0.5, 0.77, 1.0], dtype=torch.float64)

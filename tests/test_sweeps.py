@@ -1,6 +1,6 @@
 """Sweeps and interruptions through the command line: a -m sweep writes its summary (per
 job; per configuration over seeds with a 95 % interval), a failing job is recorded and the
-sweep goes on, scorelab.summarize rebuilds the summary of an interrupted sweep, and SIGTERM /
+sweep goes on, scorelab.cli.summarize rebuilds the summary of an interrupted sweep, and SIGTERM /
 SIGUSR1 stop training (with a checkpoint that resumes exactly) and sampling (keeping the
 finished batches)."""
 
@@ -72,7 +72,7 @@ def test_summarize_marks_unfinished_jobs(sweep, tmp_path):
     shutil.copytree(sweep, copy)
     victim = copy / "3"
     (victim / "job_status.json").unlink()
-    subprocess.run([sys.executable, "-m", "scorelab.summarize", str(copy)], check=True,
+    subprocess.run([sys.executable, "-m", "scorelab.cli.summarize", str(copy)], check=True,
                    capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
     jobs = read_csv(copy / "summary.csv")
     assert [r["status"] for r in jobs].count("unfinished") == 1
@@ -94,7 +94,7 @@ def test_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
 
 def test_optimized_metric_must_be_a_reported_number():
     from scorelab.cli.common import optimized
-    from scorelab.errors import ConfigError
+    from scorelab.util.errors import ConfigError
     metrics = {"val_loss": 0.5, "fid": 3, "sampler": {"name": "edm"}, "ema": True}
     assert optimized({"optimized_metric": None}, metrics) is metrics
     assert optimized({"optimized_metric": "fid"}, metrics) == 3.0
@@ -332,7 +332,7 @@ def test_bad_resume_and_checkpoints_fail_in_one_line_and_keep_the_files(sweep, t
     assert last.read_bytes() == before and (run_dir / "metrics.json").is_file()
     from scorelab.cli.build import LoadedCheckpoint
     from scorelab.cli.train import check_resumable
-    from scorelab.errors import ConfigError
+    from scorelab.util.errors import ConfigError
     # a checkpoint whose stored config no longer builds its weights
     ckpt = torch.load(last, weights_only=True)
     ckpt["scorelab"]["config"]["backbone"]["depth"] = 2
@@ -352,7 +352,7 @@ def test_unwritable_or_full_checkpoint_directory_fails_at_start_up(tmp_path, mon
     from collections import namedtuple
 
     from scorelab.cli.train import check_writable
-    from scorelab.errors import ConfigError
+    from scorelab.util.errors import ConfigError
     net = torch.nn.Linear(1000, 1000)
     (tmp_path / "file").write_text("")
     with pytest.raises(ConfigError, match="is not a directory"):
@@ -447,7 +447,7 @@ def test_a_checkpoint_written_while_validating_keeps_raw_and_ema_apart(tmp_path)
     module: before the checkpoint is written the raw weights go back."""
     import lightning as L
 
-    from scorelab.callbacks import EMA
+    from scorelab.training.callbacks import EMA
 
     class Tiny(L.LightningModule):
         def __init__(self):

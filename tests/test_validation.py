@@ -4,12 +4,12 @@ with one line naming the key (exit status 2), before any training; the rules the
 import pytest
 
 from conftest import ROOT  # noqa: F401  (puts src/ on the path)
-from scorelab.callbacks import BitsPerDimCallback, FIDCallback
-from scorelab.checks import check_value, integer, number, one_of, optional
+from scorelab.metrics.callbacks import BitsPerDimCallback, FIDCallback
+from scorelab.util.checks import check_value, integer, number, one_of, optional
 from scorelab.cli.build import sampler_settings
 from scorelab.data import GMMDataModule
-from scorelab.errors import ConfigError
-from scorelab.likelihood import check_likelihood_options
+from scorelab.util.errors import ConfigError
+from scorelab.likelihood.pf_ode import check_likelihood_options
 from scorelab.sampling import SAMPLERS, check_options
 from scorelab.sampling.registry import _defaults
 from test_cli import run
@@ -118,9 +118,9 @@ def test_metric_callback_arguments():
 
 
 def test_sample_checks_before_drawing():
-    from scorelab.mixture import GaussianMixture
+    from scorelab.models.mixture import GaussianMixture
     from scorelab.sampling import sample
-    from scorelab.sde import VPSDE
+    from scorelab.paths.sde import VPSDE
 
     calls = []
 

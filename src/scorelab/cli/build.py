@@ -10,16 +10,17 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from scorelab.classifier import NoisyClassifier
-from scorelab.auxiliary_module import AutoencoderModule, ClassifierModule
-from scorelab.autoencoder import KLAutoencoder
+from scorelab.models.classifier import NoisyClassifier
+from scorelab.training.auxiliary_module import AutoencoderModule, ClassifierModule
+from scorelab.latent.autoencoder import KLAutoencoder
 from scorelab.data import DiffusionDataModule
-from scorelab.checks import Rule, check_value, integer, optional, positive
-from scorelab.conditioning import check_p_uncond
-from scorelab.errors import ConfigError, ScorelabError
-from scorelab.module import LR_DECAY_RULE, DiffusionModule
+from scorelab.util.checks import Rule, check_value, integer, optional, positive
+from scorelab.models.conditioning import check_p_uncond
+from scorelab.util.errors import ConfigError, ScorelabError
+from scorelab.util.moved import upgrade_targets
+from scorelab.training.diffusion_module import LR_DECAY_RULE, DiffusionModule
 from scorelab.sampling import check_options, check_sampler, get_sampler
-from scorelab.score import ScoreModel
+from scorelab.models.score import ScoreModel
 
 log = logging.getLogger("scorelab")
 
@@ -290,7 +291,8 @@ class LoadedCheckpoint:
             raise ConfigError(f"ckpt={path}: holds {_an(self.kind)} model, not {_an(kind)} "
                               f"model")
         self.path = p
-        self.cfg = OmegaConf.create(meta["config"])
+        # configs written before the package move name the old module paths
+        self.cfg = OmegaConf.create(upgrade_targets(meta["config"]))
         if "noise_label" not in self.cfg:
             # written before the label was a choice: every SDE was labelled 999 t
             self.cfg.noise_label = "time"
@@ -307,7 +309,8 @@ class LoadedCheckpoint:
         latent = None
         if "latent" in meta:
             from scorelab.cli.latent import latent_from_checkpoint   # (imports this module)
-            latent = latent_from_checkpoint(meta["latent"], self.data_shape)
+            latent = latent_from_checkpoint(upgrade_targets(meta["latent"]),
+                                            self.data_shape)
         self.module = build_any_module(self.cfg, self.data_shape, self.num_classes,
                                        self.is_image, strict_sampler=False, latent=latent)
         mismatch = state_mismatch(self.module, state)

@@ -12,8 +12,8 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.utilities import rank_zero_only
 
-from scorelab.errors import ConfigError, Interrupted, ScorelabError
-from scorelab.summarize import JOB_STATUS
+from scorelab.util.errors import ConfigError, Interrupted, ScorelabError
+from scorelab.cli.summarize import JOB_STATUS
 
 log = logging.getLogger("scorelab")
 
@@ -29,7 +29,7 @@ REQUEUED = "requeued"
 
 
 def record_status(status: str, seconds: float, error: str = "") -> None:
-    """``job_status.json`` in the run directory (read by ``scorelab.summarize``), written by
+    """``job_status.json`` in the run directory (read by ``scorelab.cli.summarize``), written by
     the first process of a multi-process job."""
     if rank_zero_only.rank != 0:
         return

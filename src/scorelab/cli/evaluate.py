@@ -21,16 +21,16 @@ from __future__ import annotations
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from scorelab.callbacks import BitsPerDimCallback, FIDCallback
-from scorelab.checks import integer, optional
+from scorelab.metrics.callbacks import BitsPerDimCallback, FIDCallback
+from scorelab.util.checks import integer, optional
 from scorelab.cli.build import build_datamodule, check_config_values, pick_device
 from scorelab.cli.common import log, optimized, output_dir, reports_errors, write_json
 from scorelab.cli.latent import latent_datamodule
 from scorelab.cli.sample import draw_samples, load_guided, resolve_sampler, save_sample_files
-from scorelab.errors import ConfigError, Interrupted
-from scorelab.guidance import describe
-from scorelab.interrupt import requested, stop_on_signals
-from scorelab.latent import latent_summary
+from scorelab.util.errors import ConfigError, Interrupted
+from scorelab.guidance.predictions import describe
+from scorelab.util.interrupt import requested, stop_on_signals
+from scorelab.latent.space import latent_summary
 from scorelab.metrics.features import FeatureWeightsMissing
 
 

@@ -1,4 +1,4 @@
-"""The ``guidance`` config group -> a ``scorelab.guidance`` object for a diffusion module,
+"""The ``guidance`` config group -> a ``scorelab.guidance.predictions`` object for a diffusion module,
 with the checks that need the model (and the classifier or guide checkpoint) made at start-up.
 
     guidance=none | cfg | classifier | autoguidance
@@ -14,9 +14,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from scorelab.cli.build import LoadedCheckpoint
-from scorelab.errors import ConfigError
-from scorelab.guidance import Autoguidance, ClassifierFree, ClassifierGuidance
-from scorelab.module import DiffusionModule
+from scorelab.util.errors import ConfigError
+from scorelab.guidance.predictions import Autoguidance, ClassifierFree, ClassifierGuidance
+from scorelab.training.diffusion_module import DiffusionModule
 
 
 def _given(g: dict, key: str):

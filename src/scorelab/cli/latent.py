@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
-from scorelab import diffusers_autoencoder as hf
-from scorelab.checks import boolean, check_values, integer, one_of
+from scorelab.latent import diffusers as hf
+from scorelab.util.checks import boolean, check_values, integer, one_of
 from scorelab.cli.build import LoadedCheckpoint, make
-from scorelab.data.latent import ENCODINGS, LatentDataModule
-from scorelab.errors import ConfigError
-from scorelab.latent import NORMALIZATIONS, LatentSpace
+from scorelab.latent.datamodule import ENCODINGS, LatentDataModule
+from scorelab.util.errors import ConfigError
+from scorelab.latent.space import NORMALIZATIONS, LatentSpace
 
 SOURCES = ("none", "scorelab", "diffusers")
 RULES = {"source": one_of(SOURCES, "autoencoder source"),

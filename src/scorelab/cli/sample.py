@@ -18,11 +18,11 @@ from scorelab.cli.guide import build_guidance
 from scorelab.cli.task import (check_task, constraint_for, draw_controlled, observations,
                                task_settings)
 from scorelab.data.base import inverse_scaler
-from scorelab.errors import ConfigError, Interrupted
-from scorelab.guidance import describe
-from scorelab.interrupt import check, requested, stop_on_signals
-from scorelab.latent import latent_summary
-from scorelab.visualize import save_samples
+from scorelab.util.errors import ConfigError, Interrupted
+from scorelab.guidance.predictions import describe
+from scorelab.util.interrupt import check, requested, stop_on_signals
+from scorelab.latent.space import latent_summary
+from scorelab.util.visualize import save_samples
 
 
 def resolve_sampler(requested: DictConfig, trained_with: dict, sde=None) -> dict:

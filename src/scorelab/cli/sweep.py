@@ -1,5 +1,5 @@
 """Hydra callback that writes a sweep's summary when a ``-m`` sweep ends (configured in
-``conf/hydra/default.yaml``); ``python -m scorelab.summarize SWEEP_DIR`` does the same for a
+``conf/hydra/default.yaml``); ``python -m scorelab.cli.summarize SWEEP_DIR`` does the same for a
 sweep that was interrupted or is still running."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
-from scorelab.summarize import write_summary
+from scorelab.cli.summarize import write_summary
 
 log = logging.getLogger("scorelab")
 

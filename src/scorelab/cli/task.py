@@ -17,10 +17,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from scorelab.cli.build import build_datamodule
-from scorelab.controllable import (MASKS, check_resampling, colorization, controlled_sample,
+from scorelab.guidance.controllable import (MASKS, check_resampling, colorization, controlled_sample,
                                    grey_to_rgb, inpainting, named_mask)
 from scorelab.data.base import to_unit_range
-from scorelab.errors import ConfigError
+from scorelab.util.errors import ConfigError
 
 TASKS = ("generate", "inpaint", "colorize")
 

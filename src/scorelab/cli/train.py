@@ -20,9 +20,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from scorelab.callbacks import (EMA, FIDCallback, RandomStates, SampleGrid, _MetricCallback,
-                                log_image)
-from scorelab.auxiliary_module import AuxiliaryModule
+from scorelab.metrics.callbacks import FIDCallback, MetricCallback
+from scorelab.training.callbacks import EMA, RandomStates, SampleGrid, log_image
+from scorelab.training.auxiliary_module import AuxiliaryModule
 from scorelab.cli.build import (LoadedCheckpoint, build_any_module, build_datamodule,
                                 check_training_config, make, pick_device, state_mismatch)
 from scorelab.cli.guide import build_guidance
@@ -31,12 +31,12 @@ from scorelab.cli.loggers import build_logger, finish
 from scorelab.cli.common import (REQUEUED, fresh_path, log, optimized, output_dir,
                                  record_status, reports_errors, write_json)
 from scorelab.cli.sample import draw_samples
-from scorelab.errors import ConfigError, Interrupted
-from scorelab.guidance import describe
-from scorelab.latent import latent_summary
-from scorelab.speed import apply_speed, check_switches, resolve_precision, uses_gpu
-from scorelab.summarize import job_status
-from scorelab.visualize import save_samples
+from scorelab.util.errors import ConfigError, Interrupted
+from scorelab.guidance.predictions import describe
+from scorelab.latent.space import latent_summary
+from scorelab.util.speed import apply_speed, check_switches, resolve_precision, uses_gpu
+from scorelab.cli.summarize import job_status
+from scorelab.util.visualize import save_samples
 
 
 def _callbacks(cfg: DictConfig, dm, samples: bool = True) -> list:
@@ -51,7 +51,7 @@ def _callbacks(cfg: DictConfig, dm, samples: bool = True) -> list:
         extra = {"inverse_scaler": dm.inverse_scaler, "is_image": dm.is_image} \
             if name == "sample_grid" else {}
         made[name] = make(cfg, f"callbacks.{name}", **extra)
-        if not samples and isinstance(made[name], (SampleGrid, _MetricCallback)):
+        if not samples and isinstance(made[name], (SampleGrid, MetricCallback)):
             log.info("model=%s draws no samples: callbacks.%s skipped", cfg.model, name)
             del made[name]
             continue
@@ -60,7 +60,7 @@ def _callbacks(cfg: DictConfig, dm, samples: bool = True) -> list:
                 made[name].prepare(dm)      # missing feature weights stop the run here
             except ValueError as e:
                 raise ConfigError(f"callbacks.{name}: {e}") from None
-    first = [c for c in made.values() if isinstance(c, (SampleGrid, _MetricCallback))]
+    first = [c for c in made.values() if isinstance(c, (SampleGrid, MetricCallback))]
     return first + [c for c in made.values() if c not in first] + [RandomStates()]
 
 
@@ -156,7 +156,7 @@ def main(cfg: DictConfig) -> dict:
     if latent is not None:
         metrics["latent"] = latent_summary(latent)
     for cb in callbacks:        # the metric callbacks' values at the end (FID, bits/dim)
-        if isinstance(cb, _MetricCallback) and cb.history:
+        if isinstance(cb, MetricCallback) and cb.history:
             metrics.update({k: v for k, v in cb.history[-1].items() if k != "step"})
     write_json(fresh_path(out / "metrics.json", trainer.global_step), metrics)
     finish(logger)

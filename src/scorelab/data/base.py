@@ -9,8 +9,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset, random_split
 
-from scorelab.checks import boolean, check_values, integer, number
-from scorelab.errors import ScorelabError
+from scorelab.util.checks import boolean, check_values, integer, number
+from scorelab.util.errors import ScorelabError
 
 # Allowed values of the DataModule arguments (checked in the constructors, so that a bad
 # value stops a run when the config is built).

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from scorelab.checks import boolean, check_values, integer, one_of
+from scorelab.util.checks import boolean, check_values, integer, one_of
 from scorelab.data.base import DataMissingError, DiffusionDataModule, tensor_dataset, to_unit_range
 
 

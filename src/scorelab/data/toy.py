@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from scorelab.checks import check_values, integer, number, one_of
+from scorelab.util.checks import check_values, integer, number, one_of
 from scorelab.data.base import DiffusionDataModule, tensor_dataset
-from scorelab.mixture import GaussianMixture
+from scorelab.models.mixture import GaussianMixture
 
 
 class GMMDataModule(DiffusionDataModule):

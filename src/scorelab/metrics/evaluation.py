@@ -17,8 +17,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from scorelab.interrupt import requested
-from scorelab.likelihood import bits_per_dim, log_likelihood
+from scorelab.util.interrupt import requested
+from scorelab.likelihood.pf_ode import bits_per_dim, log_likelihood
 from scorelab.metrics.fid import (class_accuracy, feature_statistics, frechet_distance,
                                   inception_score, load_statistics, save_statistics)
 
@@ -61,7 +61,7 @@ def sample_features(sample_fn: Callable, extractor, n: int, chunk: int, seed: in
     logits)`` in float64 with attributes ``dim`` and ``num_logits``; a conditional model
     (``num_classes`` > 0) gets label i % num_classes for sample i.
     ``progress(m, nfe)`` is called after every chunk of m samples (e.g. ``WorkProgress``).
-    A stop request (``scorelab.interrupt``) ends the loop after the chunk in progress; the
+    A stop request (``scorelab.util.interrupt``) ends the loop after the chunk in progress; the
     finished chunks are returned (fewer rows than the share).
     Returns ({"index", "features", "logits"[, "labels"]} on ``device``, NFE per sample)."""
     rows = {"index": [], "features": [], "logits": []}

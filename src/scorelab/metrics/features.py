@@ -19,7 +19,7 @@ from torch import Tensor
 
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 
-from scorelab.errors import ScorelabError
+from scorelab.util.errors import ScorelabError
 from scorelab.metrics.digit_classifier import WEIGHTS, load_digit_classifier
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"

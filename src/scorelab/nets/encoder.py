@@ -5,7 +5,7 @@ Dhariwal & Nichol 2021, Sec. 4, with mean pooling instead of attention pooling).
     h    = conv_in(x); per level: ResBlocks(h, emb), downsample    [B, nf * mult, ., .]
     out  = Linear(mean_HW(SiLU(GroupNorm(h))))               [B, num_classes] logits
 
-Like the backbones it knows nothing of SDEs: ``scorelab.classifier.NoisyClassifier`` feeds it
+Like the backbones it knows nothing of SDEs: ``scorelab.models.classifier.NoisyClassifier`` feeds it
 the scaled noisy input and the diffusion model's noise label.
 """
 

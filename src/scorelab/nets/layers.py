@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from scorelab.conditioning import NULL_LABEL
+from scorelab.models.conditioning import NULL_LABEL
 
 
 def sinusoidal_embedding(label: Tensor, dim: int, max_period: float = 10000.0,
@@ -31,7 +31,7 @@ def sinusoidal_embedding(label: Tensor, dim: int, max_period: float = 10000.0,
 
 class ClassEmbedding(nn.Embedding):
     """Class labels [B] -> [B, dim], with row ``num_classes`` the null label
-    (``scorelab.conditioning``): ``y=None`` or ``y == NULL_LABEL`` selects it. Every
+    (``scorelab.models.conditioning``): ``y=None`` or ``y == NULL_LABEL`` selects it. Every
     conditional backbone embeds its labels through this one module."""
 
     def __init__(self, num_classes: int, dim: int):

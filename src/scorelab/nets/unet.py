@@ -17,7 +17,7 @@ one attention layer per level, the optional progressive-output branch, upsamplin
 Residual blocks add Dense(act(emb)) after the first convolution; with ``skip_rescale`` every
 residual sum is divided by sqrt(2). Class labels (``num_classes > 0``) are embedded and added
 to the noise embedding through ``ClassEmbedding``, which owns the null label
-(``scorelab.conditioning``). The network knows nothing of SDEs or heads; the
+(``scorelab.models.conditioning``). The network knows nothing of SDEs or heads; the
 optional division of the output by sigma (``scale_by_sigma``, NCSN++ on VE) is applied by
 ``ScoreModel``, which knows sigma(t).
 """

@@ -3,7 +3,7 @@
     result = sample(model, sde, shape, sampler="dpm_solver", steps=20)
     result.x, result.nfe
 
-``model(x, t)`` returns a ``scorelab.prediction.Prediction`` (``ScoreModel.prediction_fn``,
+``model(x, t)`` returns a ``scorelab.models.prediction.Prediction`` (``ScoreModel.prediction_fn``,
 ``GaussianMixture.prediction_fn``) or a plain score, which is wrapped. Every sampler is a
 stateless function in the one registry (``SAMPLERS``) of (model, sde, x, ts); it reads the
 prediction as x0, eps, score or velocity and asks the SDE / path for what it needs
@@ -20,7 +20,7 @@ from torch import Tensor
 
 from scorelab.sampling import ddim, dpm_solver, edm, ode_solvers, pc  # noqa: F401  (register)
 from scorelab.sampling.grids import GRIDS, make_grid
-from scorelab.prediction import as_prediction_fn
+from scorelab.models.prediction import as_prediction_fn
 from scorelab.sampling.registry import (COMMON_OPTIONS, DEFAULT_GRIDS, SAMPLERS, check_options,
                                         check_path, get_sampler, sampler_options)
 
@@ -39,7 +39,7 @@ def sample(model, sde, shape, sampler: str = "pc", steps: int = 500,
 
     Args:
         model: callable (x [B,...], t [B]) -> ``Prediction`` or score [B,...].
-        sde: a ``scorelab.sde.SDE`` or ``scorelab.paths`` path.
+        sde: a ``scorelab.paths.sde.SDE`` or ``scorelab.paths.interpolants`` path.
         shape: shape of the batch to draw, e.g. (64, 1, 28, 28).
         sampler: a registered sampler name (``SAMPLERS``).
         steps: number of grid steps (NFE per step depends on the sampler: see ``nfe``).
@@ -50,7 +50,7 @@ def sample(model, sde, shape, sampler: str = "pc", steps: int = 500,
         rho: exponent of the karras grid.
         eps: final time (default: ``sde.sampling_eps``).
         callback: called as callback(step_index, x) after every step (progress bars); a
-            tensor it returns replaces x (projections, ``scorelab.controllable``).
+            tensor it returns replaces x (projections, ``scorelab.guidance.controllable``).
         **options: the sampler's own options (``sampler_options(name)``).
 
     Option names and values are checked (``check_options``) before anything is drawn.

@@ -17,7 +17,7 @@ def tweedie_denoise(model, x: Tensor, t: Tensor) -> Tensor:
 
 def after_step(callback, i: int, x: Tensor) -> Tensor:
     """Call ``callback(i, x)`` after step i; a tensor it returns replaces x (the projection
-    of controllable generation, ``scorelab.controllable``), None keeps x (progress bars)."""
+    of controllable generation, ``scorelab.guidance.controllable``), None keeps x (progress bars)."""
     if callback is None:
         return x
     out = callback(i, x)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from scorelab.checks import boolean, integer
+from scorelab.util.checks import boolean, integer
 from scorelab.sampling._util import after_step
 from scorelab.sampling.registry import register
 

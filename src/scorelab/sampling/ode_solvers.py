@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from scorelab.checks import number, one_of
+from scorelab.util.checks import number, one_of
 from scorelab.sampling._util import after_step
 from scorelab.sampling.registry import register
 

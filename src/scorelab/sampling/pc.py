@@ -33,10 +33,10 @@ from __future__ import annotations
 
 import torch
 
-from scorelab.checks import boolean, integer, number, one_of
+from scorelab.util.checks import boolean, integer, number, one_of
 from scorelab.sampling._util import after_step, randn_like, tweedie_denoise
 from scorelab.sampling.registry import register
-from scorelab.sde import _bcast
+from scorelab.paths.sde import _bcast
 
 
 def euler_maruyama_step(ctx, x, i):

@@ -1,7 +1,7 @@
 """The one registry of samplers: name -> function(model, sde, x, ts, *, generator,
-callback, **options) -> (x, nfe), ``model(x, t) -> Prediction`` (``scorelab.prediction``),
+callback, **options) -> (x, nfe), ``model(x, t) -> Prediction`` (``scorelab.models.prediction``),
 plus the time grid each uses by default and the allowed values of its options
-(``scorelab.checks`` rules), checked by ``check_options`` before any sampling: ``sample()``
+(``scorelab.util.checks`` rules), checked by ``check_options`` before any sampling: ``sample()``
 and the command line's ``sampler_settings`` use the same rules. ``check_path`` asks the
 sampler whether it can run on a given SDE / path (e.g. from alpha(T) = 0)."""
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 
-from scorelab.checks import Rule, check_values, integer, number, one_of, optional
+from scorelab.util.checks import Rule, check_values, integer, number, one_of, optional
 from scorelab.sampling.grids import GRIDS
 
 SAMPLERS: dict = {}

@@ -1,0 +1,131 @@
+"""ScoreModel = backbone + head + SDE (or path): the one object that turns a network into a
+prediction (``scorelab.models.prediction``) and a score_fn.
+
+    label   = noise_label(t)                           (the only place it is computed)
+    x_in    = head.c_in(alpha, sigma) x                (input scaling, optional)
+    out     = backbone(x_in, label, y)[:, :C]       (DiT with learned sigma: mean part)
+    out     = out / sigma(t)                        (backbone.scale_by_sigma: NCSN++ on VE)
+    pred    = Prediction(x0_hat, eps_hat) via the head: read as score, x0, eps, v, velocity
+
+The input scaling is EDM's c_in (Karras et al. 2022, Table 1), written for any alpha: with
+sigma_data = 1 (every head but edm) it is exactly 1 on VP and keeps the backbone's input at
+unit scale on VE, where x_t has std up to sigma_max.
+
+The noise label belongs to the preconditioning:
+
+* ``"sde"`` (Score SDE): the SDE's own ``noise_label(t)``: 999 t on VP / sub-VP (the DDPM
+  step index), sigma(t) on VE (NCSN++'s Fourier embedding takes its log);
+* ``"time"``: 999 t on every SDE (on VE an affine function of log sigma; what checkpoints
+  written before the label became a choice were trained with);
+* ``"log_sigma"`` (EDM): c_noise = 1/4 log(sigma / alpha), the log of EDM's sigma, for any
+  SDE. It is read off the same (alpha, sigma) the loss drew, so the discrete DDPM / SMLD
+  losses label their own noise levels exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from scorelab.util.checks import check_value, one_of
+from scorelab.models.heads import Head
+from scorelab.models.prediction import Prediction, prediction_fn
+from scorelab.paths.sde import SDE
+
+NOISE_LABELS = ("sde", "time", "log_sigma")
+
+
+def noise_label(kind: str, sde: SDE, t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """The noise label [B] of kind ``kind`` (``NOISE_LABELS``) at times t [B]; alpha, sigma
+    broadcast against the data or shaped like t. Every network conditioned on the noise
+    level (the diffusion backbone, a noisy classifier) is labelled by this function."""
+    if kind == "sde":
+        return sde.noise_label(t)
+    if kind == "time":
+        return sde.time_label(t)
+    a, s = alpha.reshape(alpha.shape[0], -1)[:, 0], sigma.reshape(sigma.shape[0], -1)[:, 0]
+    return 0.25 * (torch.log(s) - torch.log(a))
+
+
+class ScoreModel(nn.Module):
+    """Args:
+        backbone: an ``nn.Module`` with ``forward(x, noise_label, y=None)`` returning x's shape
+            (2C channels when its ``learn_sigma`` is set; optional ``scale_by_sigma`` flag).
+        head: a ``scorelab.models.heads.Head`` saying what the backbone's output means.
+        sde: the forward SDE whose marginals the model is trained on.
+        input_scaling: multiply the input by the head's c_in before the backbone.
+        noise_label: ``"sde"`` (Score SDE's label), ``"time"`` (999 t) or ``"log_sigma"``
+            (EDM's c_noise).
+    """
+
+    def __init__(self, backbone: nn.Module, head: Head, sde: SDE, input_scaling: bool = True,
+                 noise_label: str = "sde"):
+        super().__init__()
+        check_value("noise_label", noise_label, one_of(NOISE_LABELS, "noise label"))
+        if sde.alpha_vanishes:
+            if not head.x0_at_pure_noise:
+                raise ValueError(
+                    f"head={head.name} cannot give x0 where alpha = 0, and "
+                    f"sde={type(sde).__name__} has alpha(T) = 0, where every sampler starts: "
+                    f"use head=velocity, v, x0 or edm")
+            if noise_label == "log_sigma":
+                raise ValueError(
+                    f"noise_label=log_sigma is log(sigma / alpha) / 4 = +inf at t = T on "
+                    f"sde={type(sde).__name__} (alpha(T) = 0): use noise_label=sde or time")
+        self.backbone = backbone
+        self.head = head
+        self.sde = sde
+        self.input_scaling = input_scaling
+        self.noise_label_kind = noise_label
+
+    def noise_label(self, t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+        """The backbone's conditioning label [B] at times t [B] (alpha, sigma broadcast
+        against the data or shaped like t)."""
+        return noise_label(self.noise_label_kind, self.sde, t, alpha, sigma)
+
+    def coefficients(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """alpha(t), sigma(t), alpha'(t), sigma'(t) broadcast against x."""
+        return self.sde.coefficients(t, like=x)
+
+    def output(self, x: Tensor, t: Tensor, y: Tensor | None = None,
+               coefficients: tuple[Tensor, ...] | None = None) -> Tensor:
+        """The backbone's raw output (what the head's target is compared with).
+        ``coefficients``: (alpha, sigma, ...) broadcast against x, if the caller has them."""
+        alpha, sigma = (coefficients if coefficients is not None else self.coefficients(x, t))[:2]
+        x_in = x * self.head.c_in(alpha, sigma) if self.input_scaling else x
+        out = self.backbone(x_in, self.noise_label(t, alpha, sigma).to(x.dtype), y)
+        if getattr(self.backbone, "learn_sigma", False):
+            out = out[:, :x.shape[1]]
+        if getattr(self.backbone, "scale_by_sigma", False):
+            out = out / sigma
+        return out
+
+    def prediction(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Prediction:
+        """The model's prediction at (x, t): x0_hat and eps_hat through the head, readable as
+        score, v or velocity (``scorelab.models.prediction``)."""
+        c = self.coefficients(x, t)
+        out = self.output(x, t, y, c)
+        return Prediction.from_head(self.head, out, x, c)
+
+    def score_fn(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        c = self.coefficients(x, t)
+        return self.head.to_score(self.output(x, t, y, c), x, *c)
+
+    def eps(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        c = self.coefficients(x, t)
+        return self.head.to_eps(self.output(x, t, y, c), x, *c)
+
+    def x0(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        c = self.coefficients(x, t)
+        return self.head.to_x0(self.output(x, t, y, c), x, *c)
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        return self.score_fn(x, t, y)
+
+    def conditional_score_fn(self, y: Tensor | None = None):
+        """A plain ``score_fn(x, t)``, with the class labels bound."""
+        return lambda x, t: self.score_fn(x, t, y)
+
+    def prediction_fn(self, y: Tensor | None = None):
+        """``model(x, t) -> Prediction`` for the samplers and the likelihood, labels bound."""
+        return prediction_fn(lambda x, t: self.prediction(x, t, y))

@@ -1,0 +1,247 @@
+"""DiffusionModule: the LightningModule around a ScoreModel and a denoising loss."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import lightning as L
+import torch
+
+from scorelab.util.checks import check_value, one_of
+from scorelab.models.conditioning import check_p_uncond, drop_labels
+from scorelab.util.errors import NonFiniteLossError
+from scorelab.training.losses import DenoisingLoss
+from scorelab.sampling import SampleResult, sample
+from scorelab.models.score import ScoreModel
+from scorelab.util.speed import fused_optimizer
+
+
+LR_DECAYS = ("none", "cosine", "linear")
+LR_DECAY_RULE = one_of(LR_DECAYS, "learning-rate decay")
+
+
+def lr_factor(step: int, warmup: int, total: int, decay: str = "none") -> float:
+    """Learning-rate multiplier at optimizer step ``step``: linear warm-up over ``warmup``
+    steps, then 1 ("none"), or a cosine / linear decay that reaches 0 at step ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if decay == "none":
+        return 1.0
+    progress = min(1.0, (step - warmup + 1) / max(1, total - warmup))
+    return 0.5 * (1 + math.cos(math.pi * progress)) if decay == "cosine" else 1.0 - progress
+
+
+def with_lr_schedule(module: L.LightningModule, opt, warmup: int, decay: str):
+    """Lightning's ``configure_optimizers`` answer: ``opt`` with the per-step ``lr_factor``
+    schedule (or alone when constant)."""
+    if warmup <= 0 and decay == "none":
+        return opt
+    # the run's length in optimizer steps (from max_steps, or max_epochs x batches)
+    total = module.trainer.estimated_stepping_batches if module._trainer is not None else 0
+    if decay != "none" and not 0 < total < float("inf"):
+        raise ValueError(f"optim.lr_decay={decay} needs a run of known length "
+                         f"(trainer.max_steps or trainer.max_epochs)")
+    total = int(total)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: lr_factor(step, warmup, total, decay))
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class DiffusionModule(L.LightningModule):
+    """A non-finite training loss stops the run with ``NonFiniteLossError`` and never reaches
+    the weights: checked before each optimizer step, or, with a fused optimiser (the GPU
+    default), skipped on the device and reported within ``NAN_CHECK_EVERY`` steps.
+
+    Args:
+        model: the ScoreModel (backbone + head + SDE) being trained.
+        loss: a ``scorelab.training.losses`` loss; checked against the SDE here.
+        optimizer: ``params -> torch.optim.Optimizer`` (a Hydra ``_partial_``).
+        data_shape: shape of one sample.
+        num_classes: classes of the dataset (0 if unlabelled).
+        is_image: whether samples are images in [-1, 1] (for saving and metrics).
+        conditional: feed class labels to the backbone.
+        p_uncond: probability of replacing a training label by the null label (label
+            dropout for classifier-free guidance; conditional models only).
+        warmup_steps: linear learning-rate warm-up from 0 (Score SDE: 5000).
+        lr_decay: after the warm-up, "none" (constant), "cosine" or "linear" decay to 0 at
+            the end of the run (``trainer.estimated_stepping_batches``).
+        sampler: default sampler settings for ``sample()``: {"name": ..., "steps": ..., **options}.
+        config: the composed run config as a plain dict, stored in every checkpoint.
+        fused_optimizer: ask the optimiser for fused kernels (true / false / "auto": when
+            the parameters are on a GPU).
+        latent: a ``scorelab.latent.space.LatentSpace`` (latent diffusion): batches are posteriors
+            of its frozen autoencoder, ``data_shape`` is its latent shape, and ``sample()``
+            decodes to pixels. Its weights, shift and scale are part of the module's state,
+            so a checkpoint samples without the stage-1 file.
+    """
+
+    NAN_CHECK_EVERY = 50
+
+    def __init__(self, model: ScoreModel, loss: DenoisingLoss,
+                 optimizer: Callable[..., torch.optim.Optimizer], data_shape,
+                 num_classes: int = 0, is_image: bool = True, conditional: bool = False,
+                 warmup_steps: int = 0, sampler: dict | None = None, config: dict | None = None,
+                 fused_optimizer: bool | str = "auto", lr_decay: str = "none",
+                 p_uncond: float = 0.0, latent=None):
+        super().__init__()
+        self.latent = latent
+        self.p_uncond = check_p_uncond(p_uncond)
+        self.guidance = None       # a ``scorelab.guidance.predictions`` object used by ``sample()``
+        check_value("optim.lr_decay", lr_decay, LR_DECAY_RULE)
+        self.lr_decay = lr_decay
+        loss.check(model.sde, model.head)
+        self.model = model
+        self.loss_fn = loss
+        self.optimizer_factory = optimizer
+        self.data_shape = tuple(data_shape)
+        self.num_classes = int(num_classes)
+        self.is_image = bool(is_image)
+        self.conditional = conditional
+        self.warmup_steps = int(warmup_steps)
+        self.sampler = dict(sampler or {"name": "pc", "steps": 500})
+        self.config = config or {}
+        self.fused_optimizer = fused_optimizer
+        self._guarded_optimizer = None     # a fused optimiser that skips non-finite steps
+        self._nonfinite = None             # device-side count of skipped steps
+        self.epoch_losses: list[float] = []   # mean training loss of each finished epoch
+        self._loss_sum = None
+        self._loss_count = 0
+
+    def _labels(self, y):
+        return y if self.conditional else None
+
+    @property
+    def pixel_shape(self) -> tuple:
+        """One sample's shape in data space (``data_shape`` unless latent)."""
+        return self.data_shape if self.latent is None else self.latent.data_shape
+
+    def model_input(self, x: torch.Tensor, generator=None) -> torch.Tensor:
+        """A batch as the diffusion sees it: x itself, or for a latent model the normalised
+        z ~ q(z|x) drawn from the batch's posteriors."""
+        return x if self.latent is None else self.latent.draw(x, generator)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        x = self.model_input(x)
+        y = drop_labels(y, self.p_uncond) if self.conditional else None
+        loss = self.loss_fn(self.model, x, y)
+        detached = loss.detach()
+        if self._guarded_optimizer is None and not torch.isfinite(detached):
+            # Checked before the optimizer step, so a NaN never reaches the weights.
+            self._raise_nonfinite(f"training loss is {detached.item()} at step "
+                                  f"{self.global_step}")
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
+        self._loss_sum = detached if self._loss_sum is None else self._loss_sum + detached
+        self._loss_count += 1
+        return loss
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None,
+                                    gradient_clip_algorithm=None):
+        """Clipping as configured; with a fused optimiser the same gradient norm also tells
+        the fused kernel to skip a non-finite step on the device (``found_inf``, the
+        GradScaler protocol), so a NaN never reaches the weights without a host sync per
+        step. The norm is taken after DDP's all-reduce, so every rank skips together; the
+        count is read every NAN_CHECK_EVERY steps."""
+        if self._guarded_optimizer is None or gradient_clip_algorithm == "value":
+            super().configure_gradient_clipping(optimizer, gradient_clip_val,
+                                                gradient_clip_algorithm)
+            if self._guarded_optimizer is None:
+                return
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        if gradient_clip_val and gradient_clip_algorithm != "value":
+            torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, norm)
+        bad = (~torch.isfinite(norm)).float()
+        self._guarded_optimizer.found_inf = bad
+        self._nonfinite = bad if self._nonfinite is None else self._nonfinite + bad
+
+    @staticmethod
+    def _raise_nonfinite(what: str):
+        raise NonFiniteLossError(f"{what}; lower optim.lr, raise trainer.gradient_clip_val or "
+                                 f"check the data for NaNs")
+
+    def _check_skipped_steps(self):
+        if self._nonfinite is not None and int(self._nonfinite) > 0:
+            self._raise_nonfinite(
+                f"gradients were non-finite in {int(self._nonfinite)} step(s) up to step "
+                f"{self.global_step} (those optimizer steps were skipped; weights are finite)")
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if (self.global_step % self.NAN_CHECK_EVERY) == 0:
+            self._check_skipped_steps()
+
+    def on_train_epoch_end(self):
+        self._check_skipped_steps()
+        if self._loss_count:
+            self.epoch_losses.append(float(self._loss_sum) / self._loss_count)
+        self._loss_sum, self._loss_count = None, 0
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        # Same noise for every validation pass, so the curve compares like with like.
+        gen = torch.Generator(device=x.device).manual_seed(10_000 + batch_idx)
+        x = self.model_input(x, gen)
+        loss = self.loss_fn(self.model, x, self._labels(y), generator=gen)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=x.shape[0])
+        return loss
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        fused = fused_optimizer(self.fused_optimizer, params)
+        opt = self.optimizer_factory(params, **({"fused": True} if fused else {}))
+        self._guarded_optimizer = opt if fused else None
+        return with_lr_schedule(self, opt, self.warmup_steps, self.lr_decay)
+
+    def _guidance_needs_labels(self) -> bool:
+        return self.guidance is not None and self.guidance.needs_labels()
+
+    @property
+    def takes_labels(self) -> bool:
+        """Whether sampling is per class (a conditional model, or a classifier's guidance)."""
+        return self.conditional or self._guidance_needs_labels()
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["scorelab"] = {"config": self.config, "data_shape": list(self.pixel_shape),
+                                  "num_classes": self.num_classes, "is_image": self.is_image}
+        if self.latent is not None:
+            checkpoint["scorelab"]["latent"] = self.latent.describe()
+
+    def set_guidance(self, guidance) -> None:
+        """Guide ``sample()`` with a ``scorelab.guidance.predictions`` object (None: no guidance). Kept
+        out of the module's state (a guide's weights are not this model's)."""
+        self.guidance = guidance
+
+    def guided_prediction_fn(self, y: torch.Tensor | None):
+        """``model(x, t) -> Prediction`` with labels y, through the guidance if one is set."""
+        if self.guidance is None:
+            return self.model.prediction_fn(self._labels(y))
+        self.guidance.to(self.device)
+        return self.guidance.prediction_fn(self.model.prediction, self.model.sde, y,
+                                           self.conditional)
+
+    @torch.no_grad()
+    def sample(self, n: int, y: torch.Tensor | None = None, generator=None, callback=None,
+               sampler: dict | None = None, decode: bool = True) -> SampleResult:
+        """Draw n samples with ``sampler`` settings {name, steps, **options} (default: the
+        module's configured sampler), guided if ``set_guidance`` was given one. A model
+        that takes labels (conditional, or guided by a classifier) given none draws the
+        classes in turn (the null label is only for classifier-free guidance). A latent
+        model's samples are decoded to pixels (fp32) unless ``decode=False``; ``callback``
+        sees the latents."""
+        if self.takes_labels and y is None:
+            y = torch.arange(n, device=self.device) % self.num_classes
+        settings = dict(sampler or self.sampler)
+        name, steps = settings.pop("name"), settings.pop("steps")
+        model = self.guided_prediction_fn(y)
+        was_training = self.training
+        self.eval()
+        try:
+            res = sample(model, self.model.sde, (n,) + self.data_shape, sampler=name,
+                         steps=steps, generator=generator, device=self.device,
+                         callback=callback, **settings)
+            if self.latent is not None and decode:
+                res = SampleResult(self.latent.decode(res.x), res.nfe)
+            return res
+        finally:
+            self.train(was_training)
