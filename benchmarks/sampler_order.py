@@ -5,7 +5,7 @@ of the probability-flow ODE from the same prior sample. Stochastic samplers: wea
 |E|x|^2 - E_exact|x|^2| of the second moment at the final time (exact from the mixture).
 The fitted order is minus the slope of log(error) against log(NFE); a PNG plots error vs NFE.
 
-    python benchmarks/sampler_order.py [--sde vp|subvp|ve] [--out sampler_order.png]
+    python benchmarks/sampler_order.py [--path vp|subvp|ve] [--out sampler_order.png]
 """
 
 from __future__ import annotations
@@ -49,33 +49,33 @@ def fitted_order(nfes, errors):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sde", default="vp", choices=["vp", "subvp", "ve"])
+    p.add_argument("--path", "--sde", default="vp", choices=["vp", "subvp", "ve"])
     p.add_argument("--n", type=int, default=2000, help="samples (deterministic solvers)")
     p.add_argument("--n-weak", type=int, default=200000, help="samples (weak errors)")
     p.add_argument("--out", default="sampler_order.png")
     args = p.parse_args()
     torch.set_default_dtype(torch.float64)        # errors far below float32 round-off
-    sde = {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE(sigma_max=5.0)}[args.sde]
+    path = {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE(sigma_max=5.0)}[args.path]
     eps = 1e-2                                       # keep the exact score smooth enough
     gmm = GaussianMixture.ring(2, 4, radius=1.0, std=0.3)
     gmm.means, gmm.stds, gmm.weights = gmm.means.double(), gmm.stds.double(), gmm.weights.double()
-    score = gmm.score_fn(sde)
-    x_init = sde.prior_sampling((args.n, 2), generator=torch.Generator().manual_seed(0),
+    score = gmm.score_fn(path)
+    x_init = path.prior_sampling((args.n, 2), generator=torch.Generator().manual_seed(0),
                                 dtype=torch.float64)
-    ref = sample(score, sde, None, "ode", steps=1, x_init=x_init, eps=eps,
+    ref = sample(score, path, None, "ode", steps=1, x_init=x_init, eps=eps,
                  method="rk45", rtol=1e-10, atol=1e-10).x
     curves = {}
-    print(f"sde={args.sde}: deterministic solvers, endpoint error vs a tight RK45 solution")
+    print(f"sde={args.path}: deterministic solvers, endpoint error vs a tight RK45 solution")
     for label, (name, opts) in DETERMINISTIC.items():
         nfes, errs = [], []
         for steps in (4, 8, 16, 32, 64, 128):
-            res = sample(score, sde, None, name, steps=steps, x_init=x_init, eps=eps, **opts)
+            res = sample(score, path, None, name, steps=steps, x_init=x_init, eps=eps, **opts)
             nfes.append(res.nfe)
             errs.append((res.x - ref).norm(dim=1).mean().item())
         curves[label] = (nfes, errs)
         print(f"  {label:20s} order {fitted_order(nfes[2:], errs[2:]):5.2f}   "
               + "  ".join(f"{n}:{e:.1e}" for n, e in zip(nfes, errs)))
-    alpha, sigma = sde.alpha_sigma(torch.tensor([eps]))
+    alpha, sigma = path.alpha_sigma(torch.tensor([eps]))
     exact_m2 = (gmm.weights * (alpha ** 2 * ((gmm.means ** 2).sum(1) + (gmm.stds ** 2).sum(1))
                                + 2 * sigma ** 2)).sum().item()
     noise = 2 * math.sqrt(2 * exact_m2 ** 2 / args.n_weak)
@@ -84,7 +84,7 @@ def main():
     for label, (name, opts) in STOCHASTIC.items():
         nfes, errs = [], []
         for steps in (8, 16, 32, 64, 128):
-            res = sample(score, sde, (args.n_weak, 2), name, steps=steps, eps=eps,
+            res = sample(score, path, (args.n_weak, 2), name, steps=steps, eps=eps,
                          generator=torch.Generator().manual_seed(steps), **opts)
             nfes.append(res.nfe)
             errs.append(abs((res.x ** 2).sum(1).mean().item() - exact_m2))
@@ -104,7 +104,7 @@ def main():
         ax.loglog(nfes, errs, "o-" if label in DETERMINISTIC else "s--", label=label, ms=3)
     ax.set_xlabel("NFE")
     ax.set_ylabel("error (endpoint / weak second moment)")
-    ax.set_title(f"sampler convergence on the exact GMM score ({args.sde})")
+    ax.set_title(f"sampler convergence on the exact GMM score ({args.path})")
     ax.legend(fontsize=7)
     fig.savefig(args.out, bbox_inches="tight")
     print(f"wrote {args.out}")

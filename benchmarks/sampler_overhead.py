@@ -54,25 +54,25 @@ def main():
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--sde", default="vp", choices=["vp", "ve"])
+    p.add_argument("--path", "--sde", default="vp", choices=["vp", "ve"])
     args = p.parse_args()
     torch.manual_seed(0)
-    sde = VPSDE() if args.sde == "vp" else VESDE()
+    path = VPSDE() if args.path == "vp" else VESDE()
     net = UNet((1, 28, 28), channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
                attn_resolutions=(7,), dropout=0.0).eval()     # the compact `unet` preset
     for prm in net.parameters():                  # non-trivial output (the init zeroes it)
         prm.add_(0.01 * torch.randn_like(prm))
-    model = ScoreModel(net, get_head("eps"), sde)
+    model = ScoreModel(net, get_head("eps"), path)
     x = torch.randn(args.batch, 1, 28, 28)
     label = torch.rand(args.batch) * 999
     net(x, label)                                  # warm-up
-    print(f"compact UNet, batch {args.batch}, {args.steps} steps, {args.sde}; ratio = sampler "
+    print(f"compact UNet, batch {args.batch}, {args.steps} steps, {args.path}; ratio = sampler "
           "wall time / (NFE x one forward), best of interleaved runs")
     print(f"{'sampler':22s} {'NFE':>5s} {'fwd ms':>7s} {'wall s':>8s} {'ratio':>6s}")
     score_fn = model.prediction_fn()
     for label_, (name, opts) in SAMPLERS.items():
         gen = torch.Generator().manual_seed(0)
-        run = lambda: sample(score_fn, sde, x.shape, name, steps=args.steps,  # noqa: E731
+        run = lambda: sample(score_fn, path, x.shape, name, steps=args.steps,  # noqa: E731
                              generator=gen, **opts)
         nfe = run().nfe
         forwards = lambda: [net(x, label) for _ in range(nfe)]  # noqa: E731

@@ -28,15 +28,15 @@ def all_sdes():
     }
 
 
-def oracle(gmm, sde):
+def oracle(gmm, path):
     """The exact model of a mixture: a plain score function on the SDEs (the wrapped
     user-code path), the exact denoiser on paths with alpha(T) = 0, where x0 cannot be read
     off a score."""
-    return gmm.prediction_fn(sde) if sde.alpha_vanishes else gmm.score_fn(sde)
+    return gmm.prediction_fn(path) if path.alpha_vanishes else gmm.score_fn(path)
 
 
 @pytest.fixture(params=list(all_sdes()))
-def sde(request):
+def path(request):
     return all_sdes()[request.param]
 
 

@@ -53,7 +53,7 @@ def test_checkpoint_is_plain_and_holds_config(trained):
     ckpt = torch.load(trained / "train/checkpoints/last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 50          # the final step, not the last periodic save (30)
     meta = ckpt["scorelab"]
-    assert isinstance(meta["config"], dict) and meta["config"]["sde"]["_target_"].endswith("VESDE")
+    assert isinstance(meta["config"], dict) and meta["config"]["path"]["_target_"].endswith("VESDE")
     assert meta["data_shape"] == [1, 8, 8]
     assert "current_model_state" in ckpt            # raw weights beside the EMA state_dict
     ema, raw = ckpt["state_dict"], ckpt["current_model_state"]
@@ -197,7 +197,7 @@ def test_existing_run_is_never_overwritten_and_resume_continues(trained):
 
 @pytest.mark.parametrize("overrides,needle", [
     (["sde=foo"], "Could not find 'sde/foo'"),
-    (["sde.beta_mn=0.2"], "beta_mn"),
+    (["path.beta_mn=0.2"], "beta_mn"),
     (["loss=ddpm", "sde=ve"], "loss=ddpm needs the discrete DDPM chain"),
     (["sampler.stepz=3"], "stepz"),
     (["sampler=pc", "+sampler.eta=0.1"], "sampler 'pc' has no option(s) eta"),

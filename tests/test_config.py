@@ -37,15 +37,15 @@ def test_default_config_is_the_mnist5k_experiment(tmp_path):
     cfg = compose_train([], tmp_path)
     named = compose_train(["experiment=mnist5k_fm"], tmp_path)
     assert cfg.data._target_.endswith("MNIST5kDataModule")
-    assert cfg.sde._target_.endswith("LinearPath") and cfg.head.name == "velocity"
+    assert cfg.path._target_.endswith("LinearPath") and cfg.head.name == "velocity"
     assert cfg.loss.weighting == "velocity" and cfg.loss.time_sampling == "logit_normal"
     assert cfg.backbone._target_.endswith("UNet") and cfg.sampler.name == "edm"
     assert cfg.optim.lr_decay == "cosine"
-    for key in ("data", "sde", "head", "backbone", "loss", "optim", "sampler", "trainer"):
+    for key in ("data", "path", "head", "backbone", "loss", "optim", "sampler", "trainer"):
         assert cfg[key] == named[key]
     # the diffusion recipe and Score SDE's stay one override away
     v = compose_train(["experiment=mnist5k_vp_v"], tmp_path)
-    assert v.sde._target_.endswith("VPSDE") and v.head.name == "v"
+    assert v.path._target_.endswith("VPSDE") and v.head.name == "v"
     assert v.loss.weighting == "none" and v.loss.time_sampling == "uniform"
     for key in ("data", "backbone", "optim", "sampler", "trainer"):
         assert v[key] == cfg[key]
@@ -56,18 +56,18 @@ def test_default_config_is_the_mnist5k_experiment(tmp_path):
 
 def test_command_line_overrides_beat_experiment(tmp_path):
     cfg = compose_train(["experiment=mnist5k_vp_eps", "sde=subvp", "head=x0"], tmp_path)
-    assert cfg.sde._target_.endswith("SubVPSDE") and cfg.head.name == "x0"
+    assert cfg.path._target_.endswith("SubVPSDE") and cfg.head.name == "x0"
 
 
 def test_path_is_another_name_for_the_sde_group(tmp_path):
     from scorelab.cli.build import check_path_choice
 
     cfg = compose_train(["path=linear"], tmp_path)
-    assert cfg.sde._target_.endswith("LinearPath")
+    assert cfg.path._target_.endswith("LinearPath")
     check_path_choice()
     # over an experiment's SDE too
     cfg = compose_train(["experiment=mnist5k_vp_eps", "path=cosine"], tmp_path)
-    assert cfg.sde._target_.endswith("CosinePath")
+    assert cfg.path._target_.endswith("CosinePath")
     check_path_choice()
     assert options("path") == options("sde")
     compose_train(["sde=ve", "path=linear"], tmp_path)
@@ -78,7 +78,7 @@ def test_path_is_another_name_for_the_sde_group(tmp_path):
 def test_flow_matching_experiments_compose(tmp_path):
     for name in ("gmm_fm", "digits_fm", "mnist5k_fm"):
         cfg = compose_train([f"experiment={name}"], tmp_path)
-        assert cfg.sde._target_.endswith("LinearPath") and cfg.head.name == "velocity"
+        assert cfg.path._target_.endswith("LinearPath") and cfg.head.name == "velocity"
         assert cfg.loss.weighting == "velocity"
         assert cfg.sampler.name == ("edm" if name == "mnist5k_fm" else "ode")
 
@@ -104,13 +104,13 @@ def test_flow_matching_composes_with_backbones_and_data(tmp_path, data, backbone
     assert res.x.shape == (2, *dm.shape) and torch.isfinite(res.x).all() and res.nfe == 2
 
 
-@pytest.mark.parametrize("sde", options("sde"))
+@pytest.mark.parametrize("path", options("path"))
 @pytest.mark.parametrize("head", options("head"))
-def test_sde_x_head_trains_on_toy(tmp_path, sde, head):
+def test_sde_x_head_trains_on_toy(tmp_path, path, head):
     # the toy's Euler–Maruyama sampler needs a finite g(T); flow paths take SiT's diffusion
-    flow = sde in ("linear", "cosine")
-    cfg = compose_train(["experiment=gmm_vp_eps", f"sde={sde}", f"head={head}",
-                         "data.n_samples=2000", "sde.N=100"]
+    flow = path in ("linear", "cosine")
+    cfg = compose_train(["experiment=gmm_vp_eps", f"path={path}", f"head={head}",
+                         "data.n_samples=2000", "path.N=100"]
                         + (["sampler=sde_sigma"] if flow else []), tmp_path)
     L.seed_everything(0, verbose=False)
     dm = build_datamodule(cfg)
@@ -158,10 +158,10 @@ def test_sampler_configs_carry_their_options_and_sample_a_gaussian(tmp_path, sam
     yaml = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "sampler" / f"{sampler}.yaml"))
     assert {k: settings[k] for k in yaml} == yaml
     mean, std = torch.tensor([[0.5, -0.3]]), 0.4
-    sde = VESDE(sigma_min=0.01, sigma_max=50.0) if sampler == "ald" else VPSDE()
+    path = VESDE(sigma_min=0.01, sigma_max=50.0) if sampler == "ald" else VPSDE()
     opts = dict(settings)
     name, steps = opts.pop("name"), opts.pop("steps")
-    x = sample(GaussianMixture(mean, torch.tensor([std])).score_fn(sde), sde, (2000, 2), name,
+    x = sample(GaussianMixture(mean, torch.tensor([std])).score_fn(path), path, (2000, 2), name,
                steps=steps, generator=torch.Generator().manual_seed(0), **opts).x
     assert (x.mean(0) - mean[0]).abs().max() < 0.05
     assert (x.std(0) - std).abs().max() < 0.06, x.std(0)

@@ -13,7 +13,7 @@ from scorelab.sampling import SAMPLERS
 N = 3000
 
 
-def gaussian_prediction(sde, mu, cov):
+def gaussian_prediction(path, mu, cov):
     """The exact denoiser of N(mu, cov) (full covariance) on any SDE or path:
     E[x0 | x_t] = mu + alpha cov (alpha^2 cov + sigma^2 I)^-1 (x - alpha mu)."""
     d = mu.shape[0]
@@ -21,11 +21,11 @@ def gaussian_prediction(sde, mu, cov):
     def model(x, t):
         shape = x.shape
         x = x.reshape(shape[0], d)
-        a, s = sde.alpha_sigma(t)
+        a, s = path.alpha_sigma(t)
         a, s = a[:, None, None], s[:, None, None]
         c = a * a * cov + s * s * torch.eye(d)
         x0 = mu + (a * cov @ torch.linalg.solve(c, (x - a[..., 0] * mu)[..., None]))[..., 0]
-        return Prediction.from_x0(sde, x.reshape(shape), t, x0.reshape(shape))
+        return Prediction.from_x0(path, x.reshape(shape), t, x0.reshape(shape))
     return prediction_fn(model)
 
 
@@ -43,11 +43,11 @@ def correlated(d=4, seed=0):
     return torch.tensor([0.5, -0.3, 0.2, 0.0]), a @ a.T / d + 0.1 * torch.eye(d)
 
 
-def run(sde, mu, cov, constraint, sampler="pc", steps=300, shape=None, **kw):
+def run(path, mu, cov, constraint, sampler="pc", steps=300, shape=None, **kw):
     options = dict(kw)
-    if sampler == "pc" and sde.alpha_vanishes:
+    if sampler == "pc" and path.alpha_vanishes:
         options["diffusion"] = "sigma"
-    return controlled_sample(gaussian_prediction(sde, mu, cov), sde, constraint,
+    return controlled_sample(gaussian_prediction(path, mu, cov), path, constraint,
                              shape or (N, mu.shape[0]), sampler=sampler, steps=steps,
                              generator=torch.Generator().manual_seed(0), **options)
 
@@ -58,13 +58,13 @@ def run(sde, mu, cov, constraint, sampler="pc", steps=300, shape=None, **kw):
 def test_inpainting_independent_blocks_is_exact(sde_name, sampler, steps):
     """Unknown coordinates independent of the known ones (correlated among themselves):
     the projection method samples their exact law, and the known ones are pasted exactly."""
-    sde = all_sdes()[sde_name]
+    path = all_sdes()[sde_name]
     mu, cov = correlated()
     cov[:2, 2:] = cov[2:, :2] = 0
     known = torch.tensor([True, True, False, False])
     obs = torch.tensor([1.0, -1.0, 0.0, 0.0])
     options = {"method": "heun"} if sampler == "ode" else {}
-    res = run(sde, mu, cov, inpainting(obs[None], ~known[None]), sampler, steps, **options)
+    res = run(path, mu, cov, inpainting(obs[None], ~known[None]), sampler, steps, **options)
     assert torch.equal(res.x[:, known], obs[known].expand(N, 2))
     x = res.x[:, ~known]
     m, c = conditional(mu, cov, known, obs)
@@ -77,14 +77,14 @@ def test_repaint_approaches_the_exact_conditional_where_projection_is_biased(sde
     """With correlations between known and unknown coordinates the projection method is an
     approximation (it noises the observation independently of the trajectory); RePaint's
     resampling harmonises the two and gets close to the exact conditional Gaussian."""
-    sde = all_sdes()[sde_name]
+    path = all_sdes()[sde_name]
     mu, cov = correlated()
     known = torch.tensor([True, True, False, False])
     obs = torch.tensor([1.0, -1.0, 0.0, 0.0])
     m, c = conditional(mu, cov, known, obs)
     constraint = inpainting(obs[None], ~known[None])
-    plain = run(sde, mu, cov, constraint, "pc", 200).x[:, ~known]
-    repaint = run(sde, mu, cov, constraint, "pc", 100, jump_length=10, n_resample=10)
+    plain = run(path, mu, cov, constraint, "pc", 200).x[:, ~known]
+    repaint = run(path, mu, cov, constraint, "pc", 100, jump_length=10, n_resample=10)
     assert repaint.nfe == 10 * 100 + 10              # every pass, + the final denoising
     x = repaint.x[:, ~known]
     err_plain = (plain.mean(0) - m).abs().max()
@@ -97,14 +97,14 @@ def test_repaint_approaches_the_exact_conditional_where_projection_is_biased(sde
 @pytest.mark.parametrize("sampler", sorted(SAMPLERS))
 def test_every_sampler_inpaints_images_with_known_pixels_bit_exact(sampler):
     """Image-shaped data, each registered sampler (rk45 solved grid interval by interval)."""
-    sde = all_sdes()["vp"]
+    path = all_sdes()["vp"]
     shape = (1, 4, 4)
     mu = torch.linspace(-0.5, 0.5, 16)
     cov = 0.05 * torch.eye(16)
     obs = torch.rand((6,) + shape) * 2 - 1
     hole = named_mask("centre_square", 4, 4)
     steps = {"pc": 50, "ode": 20, "ddim": 20, "dpm_solver": 10, "edm": 10}[sampler]
-    res = run(sde, mu, cov, inpainting(obs, hole[None, None]), sampler, steps,
+    res = run(path, mu, cov, inpainting(obs, hole[None, None]), sampler, steps,
               shape=(6,) + shape)
     assert torch.isfinite(res.x).all()
     assert torch.equal(res.x[:, :, ~hole], obs[:, :, ~hole])
@@ -121,7 +121,7 @@ def test_colour_basis_is_orthonormal_with_grey_first():
 def test_colorization_keeps_grey_and_samples_the_chroma_law(sde_name):
     """RGB data whose grey and chroma coordinates are independent: the colourised samples
     have the observation's grey level and the data's chroma distribution."""
-    sde = all_sdes()[sde_name]
+    path = all_sdes()[sde_name]
     B = COLOR_BASIS
     scales = torch.tensor([0.5, 0.2, 0.1])             # std of grey, chroma 1, chroma 2
     cov1 = B.T @ torch.diag(scales ** 2) @ B           # one pixel, in RGB
@@ -130,7 +130,7 @@ def test_colorization_keeps_grey_and_samples_the_chroma_law(sde_name):
     perm = torch.arange(12).reshape(4, 3).T.reshape(-1)     # pixel-major -> [C, H, W]
     mu, cov = mu[perm], cov[perm][:, perm]
     obs = torch.rand(1, 3, 2, 2) * 2 - 1
-    res = run(sde, mu, cov, colorization(obs), "dpm_solver", 30, shape=(N, 3, 2, 2))
+    res = run(path, mu, cov, colorization(obs), "dpm_solver", 30, shape=(N, 3, 2, 2))
     z = torch.einsum("dc,bchw->bdhw", B, res.x)
     z_obs = torch.einsum("dc,bchw->bdhw", B, obs)
     assert torch.allclose(z[:, 0], z_obs[:, 0].expand(N, 2, 2), atol=1e-5)
@@ -150,8 +150,8 @@ def test_masks_and_bad_input():
         named_mask("triangle", 8, 8)
     with pytest.raises(ValueError, match="RGB"):
         colorization(torch.zeros(1, 1, 4, 4))
-    sde = all_sdes()["vp"]
+    path = all_sdes()["vp"]
     with pytest.raises(ValueError, match="n_resample"):
-        run(sde, torch.zeros(2), torch.eye(2), inpainting(torch.zeros(1, 2),
+        run(path, torch.zeros(2), torch.eye(2), inpainting(torch.zeros(1, 2),
                                                            torch.tensor([[True, False]])),
             n_resample=0)

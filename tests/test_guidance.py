@@ -39,11 +39,11 @@ def energy_distance(a, b):
             - torch.cdist(b, b).mean()).item()
 
 
-def draw(model, sde, sampler, seed=0):
+def draw(model, path, sampler, seed=0):
     name, options, steps = SAMPLERS[sampler]
-    if sde.alpha_vanishes and name == "pc":
+    if path.alpha_vanishes and name == "pc":
         options = {**options, "diffusion": "sigma"}         # g(T) is infinite there
-    return sample(model, sde, (N, 2), sampler=name, steps=steps,
+    return sample(model, path, (N, 2), sampler=name, steps=steps,
                   generator=torch.Generator().manual_seed(seed), **options).x
 
 
@@ -61,13 +61,13 @@ def floor(gmm):
 def test_w1_reproduces_the_requested_component(gmm, sde_name, sampler):
     """CFG at w = 1 and classifier guidance (exact posterior, unconditional base) at w = 1
     both sample p(x | y): the requested component alone, with its spread."""
-    sde = all_sdes()[sde_name]
+    path = all_sdes()[sde_name]
     y = torch.full((N,), CLASS)
-    predict = gmm.conditional_prediction_fn(sde)
+    predict = gmm.conditional_prediction_fn(path)
     truth = component(gmm, CLASS)
-    for guidance in (ClassifierFree(1.0), ClassifierGuidance(gmm.classifier_fn(sde), 1.0)):
-        x = draw(guidance.prediction_fn(predict, sde, y, conditional=guidance.kind == "cfg"),
-                 sde, sampler)
+    for guidance in (ClassifierFree(1.0), ClassifierGuidance(gmm.classifier_fn(path), 1.0)):
+        x = draw(guidance.prediction_fn(predict, path, y, conditional=guidance.kind == "cfg"),
+                 path, sampler)
         assert (gmm.assign(x) == CLASS).float().mean() > 0.995
         assert energy_distance(x, truth) < 6 * max(floor(gmm), 1e-3), guidance
         spread = (x - gmm.means[CLASS]).std().item()
@@ -79,20 +79,20 @@ def test_w1_reproduces_the_requested_component(gmm, sde_name, sampler):
 def test_cfg_samples_the_tilted_gaussian(sde_name):
     """p(x | y)^w p(x)^(1 - w) for Gaussians of equal covariance is N(w mu_c + (1 - w) mu_u,
     S), and, the tilt commuting with the noising there, CFG samples it exactly."""
-    sde = all_sdes()[sde_name]
+    path = all_sdes()[sde_name]
     cond = GaussianMixture(torch.tensor([[1.0, 0.5]]), torch.tensor([[0.2, 0.3]]))
     uncond = GaussianMixture(torch.tensor([[-0.5, 0.0]]), torch.tensor([[0.2, 0.3]]))
 
     def predict(x, t, y):
-        c = cond.conditional_prediction_fn(sde)(x, t)
-        u = uncond.conditional_prediction_fn(sde)(x, t)
+        c = cond.conditional_prediction_fn(path)(x, t)
+        u = uncond.conditional_prediction_fn(path)(x, t)
         pick = (y != NULL_LABEL).reshape(-1, 1)
         return Prediction(x, torch.where(pick, c.x0, u.x0), torch.where(pick, c.eps, u.eps),
                           c.alpha, c.sigma, c.d_alpha, c.d_sigma)
 
     w = 3.0
-    model = ClassifierFree(w).prediction_fn(predict, sde, torch.zeros(N, dtype=torch.long))
-    x = draw(model, sde, "dpm_solver")
+    model = ClassifierFree(w).prediction_fn(predict, path, torch.zeros(N, dtype=torch.long))
+    x = draw(model, path, "dpm_solver")
     mean = w * cond.means[0] + (1 - w) * uncond.means[0]
     assert torch.allclose(x.mean(0), mean, atol=0.03)
     assert torch.allclose(x.std(0), cond.stds[0], rtol=0.06)
@@ -100,47 +100,47 @@ def test_cfg_samples_the_tilted_gaussian(sde_name):
 
 @pytest.mark.parametrize("sde_name", SDES)
 def test_larger_w_concentrates_on_the_component(gmm, sde_name):
-    sde = all_sdes()[sde_name]
+    path = all_sdes()[sde_name]
     y = torch.full((N,), 0)                  # the lightest component (weight 1/36)
-    predict = gmm.conditional_prediction_fn(sde)
-    for guidance in (ClassifierFree(3.0), ClassifierGuidance(gmm.classifier_fn(sde), 3.0)):
-        x = draw(guidance.prediction_fn(predict, sde, y, conditional=guidance.kind == "cfg"),
-                 sde, "dpm_solver")
+    predict = gmm.conditional_prediction_fn(path)
+    for guidance in (ClassifierFree(3.0), ClassifierGuidance(gmm.classifier_fn(path), 3.0)):
+        x = draw(guidance.prediction_fn(predict, path, y, conditional=guidance.kind == "cfg"),
+                 path, "dpm_solver")
         assert (gmm.assign(x) == 0).float().mean() > 0.999
         # sharper than the component itself (tilted towards its centre)
         assert (x - gmm.means[0]).std().item() < 0.1
 
 
 def test_cfg_is_one_batched_forward_pass_and_skips_it_at_w1(gmm):
-    sde = all_sdes()["vp"]
+    path = all_sdes()["vp"]
     calls = []
-    base = gmm.conditional_prediction_fn(sde)
+    base = gmm.conditional_prediction_fn(path)
 
     def predict(x, t, y):
         calls.append(x.shape[0])
         return base(x, t, y)
 
     x, t, y = torch.randn(5, 2), torch.full((5,), 0.5), torch.arange(5)
-    ClassifierFree(2.0).prediction_fn(predict, sde, y)(x, t)
+    ClassifierFree(2.0).prediction_fn(predict, path, y)(x, t)
     assert calls == [10]
     calls.clear()
-    ClassifierFree(1.0).prediction_fn(predict, sde, y)(x, t)
+    ClassifierFree(1.0).prediction_fn(predict, path, y)(x, t)
     assert calls == [5]
 
 
 def test_guidance_interval_is_in_noise_level_not_steps(gmm):
     """w applies where sigma / alpha is in [sigma_min, sigma_max], whatever the grid."""
-    sde = all_sdes()["vp"]
+    path = all_sdes()["vp"]
     g = ClassifierFree(4.0, sigma_min=0.5, sigma_max=2.0)
     t = torch.linspace(0.01, 1.0, 101)
-    s = noise_level(sde, t)
-    w = g.weight(sde, t)
+    s = noise_level(path, t)
+    w = g.weight(path, t)
     assert torch.equal(w == 4.0, (s >= 0.5) & (s <= 2.0)) and ((w == 1) | (w == 4)).all()
     # outside the interval the guided prediction is the conditional one, bit for bit
-    predict = gmm.conditional_prediction_fn(sde)
+    predict = gmm.conditional_prediction_fn(path)
     x, y = torch.randn(6, 2), torch.arange(6)
     tt = torch.full((6,), 0.02)               # s ~ 0.03 < sigma_min
-    out = g.prediction_fn(predict, sde, y)(x, tt)
+    out = g.prediction_fn(predict, path, y)(x, tt)
     assert torch.equal(out.x0, predict(x, tt, y).x0)
     # at alpha = 0 the level is infinite: inside only for sigma_max = inf
     lin = all_sdes()["linear"]
@@ -155,11 +155,11 @@ def test_guidance_interval_is_in_noise_level_not_steps(gmm):
 def test_guidance_is_the_same_in_every_parametrisation(head, sde_name):
     """Guiding the prediction = guiding each head's raw output with the same rule: CFG and
     autoguidance are affine in the output; classifier guidance shifts the score."""
-    sde = all_sdes()[sde_name]
+    path = all_sdes()[sde_name]
     torch.manual_seed(0)
     x = torch.randn(8, 3)
     t = torch.full((8,), 0.4)
-    c = sde.coefficients(t, like=x)
+    c = path.coefficients(t, like=x)
     out_c, out_u, grad = torch.randn(8, 3), torch.randn(8, 3), torch.randn(8, 3)
     cond, uncond = (Prediction.from_head(head, o, x, c) for o in (out_c, out_u))
     w = torch.full((8,), 2.5)
@@ -177,19 +177,19 @@ def test_guidance_is_the_same_in_every_parametrisation(head, sde_name):
 
 def test_classifier_gradient_under_no_grad_matches_the_exact_posterior(gmm):
     """grad log p_t(y | x) = score(x | y) - score(x); taken by autograd under no_grad."""
-    sde = all_sdes()["vp"]
-    g = ClassifierGuidance(gmm.classifier_fn(sde), 2.0)
+    path = all_sdes()["vp"]
+    g = ClassifierGuidance(gmm.classifier_fn(path), 2.0)
     x, t = torch.randn(16, 2), torch.full((16,), 0.3)
     y = torch.arange(16) % 8
     with torch.no_grad():
         grad = g.log_prob_grad(x, t, y)
-    predict = gmm.conditional_prediction_fn(sde)
+    predict = gmm.conditional_prediction_fn(path)
     exact = predict(x, t, y).score - predict(x, t, null_labels(16)).score
     assert torch.allclose(grad, exact, atol=1e-4)
     # and at w: score + w grad (unconditional base), score(x | y) + (w - 1) grad (conditional)
     with torch.no_grad():
-        a = g.prediction_fn(predict, sde, y, conditional=False)(x, t).score
-        b = g.prediction_fn(predict, sde, y, conditional=True)(x, t).score
+        a = g.prediction_fn(predict, path, y, conditional=False)(x, t).score
+        b = g.prediction_fn(predict, path, y, conditional=True)(x, t).score
     base = predict(x, t, null_labels(16)).score
     assert torch.allclose(a, base + 2 * exact, atol=1e-4)
     assert torch.allclose(b, base + 2 * exact, atol=1e-4)
@@ -197,17 +197,17 @@ def test_classifier_gradient_under_no_grad_matches_the_exact_posterior(gmm):
 
 def test_autoguidance_formula_and_w1(gmm):
     """D_guide + w (D - D_guide), the guide a broader mixture (a 'weaker model')."""
-    sde = all_sdes()["vp"]
+    path = all_sdes()["vp"]
     weak = GaussianMixture(gmm.means, gmm.stds * 2, gmm.weights)
-    main, guide = gmm.conditional_prediction_fn(sde), weak.conditional_prediction_fn(sde)
+    main, guide = gmm.conditional_prediction_fn(path), weak.conditional_prediction_fn(path)
     x, t, y = torch.randn(8, 2), torch.full((8,), 0.5), torch.arange(8)
     d, d_g = main(x, t, y), guide(x, t, y)
-    out = Autoguidance(guide, 3.0).prediction_fn(main, sde, y)(x, t)
+    out = Autoguidance(guide, 3.0).prediction_fn(main, path, y)(x, t)
     assert torch.allclose(out.x0, d_g.x0 + 3 * (d.x0 - d_g.x0), atol=1e-6)
-    assert torch.equal(Autoguidance(guide, 1.0).prediction_fn(main, sde, y)(x, t).x0, d.x0)
+    assert torch.equal(Autoguidance(guide, 1.0).prediction_fn(main, path, y)(x, t).x0, d.x0)
     # guided away from the broader guide: samples sharper than the data's components
-    xs = draw(Autoguidance(guide, 2.0).prediction_fn(main, sde, torch.full((N,), CLASS)),
-              sde, "dpm_solver")
+    xs = draw(Autoguidance(guide, 2.0).prediction_fn(main, path, torch.full((N,), CLASS)),
+              path, "dpm_solver")
     assert (gmm.assign(xs) == CLASS).float().mean() > 0.995
     assert (xs - gmm.means[CLASS]).std().item() < 0.1
 
@@ -218,12 +218,12 @@ def test_bad_guidance_values_and_missing_labels(gmm):
                           ({"scale": math.nan}, "scale")):
         with pytest.raises(ValueError, match=match):
             ClassifierFree(**kwargs)
-    sde = all_sdes()["vp"]
+    path = all_sdes()["vp"]
     with pytest.raises(ValueError, match="conditional"):
-        ClassifierFree(2.0).prediction_fn(gmm.conditional_prediction_fn(sde), sde, None)
+        ClassifierFree(2.0).prediction_fn(gmm.conditional_prediction_fn(path), path, None)
     with pytest.raises(ValueError, match="labels"):
-        ClassifierGuidance(gmm.classifier_fn(sde)).prediction_fn(
-            gmm.conditional_prediction_fn(sde), sde, None)
+        ClassifierGuidance(gmm.classifier_fn(path)).prediction_fn(
+            gmm.conditional_prediction_fn(path), path, None)
     assert NoGuidance().scale == 1.0
 
 
@@ -262,10 +262,10 @@ def test_trained_conditional_mlp_with_label_dropout(gmm, one_thread):
     from scorelab.paths.interpolants import LinearPath
     from scorelab.models.score import ScoreModel
 
-    sde, steps, lr = LinearPath(), 2000, 3e-3
+    path, steps, lr = LinearPath(), 2000, 3e-3
     torch.manual_seed(0)
     model = ScoreModel(MLP((2,), width=128, depth=3, emb_dim=64, num_classes=8),
-                       get_head("velocity"), sde)
+                       get_head("velocity"), path)
     loss_fn = DSMLoss(weighting="velocity")
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.1)
@@ -281,12 +281,12 @@ def test_trained_conditional_mlp_with_label_dropout(gmm, one_thread):
     y = torch.full((N,), 0)                      # the lightest component (weight 1/36)
     truth = component(gmm, 0)
     with torch.no_grad():
-        x1 = draw(ClassifierFree(1.0).prediction_fn(model.prediction, sde, y), sde, "dpm_solver")
-        x3 = draw(ClassifierFree(3.0).prediction_fn(model.prediction, sde, y), sde, "dpm_solver")
-        xc = draw(ClassifierGuidance(gmm.classifier_fn(sde), 1.0).prediction_fn(
-            model.prediction, sde, y, conditional=False), sde, "dpm_solver")
-        xu = draw(NoGuidance().prediction_fn(model.prediction, sde, y, conditional=False),
-                  sde, "dpm_solver")
+        x1 = draw(ClassifierFree(1.0).prediction_fn(model.prediction, path, y), path, "dpm_solver")
+        x3 = draw(ClassifierFree(3.0).prediction_fn(model.prediction, path, y), path, "dpm_solver")
+        xc = draw(ClassifierGuidance(gmm.classifier_fn(path), 1.0).prediction_fn(
+            model.prediction, path, y, conditional=False), path, "dpm_solver")
+        xu = draw(NoGuidance().prediction_fn(model.prediction, path, y, conditional=False),
+                  path, "dpm_solver")
     share = {k: (gmm.assign(v) == 0).float().mean().item()
              for k, v in (("w1", x1), ("w3", x3), ("clf", xc), ("uncond", xu))}
     assert share["w1"] > 0.98 and share["w3"] > 0.99 and share["clf"] > 0.95, share
@@ -302,14 +302,14 @@ def test_learned_variance_channels_never_reach_the_guidance():
     the C mean channels only, and CFG's rule holds on them."""
     from scorelab.models.heads import get_head
     from scorelab.models.score import ScoreModel
-    sde = all_sdes()["vp"]
+    path = all_sdes()["vp"]
     net = DiT((1, 8, 8), patch=4, hidden=16, depth=1, heads=2, num_classes=4, learn_sigma=True)
     for p in net.parameters():
         torch.nn.init.normal_(p, std=0.1)
-    model = ScoreModel(net, get_head("v"), sde).eval()
+    model = ScoreModel(net, get_head("v"), path).eval()
     x, t, y = torch.randn(2, 1, 8, 8), torch.full((2,), 0.5), torch.tensor([1, 2])
     with torch.no_grad():
-        guided = ClassifierFree(3.0).prediction_fn(model.prediction, sde, y)(x, t)
+        guided = ClassifierFree(3.0).prediction_fn(model.prediction, path, y)(x, t)
         cond, uncond = model.prediction(x, t, y), model.prediction(x, t, null_labels(2))
     assert guided.x0.shape == x.shape
     assert torch.allclose(guided.x0, uncond.x0 + 3 * (cond.x0 - uncond.x0), atol=1e-5)

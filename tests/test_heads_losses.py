@@ -14,12 +14,12 @@ from scorelab.paths.sde import SubVPSDE, VESDE, VPSDE
 
 
 @pytest.mark.parametrize("head_name", list(HEADS))
-def test_round_trip_exact(sde, head_name):
+def test_round_trip_exact(path, head_name):
     head = get_head(head_name)
     x0 = torch.randn(64, 3, dtype=torch.float64)
     noise = torch.randn(64, 3, dtype=torch.float64)
     t = torch.rand(64, dtype=torch.float64) * (1 - 1e-3) + 1e-3
-    c = sde.coefficients(t, like=x0)
+    c = path.coefficients(t, like=x0)
     alpha, sigma = c[:2]
     x = alpha * x0 + sigma * noise
     out = head.target(x0, noise, *c)
@@ -65,19 +65,19 @@ class OracleBackbone(nn.Module):
     recovering t from the noise label and undoing the ScoreModel's input scaling.
     ``coeffs(t)`` gives the (alpha, sigma) the loss used (continuous or DDPM's discrete)."""
 
-    def __init__(self, c, head, sde, coeffs):
+    def __init__(self, c, head, path, coeffs):
         super().__init__()
-        self.c, self.head, self.sde, self.coeffs = c, head, sde, coeffs
+        self.c, self.head, self.path, self.coeffs = c, head, path, coeffs
         self.dummy = nn.Parameter(torch.zeros(()))
 
     def forward(self, x_in, label, y=None):
-        if isinstance(self.sde, VESDE):    # Score SDE's VE label is sigma(t)
-            t = torch.log(label / self.sde.sigma_min) / math.log(self.sde.sigma_max
-                                                                 / self.sde.sigma_min)
+        if isinstance(self.path, VESDE):    # Score SDE's VE label is sigma(t)
+            t = torch.log(label / self.path.sigma_min) / math.log(self.path.sigma_max
+                                                                 / self.path.sigma_min)
         else:                              # 999 t
-            t = label * self.sde.T / (self.sde.N - 1)
+            t = label * self.path.T / (self.path.N - 1)
         alpha, sigma = (v[:, None] for v in self.coeffs(t))
-        d_alpha, d_sigma = (v[:, None] for v in self.sde.derivatives(t))
+        d_alpha, d_sigma = (v[:, None] for v in self.path.derivatives(t))
         x = x_in / self.head.c_in(alpha, sigma)
         noise = (x - alpha * self.c) / sigma
         return self.head.target(self.c.expand_as(x), noise, alpha, sigma, d_alpha, d_sigma)
@@ -85,19 +85,19 @@ class OracleBackbone(nn.Module):
 
 @pytest.mark.parametrize("head_name", list(HEADS))
 @pytest.mark.parametrize("weighting", ["none", "likelihood", "velocity"])
-def test_dsm_loss_zero_at_exact_target(sde, head_name, weighting):
+def test_dsm_loss_zero_at_exact_target(path, head_name, weighting):
     head = get_head(head_name)
     c = torch.randn(1, 4, dtype=torch.float64)
-    if sde.alpha_vanishes and not head.x0_at_pure_noise:      # no sampler could start
+    if path.alpha_vanishes and not head.x0_at_pure_noise:      # no sampler could start
         with pytest.raises(ValueError, match="cannot give x0 where alpha = 0"):
-            ScoreModel(OracleBackbone(c, head, sde, sde.alpha_sigma), head, sde)
+            ScoreModel(OracleBackbone(c, head, path, path.alpha_sigma), head, path)
         return
-    model = ScoreModel(OracleBackbone(c, head, sde, sde.alpha_sigma), head, sde)
+    model = ScoreModel(OracleBackbone(c, head, path, path.alpha_sigma), head, path)
     x0 = c.expand(256, 4)
     loss = DSMLoss(weighting=weighting, eps=1e-3)(model, x0)
     assert loss.item() < 1e-12
     # and it is not zero for a wrong network
-    model_bad = ScoreModel(OracleBackbone(c + 0.5, head, sde, sde.alpha_sigma), head, sde)
+    model_bad = ScoreModel(OracleBackbone(c + 0.5, head, path, path.alpha_sigma), head, path)
     assert DSMLoss(weighting=weighting, eps=1e-3)(model_bad, x0).item() > 1e-3
 
 
@@ -116,7 +116,7 @@ def test_ddpm_and_smld_losses_zero_at_exact_target(head_name):
 
 def test_eps_head_unweighted_is_score_sde_sigma2_weighting():
     # Score SDE's default loss ||s * std + z||^2 equals the eps head's plain MSE.
-    sde, head = VPSDE(), get_head("eps")
+    path, head = VPSDE(), get_head("eps")
     torch.manual_seed(1)
     net = nn.Linear(3, 3).double()
 
@@ -128,13 +128,13 @@ def test_eps_head_unweighted_is_score_sde_sigma2_weighting():
         def forward(self, x, label, y=None):
             return self.net(x)
 
-    model = ScoreModel(Wrap(), head, sde)
+    model = ScoreModel(Wrap(), head, path)
     x0 = torch.randn(128, 3, dtype=torch.float64)
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     ours = DSMLoss()(model, x0, generator=g1)
     t = torch.rand(128, generator=g2, dtype=torch.float64) * (1 - 1e-5) + 1e-5
     z = torch.randn(x0.shape, generator=g2, dtype=torch.float64)
-    mean, std = sde.marginal_prob(x0, t)
+    mean, std = path.marginal_prob(x0, t)
     xt = mean + std[:, None] * z
     ref = ((model.score_fn(xt, t) * std[:, None] + z) ** 2).mean(1).mean()
     torch.testing.assert_close(ours, ref)

@@ -111,11 +111,11 @@ def test_latent_bits_are_invariant_to_the_scale():
                           (nll_u - torch.log(torch.tensor(4.0))) / torch.log(torch.tensor(2.0)))
 
 
-def _modules(tmp_path, sde, conditional=False):
+def _modules(tmp_path, path, conditional=False):
     """A latent DiffusionModule and the same network as a plain module on the latent
     shape (shared weights)."""
     from scorelab.cli.build import build_module
-    cfg = compose_train(["experiment=digits_fm", f"sde={sde}", "backbone=dit", "backbone.patch=1",
+    cfg = compose_train(["experiment=digits_fm", f"path={path}", "backbone=dit", "backbone.patch=1",
                          "backbone.hidden=32", "backbone.depth=1", "backbone.heads=2",
                          f"conditional={str(conditional).lower()}"], tmp_path)
     space = LatentSpace(tiny_ae(), normalize="fixed", scale=0.7, shift=0.1)
@@ -125,14 +125,14 @@ def _modules(tmp_path, sde, conditional=False):
     return latent.eval(), plain.eval(), space
 
 
-@pytest.mark.parametrize("sde", ["vp", "ve", "linear"])
-def test_every_sampler_runs_unchanged_on_latents(tmp_path, sde, one_thread):
+@pytest.mark.parametrize("path", ["vp", "ve", "linear"])
+def test_every_sampler_runs_unchanged_on_latents(tmp_path, path, one_thread):
     """Sampling a latent model is sampling the same network on the latent shape, then
     decoding: bit for bit, for every sampler that runs on the path."""
     from omegaconf import OmegaConf
 
     from scorelab.sampling import check_sampler
-    latent, plain, space = _modules(tmp_path, sde)
+    latent, plain, space = _modules(tmp_path, path)
     ran = []
     for option in options("sampler"):
         if option == "checkpoint":
@@ -140,7 +140,7 @@ def test_every_sampler_runs_unchanged_on_latents(tmp_path, sde, one_thread):
         settings = {**OmegaConf.to_container(OmegaConf.load(CONF / "sampler"
                                                             / f"{option}.yaml")), "steps": 3}
         try:
-            check_sampler(plain.model.sde, **settings)
+            check_sampler(plain.model.path, **settings)
         except ValueError:
             continue                        # e.g. reverse diffusion on a flow path
         g1, g2 = (torch.Generator().manual_seed(5) for _ in range(2))
@@ -151,7 +151,7 @@ def test_every_sampler_runs_unchanged_on_latents(tmp_path, sde, one_thread):
         torch.testing.assert_close(res.x, space.decode(u), rtol=0, atol=0, equal_nan=True,
                                    msg=option)
         ran.append(option)
-    assert len(ran) == (9 if sde == "linear" else 12), ran     # all that run on the path
+    assert len(ran) == (9 if path == "linear" else 12), ran     # all that run on the path
 
 
 def test_cfg_runs_unchanged_on_latents(tmp_path, one_thread):

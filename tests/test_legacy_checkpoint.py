@@ -35,7 +35,7 @@ def test_checkpoint_from_before_the_move_loads_and_samples_as_before():
     raw = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert raw["scorelab"]["config"]["sde"]["_target_"] == "scorelab.sde.VPSDE"   # as written
     loaded = LoadedCheckpoint(str(ckpt))
-    assert isinstance(loaded.module.model.sde, VPSDE)
+    assert isinstance(loaded.module.model.path, VPSDE)
     settings = {"name": "ddim", "steps": 10, "eta": 0.0, "grid": "quadratic"}   # as 0.1 ran it
     x, _, nfe, _ = draw_samples(loaded, settings, 8, seed=0, device=torch.device("cpu"))
     # what scorelab 0.1's `sample.py ckpt=... num_samples=8 sampler=ddim sampler.steps=10`

@@ -15,22 +15,22 @@ def gmm():
     return GaussianMixture.ring(2, 8, radius=1.0, std=0.1, weights=torch.arange(1.0, 9.0))
 
 
-def test_exact_divergence_matches_exact_log_density(gmm, sde):
+def test_exact_divergence_matches_exact_log_density(gmm, path):
     x, _ = gmm.sample(200, torch.Generator().manual_seed(0))
-    res = log_likelihood(oracle(gmm, sde), sde, x, divergence="exact", eps=1e-5,
+    res = log_likelihood(oracle(gmm, path), path, x, divergence="exact", eps=1e-5,
                          rtol=1e-6, atol=1e-6)
-    exact = gmm.log_prob_fn(sde)(x, torch.full((200,), 1e-5))
+    exact = gmm.log_prob_fn(path)(x, torch.full((200,), 1e-5))
     per_dim = (res.logp - exact).abs().mean().item() / 2
     assert per_dim < 0.01
     assert res.nfe > 0 and res.prior.shape == x.shape
 
 
-def test_hutchinson_is_unbiased(gmm, sde):
+def test_hutchinson_is_unbiased(gmm, path):
     x, _ = gmm.sample(50, torch.Generator().manual_seed(1))
-    exact = log_likelihood(oracle(gmm, sde), sde, x, divergence="exact").logp
+    exact = log_likelihood(oracle(gmm, path), path, x, divergence="exact").logp
     for probe in ("rademacher", "gaussian"):
         runs = torch.stack([
-            log_likelihood(oracle(gmm, sde), sde, x, divergence="hutchinson", probe=probe,
+            log_likelihood(oracle(gmm, path), path, x, divergence="hutchinson", probe=probe,
                            generator=torch.Generator().manual_seed(s)).logp
             for s in range(16)])
         bias = runs.mean(0) - exact                                  # per point
@@ -38,7 +38,7 @@ def test_hutchinson_is_unbiased(gmm, sde):
         # the mean over probes converges to the exact value: a z-test per point
         assert (bias.abs() < 4 * stderr + 1e-3).float().mean() > 0.95
         assert runs.std(0).mean() > 1e-3                            # it is a random estimate
-    many = log_likelihood(oracle(gmm, sde), sde, x, n_probes=64, probe="gaussian",
+    many = log_likelihood(oracle(gmm, path), path, x, n_probes=64, probe="gaussian",
                           generator=torch.Generator().manual_seed(99)).logp
     assert (many - exact).abs().mean() < (runs[0] - exact).abs().mean()
 
@@ -48,16 +48,16 @@ def test_bits_per_dim_offset_and_change_of_variables():
     from scorelab.paths.sde import VPSDE
 
     g = GaussianMixture(torch.zeros(1, 4), torch.full((1, 4), 0.3))
-    sde = VPSDE()
+    path = VPSDE()
     x_model, _ = g.sample(100, torch.Generator().manual_seed(0))
     images = ((x_model.clamp(-0.99, 0.99)) + 1) / 2
-    bpd, nfe = bits_per_dim(oracle(g, sde), sde, images, dequantize=False,
+    bpd, nfe = bits_per_dim(oracle(g, path), path, images, dequantize=False,
                             divergence="exact", rtol=1e-6, atol=1e-6)
     expected = -g.log_prob(2 * images - 1) / (4 * math.log(2)) + 7
     torch.testing.assert_close(bpd, expected, rtol=0, atol=0.02)
     # dequantised: a uniform draw inside each of the 256 bins
     quant = torch.round(images * 255) / 255
-    bpd_q, _ = bits_per_dim(oracle(g, sde), sde, quant, divergence="exact",
+    bpd_q, _ = bits_per_dim(oracle(g, path), path, quant, divergence="exact",
                             generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(bpd_q).all() and (bpd_q - expected).abs().mean() < 0.05
 

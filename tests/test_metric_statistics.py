@@ -80,12 +80,12 @@ def test_kid_matches_brute_force_unbiased_mmd(subset_size):
 
 def test_kid_same_law_is_near_zero_and_shift_is_clearly_positive():
     g = gen(3)
-    real, fake = randn(400, 8, g=g), randn(400, 8, g=g)
-    same_mean, same_std = kid(real, fake, subsets=20, subset_size=200, generator=gen(4))
+    real, fake = randn(300, 8, g=g), randn(300, 8, g=g)
+    same_mean, same_std = kid(real, fake, subsets=20, subset_size=150, generator=gen(4))
     assert abs(same_mean) < 2 * same_std
     means = []
     for shift in (0.5, 1.0, 2.0):                         # |mu| = shift * sqrt(8)
-        mean, std = kid(real, fake + shift, subsets=20, subset_size=200, generator=gen(4))
+        mean, std = kid(real, fake + shift, subsets=20, subset_size=150, generator=gen(4))
         assert mean > 5 * std
         means.append(mean)
     assert same_mean < means[0] < means[1] < means[2]
@@ -158,24 +158,36 @@ def test_prdc_of_a_set_with_itself(k_pr, k_dc):
 
 def test_prdc_points_on_a_line_by_hand():
     real = torch.tensor([[0.0], [1.0], [3.0], [6.0], [10.0]])
-    fake = torch.tensor([[-0.5], [2.5], [8.0], [9.0], [16.0]])
+    fake = torch.tensor([[-8.0], [-0.5], [2.5], [8.0], [9.0]])
     # k = 1. Real radii 1, 1, 2, 3, 4: balls [-1,1] [0,2] [1,5] [3,9] [6,14].
-    # Fake radii 3, 3, 1, 1, 7: balls [-3.5,2.5] [-0.5,5.5] [7,9] [8,10] [9,23].
-    # precision: -0.5, 2.5, 8, 9 lie in the real union [-1, 14], 16 does not -> 4/5.
-    # recall: 0, 1, 3 in [-3.5, 5.5]; 10 on the edge of [8, 10] (<= counts); 6 in none -> 4/5.
-    # density: -0.5 in 1 ball, 2.5 in 1, 8 in 2, 9 in 2 (edge of [3, 9]), 16 in 0: 6/(1*5).
+    # Fake radii 7.5, 3, 3, 1, 1: balls [-15.5,-0.5] [-3.5,2.5] [-0.5,5.5] [7,9] [8,10].
+    # precision: all but -8 lie in some real ball -> 4/5.
+    # recall: 0, 1, 3 lie in fake balls, 10 only on the edge of [8, 10] (<= counts it),
+    # 6 in none -> 4/5.
+    # density: -8 in 0 balls, -0.5 in 1, 2.5 in 1, 8 in 2, 9 in 2 (one of them on the edge
+    # of [3, 9]): 6 / (1 * 5).
     # coverage: the ball [0, 2] of real 1 holds no fake point, the others do -> 4/5.
     assert prdc(real, fake, k_pr=1, k_dc=1) == {
         "precision": 0.8, "recall": 0.8, "density": 1.2, "coverage": 0.8}
-    # k = 2. Real radii 3, 2, 3, 4, 7: balls [-3,3] [-1,3] [0,6] [2,10] [3,17] (union holds
-    # every fake point); fake radii 8.5, 5.5, 5.5, 6.5, 8 (union [-9, 24] holds every real).
-    # density counts: -0.5 -> 2, 2.5 -> 4, 8 -> 2, 9 -> 2, 16 -> 1: 11/(2*5). Every real
-    # ball holds a fake point.
+    # k = 2. Real radii 3, 2, 3, 4, 7: balls [-3,3] [-1,3] [0,6] [2,10] [3,17], whose union
+    # misses only -8; fake radii 10.5, 7.5, 5.5, 5.5, 6.5, whose union [-18.5, 15.5] holds
+    # every real point. density counts: -8 -> 0, -0.5 -> 2, 2.5 -> 4, 8 -> 2, 9 -> 2:
+    # 10 / (2 * 5). Every real ball holds a fake point.
     assert prdc(real, fake, k_pr=2, k_dc=2) == {
-        "precision": 1.0, "recall": 1.0, "density": 1.1, "coverage": 1.0}
-    # Swapping the sets swaps precision and recall when k_pr is the same.
-    swapped = prdc(fake, real, k_pr=1, k_dc=1)
-    assert (swapped["precision"], swapped["recall"]) == (0.8, 0.8)
+        "precision": 0.8, "recall": 1.0, "density": 1.0, "coverage": 1.0}
+    # Swapping the sets swaps precision and recall (same k_pr).
+    swapped = prdc(fake, real, k_pr=2, k_dc=2)
+    assert (swapped["precision"], swapped["recall"]) == (1.0, 0.8)
+
+
+def test_prdc_ball_edges_count_as_inside():
+    # Real radii (k = 1) 2, 2, 4, 4: balls [-2,2] [0,4] [6,14] [10,18]. Fake 4 lies only on
+    # the edge of [0, 4]; fakes 20 and 22 lie in no real ball. Fake radii 16, 2, 2: the ball
+    # [-12, 20] holds every real point.
+    real = torch.tensor([[0.0], [2.0], [10.0], [14.0]])
+    fake = torch.tensor([[4.0], [20.0], [22.0]])
+    assert prdc(real, fake, k_pr=1, k_dc=1) == {
+        "precision": 1 / 3, "recall": 1.0, "density": 1 / 3, "coverage": 1 / 4}
 
 
 def test_prdc_of_far_apart_sets_is_zero():
@@ -231,7 +243,7 @@ def test_prdc_rejects_bad_shapes():
         prdc(torch.zeros(2, 10, 3), torch.zeros(10, 3))
     with pytest.raises(ValueError, match=r"different feature sizes: 3 vs 2"):
         prdc(torch.zeros(10, 3), torch.zeros(10, 2))
-    with pytest.raises(ValueError, match=r"fake must be a torch.Tensor"):
+    with pytest.raises(TypeError, match=r"fake must be a torch.Tensor"):
         prdc(torch.zeros(10, 3), [[0.0, 0.0, 0.0]] * 10)
 
 

@@ -16,13 +16,13 @@ def gmm():
 
 
 @pytest.mark.parametrize("t", [1e-3, 0.1, 0.4, 0.9])
-def test_noised_score_is_grad_log_density(gmm, sde, t):
+def test_noised_score_is_grad_log_density(gmm, path, t):
     x = torch.randn(32, 3) * 2
     tt = torch.full((32,), t)
     x.requires_grad_(True)
-    logp = gmm.log_prob_fn(sde)(x, tt)
+    logp = gmm.log_prob_fn(path)(x, tt)
     (grad,) = torch.autograd.grad(logp.sum(), x)
-    torch.testing.assert_close(gmm.score_fn(sde)(x.detach(), tt), grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(gmm.score_fn(path)(x.detach(), tt), grad, rtol=1e-4, atol=1e-4)
 
 
 def test_log_prob_normalised_2d():

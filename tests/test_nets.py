@@ -473,29 +473,29 @@ def test_outputs_depend_on_the_noise_label(make):
 # ---------------------------------------------------------------------- with ScoreModel
 
 def test_score_model_divides_by_sigma_and_drops_the_variance_channels():
-    sde = VESDE(sigma_min=0.01, sigma_max=50.0)
+    path = VESDE(sigma_min=0.01, sigma_max=50.0)
     unet = randomize_zero_init(UNet((1, 8, 8), channels=16, channel_mult=(1, 2),
                                     embedding="fourier", scale_by_sigma=True)).eval()
-    model = ScoreModel(unet, get_head("score"), sde, input_scaling=False)
+    model = ScoreModel(unet, get_head("score"), path, input_scaling=False)
     x, t = torch.randn(3, 1, 8, 8), torch.tensor([0.1, 0.5, 0.9])
-    sigma = sde.alpha_sigma(t)[1][:, None, None, None]
-    raw = unet(x, sde.noise_label(t))
+    sigma = path.alpha_sigma(t)[1][:, None, None, None]
+    raw = unet(x, path.noise_label(t))
     torch.testing.assert_close(model.score_fn(x, t), raw / sigma)
 
     dit = randomize_zero_init(DiT((1, 8, 8), patch=2, hidden=32, depth=1, heads=4,
                                   learn_sigma=True))
     model = ScoreModel(dit, get_head("eps"), VPSDE())
     out = model.output(x, t)
-    torch.testing.assert_close(out, dit(x, model.sde.noise_label(t))[:, :1])
+    torch.testing.assert_close(out, dit(x, model.path.noise_label(t))[:, :1])
 
 
 @pytest.mark.parametrize("head", ["eps", "x0", "v", "score"])
-@pytest.mark.parametrize("sde", [VPSDE(), VESDE(sigma_min=0.01, sigma_max=50.0)])
-def test_dit_trains_with_every_head_and_sde(head, sde):
+@pytest.mark.parametrize("path", [VPSDE(), VESDE(sigma_min=0.01, sigma_max=50.0)])
+def test_dit_trains_with_every_head_and_sde(head, path):
     """A few Adam steps on a fixed batch lower the loss: gradients reach every block."""
     torch.manual_seed(0)
     dit = DiT((1, 8, 8), patch=2, hidden=32, depth=2, heads=4)
-    model = ScoreModel(dit, get_head(head), sde)
+    model = ScoreModel(dit, get_head(head), path)
     loss_fn = DSMLoss()
     x = torch.randn(16, 1, 8, 8).clamp(-1, 1)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)

@@ -27,9 +27,9 @@ def test_solvers_agree_on_a_linear_ode_with_a_closed_form():
         assert end.dtype == x.dtype and 6 <= nfe < 400
 
 
-def test_ode_samples_from_the_same_start_agree(gmm, sde):
-    x_init = sde.prior_sampling((400, 2), generator=torch.Generator().manual_seed(0))
-    res = {s: sample(oracle(gmm, sde), sde, (400, 2), sampler="ode", steps=1,
+def test_ode_samples_from_the_same_start_agree(gmm, path):
+    x_init = path.prior_sampling((400, 2), generator=torch.Generator().manual_seed(0))
+    res = {s: sample(oracle(gmm, path), path, (400, 2), sampler="ode", steps=1,
                      x_init=x_init.clone(), method="rk45", rtol=1e-5, atol=1e-5, solver=s)
            for s in SOLVERS}
     a, b = res["torchdiffeq"].x, res["scipy"].x
@@ -38,12 +38,12 @@ def test_ode_samples_from_the_same_start_agree(gmm, sde):
     assert all(r.nfe > 20 for r in res.values())
 
 
-def test_log_likelihoods_agree_and_match_the_exact_density(gmm, sde):
+def test_log_likelihoods_agree_and_match_the_exact_density(gmm, path):
     x, _ = gmm.sample(100, torch.Generator().manual_seed(3))
-    exact = gmm.log_prob_fn(sde)(x, torch.full((100,), 1e-5))
+    exact = gmm.log_prob_fn(path)(x, torch.full((100,), 1e-5))
     logp = {}
     for s in SOLVERS:
-        res = log_likelihood(oracle(gmm, sde), sde, x, divergence="exact", rtol=1e-6,
+        res = log_likelihood(oracle(gmm, path), path, x, divergence="exact", rtol=1e-6,
                              atol=1e-6, solver=s)
         logp[s] = res.logp
         assert res.nfe > 0
@@ -61,20 +61,20 @@ def test_ode_defaults_to_torchdiffeq():
 def test_torchdiffeq_path_stays_on_the_gpu(gmm):
     from scorelab.paths.sde import VPSDE
 
-    sde, seen = VPSDE(), set()
+    path, seen = VPSDE(), set()
     on_gpu = GaussianMixture(gmm.means.cuda(), gmm.stds.cuda(), gmm.weights.cuda())
 
     def score_fn(x, t):
         seen.add((x.device.type, t.device.type))
-        return on_gpu.score_fn(sde)(x, t)
+        return on_gpu.score_fn(path)(x, t)
 
-    x_init = sde.prior_sampling((256, 2), generator=torch.Generator().manual_seed(0))
-    gpu = sample(score_fn, sde, (256, 2), sampler="ode", steps=1, x_init=x_init.cuda())
+    x_init = path.prior_sampling((256, 2), generator=torch.Generator().manual_seed(0))
+    gpu = sample(score_fn, path, (256, 2), sampler="ode", steps=1, x_init=x_init.cuda())
     assert seen == {("cuda", "cuda")} and gpu.x.device.type == "cuda"
-    cpu = sample(gmm.score_fn(sde), sde, (256, 2), sampler="ode", steps=1, x_init=x_init,
+    cpu = sample(gmm.score_fn(path), path, (256, 2), sampler="ode", steps=1, x_init=x_init,
                  solver="scipy")
     assert (gpu.x.cpu() - cpu.x).abs().mean() < 1e-3
     x, _ = gmm.sample(64, torch.Generator().manual_seed(1))
-    ll = log_likelihood(score_fn, sde, x.cuda(), divergence="exact")
-    ref = log_likelihood(gmm.score_fn(sde), sde, x, divergence="exact", solver="scipy")
+    ll = log_likelihood(score_fn, path, x.cuda(), divergence="exact")
+    ref = log_likelihood(gmm.score_fn(path), path, x, divergence="exact", solver="scipy")
     assert (ll.logp.cpu() - ref.logp).abs().mean() / 2 < 1e-3

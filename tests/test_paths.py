@@ -20,9 +20,9 @@ class AsPath(InterpolantPath):
     """An SDE seen only through alpha, sigma and their derivatives: its f and g come from
     the generic path formulas."""
 
-    def __init__(self, sde):
-        super().__init__(N=sde.N, sampling_eps=sde.sampling_eps)
-        self.inner = sde
+    def __init__(self, path):
+        super().__init__(N=path.N, sampling_eps=path.sampling_eps)
+        self.inner = path
 
     def alpha_sigma(self, t):
         return self.inner.alpha_sigma(t)
@@ -31,26 +31,26 @@ class AsPath(InterpolantPath):
         return self.inner.derivatives(t)
 
 
-@pytest.mark.parametrize("sde", [VPSDE(), VPSDE(schedule="cosine"), SubVPSDE(),
+@pytest.mark.parametrize("path", [VPSDE(), VPSDE(schedule="cosine"), SubVPSDE(),
                                  SubVPSDE(schedule="cosine"), VESDE(0.01, 50.0)],
                          ids=["vp", "vp_cosine", "subvp", "subvp_cosine", "ve"])
-def test_generic_path_sde_is_the_hand_written_sde(sde):
+def test_generic_path_sde_is_the_hand_written_sde(path):
     # f = alpha'/alpha, g^2 = 2 sigma sigma' - 2 f sigma^2 reproduce Score SDE's Eq. 9/11/17.
     t = torch.linspace(1e-3, 1.0, 101, dtype=torch.float64)
     x = torch.randn(101, 3, dtype=torch.float64)
-    f_ref, g_ref = sde.sde(x, t)
-    f, g = AsPath(sde).sde(x, t)
+    f_ref, g_ref = path.drift_diffusion(x, t)
+    f, g = AsPath(path).drift_diffusion(x, t)
     torch.testing.assert_close(f, f_ref, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(g, g_ref, rtol=1e-7, atol=1e-10)
 
 
 @pytest.mark.parametrize("name", list(all_sdes()))
 def test_derivatives_are_those_of_alpha_sigma(name):
-    sde = all_sdes()[name]
+    path = all_sdes()[name]
     t = torch.linspace(0.02, 0.98, 49, dtype=torch.float64)
     h = 1e-6
-    (a1, s1), (a0, s0) = sde.alpha_sigma(t + h), sde.alpha_sigma(t - h)
-    d_alpha, d_sigma = sde.derivatives(t)
+    (a1, s1), (a0, s0) = path.alpha_sigma(t + h), path.alpha_sigma(t - h)
+    d_alpha, d_sigma = path.derivatives(t)
     torch.testing.assert_close(d_alpha, (a1 - a0) / (2 * h), rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(d_sigma, (s1 - s0) / (2 * h), rtol=1e-6, atol=1e-6)
 
@@ -59,7 +59,7 @@ def test_linear_path_closed_forms():
     path = LinearPath()
     t = torch.tensor([0.0, 0.25, 0.5, 0.9], dtype=torch.float64)
     x = torch.ones(4, 1, dtype=torch.float64)
-    f, g = path.sde(x, t)
+    f, g = path.drift_diffusion(x, t)
     torch.testing.assert_close(f[:, 0], -1 / (1 - t))
     torch.testing.assert_close(g ** 2, 2 * t / (1 - t))
     torch.testing.assert_close(path.t_from_log_snr(path.log_snr(t[1:])), t[1:])
@@ -77,30 +77,30 @@ def test_paths_are_finite_where_samplers_evaluate_them(path, dtype):
     alpha, sigma = path.alpha_sigma(t)
     assert alpha[-1] == 0 and (alpha >= 0).all() and sigma[0] == 0 and sigma[-1] == 1
     inner = torch.linspace(path.sampling_eps, 1.0, 1001, dtype=dtype)[:-1]
-    f, g = path.sde(torch.ones(1000, 1, dtype=dtype), inner)
+    f, g = path.drift_diffusion(torch.ones(1000, 1, dtype=dtype), inner)
     assert torch.isfinite(f).all() and torch.isfinite(g).all()
 
 
 @pytest.mark.parametrize("name", list(all_sdes()))
 def test_prediction_reads_every_parametrisation(name):
-    sde = all_sdes()[name]
+    path = all_sdes()[name]
     x0 = torch.randn(16, 3, dtype=torch.float64)
     eps = torch.randn(16, 3, dtype=torch.float64)
     t = torch.rand(16, dtype=torch.float64) * 0.99 + 0.005
-    a, s, da, ds = sde.coefficients(t, like=x0)
+    a, s, da, ds = path.coefficients(t, like=x0)
     x = a * x0 + s * eps
     pred = Prediction(x, x0, eps, a, s, da, ds)
     torch.testing.assert_close(pred.score, -eps / s)
     torch.testing.assert_close(pred.v, a * eps - s * x0)
     torch.testing.assert_close(pred.velocity, da * x0 + ds * eps)
     # the PF-ODE drift f x - g^2 s / 2 is the velocity
-    f, g = sde.sde(x, t)
+    f, g = path.drift_diffusion(x, t)
     torch.testing.assert_close(pred.velocity, f - 0.5 * g[:, None] ** 2 * pred.score)
     # a plain score function is wrapped into the same prediction
-    wrapped = as_prediction_fn(lambda x_, t_: -eps / s, sde)(x, t)
+    wrapped = as_prediction_fn(lambda x_, t_: -eps / s, path)(x, t)
     torch.testing.assert_close(wrapped.x0, x0)
     torch.testing.assert_close(wrapped.velocity, pred.velocity)
-    assert as_prediction_fn(lambda x_, t_: pred, sde)(x, t) is pred
+    assert as_prediction_fn(lambda x_, t_: pred, path)(x, t) is pred
     # and the model's prediction reads each head's output the same way
     for head_name in ("eps", "x0", "v", "score", "edm", "velocity"):
         head = get_head(head_name)

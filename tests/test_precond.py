@@ -16,9 +16,9 @@ from scorelab.paths.sde import SubVPSDE, VESDE, VPSDE
 SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": lambda: VESDE(0.01, 50.0)}
 
 
-def _coefficients(sde, n=7):
+def _coefficients(path, n=7):
     t = torch.linspace(0.02, 1.0, n, dtype=torch.float64)
-    alpha, sigma = sde.alpha_sigma(t)
+    alpha, sigma = path.alpha_sigma(t)
     return t, alpha[:, None], sigma[:, None]
 
 
@@ -70,20 +70,20 @@ def test_heads_reject_unknown_options():
 def test_noise_labels(name):
     """sde: Score SDE's (999 t on VP / sub-VP, sigma(t) on VE); log_sigma: EDM's
     1/4 log(sigma / alpha)."""
-    sde = SDES[name]()
+    path = SDES[name]()
     net = MLP((2,), width=8, depth=1, emb_dim=8)
-    t, alpha, sigma = _coefficients(sde)
-    score_sde = ScoreModel(net, get_head("eps"), sde).noise_label(t, alpha, sigma)
+    t, alpha, sigma = _coefficients(path)
+    score_sde = ScoreModel(net, get_head("eps"), path).noise_label(t, alpha, sigma)
     expected = sigma[:, 0] if name == "ve" else 999 * t
     torch.testing.assert_close(score_sde, expected)
-    edm = ScoreModel(net, get_head("eps"), sde, noise_label="log_sigma")
+    edm = ScoreModel(net, get_head("eps"), path, noise_label="log_sigma")
     torch.testing.assert_close(edm.noise_label(t, alpha, sigma),
                                0.25 * torch.log(sigma[:, 0] / alpha[:, 0]))
     torch.testing.assert_close(
-        ScoreModel(net, get_head("eps"), sde, noise_label="time").noise_label(t, alpha, sigma),
+        ScoreModel(net, get_head("eps"), path, noise_label="time").noise_label(t, alpha, sigma),
         999 * t)
     with pytest.raises(ValueError, match="noise_label"):
-        ScoreModel(net, get_head("eps"), sde, noise_label="foo")
+        ScoreModel(net, get_head("eps"), path, noise_label="foo")
 
 
 class _Fixed(torch.nn.Module):
@@ -101,17 +101,17 @@ class _Fixed(torch.nn.Module):
 def test_min_snr_is_the_papers_weight_in_each_head_space(head_name):
     """Hang et al. 2023: the head-space MSE weighted by eps: min(SNR, g) / SNR,
     x0: min(SNR, g), v: min(SNR, g) / (SNR + 1) (VP)."""
-    gamma, sde = 5.0, VPSDE()
+    gamma, path = 5.0, VPSDE()
     x0 = torch.randn(64, 3, dtype=torch.float64)
     out = torch.randn(64, 3, dtype=torch.float64)
     head = get_head(head_name)
-    model = ScoreModel(_Fixed(out), head, sde)
+    model = ScoreModel(_Fixed(out), head, path)
     loss = DSMLoss(weighting="min_snr", gamma=gamma)
     gen_seed = 3
     value = loss(model, x0, generator=torch.Generator().manual_seed(gen_seed))
     # redo the draw by hand with the same generator stream
     gen = torch.Generator().manual_seed(gen_seed)
-    t, alpha, sigma = loss.draw(sde, 64, "cpu", gen, torch.float64)
+    t, alpha, sigma = loss.draw(path, 64, "cpu", gen, torch.float64)
     noise = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
     a, s = alpha[:, None], sigma[:, None]
     snr = a ** 2 / s ** 2
@@ -125,11 +125,11 @@ def test_min_snr_is_the_papers_weight_in_each_head_space(head_name):
 def test_log_normal_time_sampling_draws_edm_sigmas(name):
     """ln(sigma / alpha) of the drawn times is N(p_mean, p_std^2) where the SDE's range does
     not clip it."""
-    sde = SDES[name]()
+    path = SDES[name]()
     loss = DSMLoss(time_sampling="log_normal", p_mean=-1.2, p_std=1.2)
-    t, alpha, sigma = loss.draw(sde, 200_000, "cpu", torch.Generator().manual_seed(0),
+    t, alpha, sigma = loss.draw(path, 200_000, "cpu", torch.Generator().manual_seed(0),
                                 torch.float64)
-    assert t.min() >= loss.eps and t.max() <= sde.T
+    assert t.min() >= loss.eps and t.max() <= path.T
     ln_s = torch.log(sigma / alpha)
     # moments of the (slightly clipped) normal: clipping moves them by < 0.01 here
     assert abs(ln_s.mean().item() + 1.2) < 0.02 and abs(ln_s.std().item() - 1.2) < 0.02
@@ -138,9 +138,9 @@ def test_log_normal_time_sampling_draws_edm_sigmas(name):
 
 
 def test_logit_normal_time_sampling():
-    sde = VPSDE()
+    path = VPSDE()
     loss = DSMLoss(time_sampling="logit_normal", p_mean=0.0, p_std=1.0, eps=0.0)
-    t, _, _ = loss.draw(sde, 200_000, "cpu", torch.Generator().manual_seed(0), torch.float64)
+    t, _, _ = loss.draw(path, 200_000, "cpu", torch.Generator().manual_seed(0), torch.float64)
     u = torch.log(t / (1 - t))
     assert abs(u.mean().item()) < 0.01 and abs(u.std().item() - 1.0) < 0.01
 
@@ -211,4 +211,4 @@ def test_checkpoints_from_before_the_label_choice_load_with_the_time_label(tmp_p
     loaded = LoadedCheckpoint(str(path))
     assert loaded.module.model.noise_label_kind == "time"
     t = torch.tensor([0.5])
-    assert loaded.module.model.noise_label(t, *loaded.module.model.sde.alpha_sigma(t)) == 499.5
+    assert loaded.module.model.noise_label(t, *loaded.module.model.path.alpha_sigma(t)) == 499.5

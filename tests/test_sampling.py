@@ -55,16 +55,16 @@ def true_vs_true(gmm):
 
 
 @pytest.mark.parametrize("config", list(CONFIGS))
-def test_exact_score_reproduces_mixture(gmm, true_vs_true, sde, config):
+def test_exact_score_reproduces_mixture(gmm, true_vs_true, path, config):
     name, options, steps = CONFIGS[config]
     truth, floor = true_vs_true
-    if sde.alpha_vanishes and options.get("predictor") == "reverse_diffusion":
+    if path.alpha_vanishes and options.get("predictor") == "reverse_diffusion":
         with pytest.raises(ValueError, match="reverse_diffusion needs alpha"):
-            sample(oracle(gmm, sde), sde, (8, 2), sampler=name, steps=steps, **options)
+            sample(oracle(gmm, path), path, (8, 2), sampler=name, steps=steps, **options)
         return
-    if sde.alpha_vanishes and name == "pc" and options["predictor"] == "euler_maruyama":
+    if path.alpha_vanishes and name == "pc" and options["predictor"] == "euler_maruyama":
         options = {**options, "diffusion": "sigma"}      # g(T) is infinite there
-    res = sample(oracle(gmm, sde), sde, (N, 2), sampler=name, steps=steps,
+    res = sample(oracle(gmm, path), path, (N, 2), sampler=name, steps=steps,
                  generator=torch.Generator().manual_seed(0), **options)
     assert torch.isfinite(res.x).all()
     assert energy_distance(res.x, truth) < 4 * max(floor, 1e-3)
@@ -78,29 +78,29 @@ def test_annealed_langevin_alone_on_ve(gmm):
     """NCSN's sampler, corrector only, on its own SDE."""
     from scorelab.paths.sde import VESDE
 
-    sde = VESDE(sigma_min=0.01, sigma_max=5.0)
-    res = sample(oracle(gmm, sde), sde, (N, 2), sampler="pc", predictor="none",
+    path = VESDE(sigma_min=0.01, sigma_max=5.0)
+    res = sample(oracle(gmm, path), path, (N, 2), sampler="pc", predictor="none",
                  corrector="ald", snr=0.1, n_steps=5, steps=200,
                  generator=torch.Generator().manual_seed(0))
     assert_mode_weights(res.x, gmm)
     assert res.nfe == 200 * 5 + 1
 
 
-def test_nfe_counts(gmm, sde):
-    score = oracle(gmm, sde)
+def test_nfe_counts(gmm, path):
+    score = oracle(gmm, path)
 
     def nfe(name, steps, **kw):
         calls = []
-        res = sample(lambda x, t: calls.append(1) or score(x, t), sde, (8, 2), sampler=name,
+        res = sample(lambda x, t: calls.append(1) or score(x, t), path, (8, 2), sampler=name,
                      steps=steps, **kw)
         assert res.nfe == len(calls)
         return res.nfe
-    pc = {"diffusion": "sigma"} if sde.alpha_vanishes else {}
+    pc = {"diffusion": "sigma"} if path.alpha_vanishes else {}
     assert nfe("pc", 10, **pc) == 11
     assert nfe("pc", 10, corrector="langevin", n_steps=2, **pc) == 31
     assert nfe("ode", 10, method="heun") == 20
     assert nfe("ddim", 10) == 10 and nfe("dpm_solver", 10) == 10
-    assert nfe("edm", 10) == 20 - sde.alpha_vanishes     # from alpha = 0: one Euler step
+    assert nfe("edm", 10) == 20 - path.alpha_vanishes     # from alpha = 0: one Euler step
 
 
 # Deterministic samplers: (sampler, options, order of convergence in the step count).
@@ -115,17 +115,17 @@ DETERMINISTIC = {
 }
 
 
-def gaussian_flow_map(sde, x_init, mean, std, t_end):
+def gaussian_flow_map(path, x_init, mean, std, t_end):
     """Data N(mean, std^2 I): x_t ~ N(alpha_t mean, v_t I) with v_t = alpha_t^2 std^2 +
     sigma_t^2, the PF-ODE velocity is affine in x, and its flow map from T to t_end is the
     increasing affine map between the two Gaussians, in closed form."""
-    a_T, s_T = sde.alpha_sigma(torch.tensor(sde.T, dtype=torch.float64))
-    a_e, s_e = sde.alpha_sigma(torch.tensor(t_end, dtype=torch.float64))
+    a_T, s_T = path.alpha_sigma(torch.tensor(path.T, dtype=torch.float64))
+    a_e, s_e = path.alpha_sigma(torch.tensor(t_end, dtype=torch.float64))
     v_T, v_e = a_T ** 2 * std ** 2 + s_T ** 2, a_e ** 2 * std ** 2 + s_e ** 2
     return a_e * mean + torch.sqrt(v_e / v_T) * (x_init - a_T * mean)
 
 
-def test_deterministic_samplers_converge_to_the_exact_pf_ode_map(sde, one_thread):
+def test_deterministic_samplers_converge_to_the_exact_pf_ode_map(path, one_thread):
     """From a given x_init, every deterministic sampler with the exact score of a Gaussian
     approaches the closed-form flow map at its order: the error at 80 steps is 2^order
     times smaller than at 40 (measured ratios 1.8-2.0 for order 1, 3.9-5.9 for order 2, in
@@ -133,43 +133,43 @@ def test_deterministic_samplers_converge_to_the_exact_pf_ode_map(sde, one_thread
     update, a wrong grid end or an ignored x_init stops the convergence."""
     mean, std = torch.tensor([[0.5, -0.3]], dtype=torch.float64), 0.4
     gauss = GaussianMixture(mean, torch.tensor([std]))
-    x_init = sde.prior_sampling((64, 2), generator=torch.Generator().manual_seed(3)).double()
-    exact = gaussian_flow_map(sde, x_init, mean, std, sde.sampling_eps)
-    res = sample(oracle(gauss, sde), sde, None, "ode", x_init=x_init, method="rk45",
+    x_init = path.prior_sampling((64, 2), generator=torch.Generator().manual_seed(3)).double()
+    exact = gaussian_flow_map(path, x_init, mean, std, path.sampling_eps)
+    res = sample(oracle(gauss, path), path, None, "ode", x_init=x_init, method="rk45",
                  rtol=1e-7, atol=1e-7)
     assert res.x.dtype == torch.float64
     torch.testing.assert_close(res.x, exact, rtol=0, atol=1e-5)
     for name, (sampler, options, order) in DETERMINISTIC.items():
-        errors = [(sample(oracle(gauss, sde), sde, None, sampler, steps=steps,
+        errors = [(sample(oracle(gauss, path), path, None, sampler, steps=steps,
                           x_init=x_init, **options).x - exact).abs().max().item()
                   for steps in (40, 80)]
         assert errors[1] < 0.5 and errors[0] / errors[1] > 0.8 * 2 ** order, (name, errors)
 
 
-def test_generator_makes_stochastic_sampling_reproducible(gmm, sde):
+def test_generator_makes_stochastic_sampling_reproducible(gmm, path):
     def draw(seed):
-        pc = {"diffusion": "sigma"} if sde.alpha_vanishes else {}
-        return sample(oracle(gmm, sde), sde, (16, 2), "pc", steps=20,
+        pc = {"diffusion": "sigma"} if path.alpha_vanishes else {}
+        return sample(oracle(gmm, path), path, (16, 2), "pc", steps=20,
                       generator=torch.Generator().manual_seed(seed), **pc).x
     torch.testing.assert_close(draw(4), draw(4), rtol=0, atol=0)
     assert (draw(4) - draw(5)).abs().min() > 0         # the generator drives every draw
 
 
-def test_ddim_eta0_is_dpm_solver_order1(gmm, sde):
-    x_init = sde.prior_sampling((32, 2), generator=torch.Generator().manual_seed(5))
-    a = sample(oracle(gmm, sde), sde, None, "ddim", steps=15, x_init=x_init, grid="logsnr").x
-    b = sample(oracle(gmm, sde), sde, None, "dpm_solver", steps=15, x_init=x_init, order=1).x
+def test_ddim_eta0_is_dpm_solver_order1(gmm, path):
+    x_init = path.prior_sampling((32, 2), generator=torch.Generator().manual_seed(5))
+    a = sample(oracle(gmm, path), path, None, "ddim", steps=15, x_init=x_init, grid="logsnr").x
+    b = sample(oracle(gmm, path), path, None, "dpm_solver", steps=15, x_init=x_init, order=1).x
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("grid", GRIDS)
-def test_grids_run_from_T_to_eps(sde, grid):
-    ts = make_grid(grid, sde, 25, 1e-3)
-    assert ts[0].item() == pytest.approx(sde.T) and ts[-1].item() == pytest.approx(1e-3)
+def test_grids_run_from_T_to_eps(path, grid):
+    ts = make_grid(grid, path, 25, 1e-3)
+    assert ts[0].item() == pytest.approx(path.T) and ts[-1].item() == pytest.approx(1e-3)
     assert torch.all(ts[1:] < ts[:-1])
     if grid == "logsnr":
-        lam = sde.log_snr(ts.double())
-        if sde.alpha_vanishes:      # lambda(T) = -inf: equal steps from t_1 on
+        lam = path.log_snr(ts.double())
+        if path.alpha_vanishes:      # lambda(T) = -inf: equal steps from t_1 on
             assert lam[0] == float("-inf")
             assert ts[1].item() == pytest.approx(1 - (1 - 1e-3) / 25)
             lam = lam[1:]
@@ -177,20 +177,20 @@ def test_grids_run_from_T_to_eps(sde, grid):
         torch.testing.assert_close(steps, steps.mean().expand_as(steps), rtol=1e-3, atol=1e-4)
 
 
-def test_t_from_log_snr_inverts_log_snr(sde):
+def test_t_from_log_snr_inverts_log_snr(path):
     t = torch.linspace(1e-4, 1.0, 50, dtype=torch.float64)
-    torch.testing.assert_close(sde.t_from_log_snr(sde.log_snr(t)), t, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(path.t_from_log_snr(path.log_snr(t)), t, rtol=1e-9, atol=1e-12)
 
 
-def test_unknown_sampler_option_and_component_errors(gmm, sde):
+def test_unknown_sampler_option_and_component_errors(gmm, path):
     with pytest.raises(ValueError, match="known samplers: .*dpm_solver"):
-        sample(oracle(gmm, sde), sde, (4, 2), sampler="heun")
+        sample(oracle(gmm, path), path, (4, 2), sampler="heun")
     with pytest.raises(ValueError, match="no option.*snr.*options are: method"):
-        sample(oracle(gmm, sde), sde, (4, 2), sampler="ode", snr=0.1)
+        sample(oracle(gmm, path), path, (4, 2), sampler="ode", snr=0.1)
     with pytest.raises(ValueError, match="unknown predictor 'ddpm'"):
-        sample(oracle(gmm, sde), sde, (4, 2), sampler="pc", predictor="ddpm")
+        sample(oracle(gmm, path), path, (4, 2), sampler="pc", predictor="ddpm")
     with pytest.raises(ValueError, match="unknown time grid"):
-        sample(oracle(gmm, sde), sde, (4, 2), sampler="ddim", grid="cosine")
+        sample(oracle(gmm, path), path, (4, 2), sampler="ddim", grid="cosine")
     assert set(SAMPLERS) == {"pc", "ode", "ddim", "edm", "dpm_solver"}
     assert sampler_options("ddim") == ["eta"]
 
@@ -217,11 +217,11 @@ def test_trained_mlp_against_the_mixture_oracle(gmm, recipe, one_thread):
 
     steps, lr = 2000, 3e-3
     if recipe == "vp_eps_dsm":
-        sde, head, loss_fn = VPSDE(), "eps", DSMLoss()
+        path, head, loss_fn = VPSDE(), "eps", DSMLoss()
     else:
-        sde, head, loss_fn = LinearPath(), "velocity", DSMLoss(weighting="velocity")
+        path, head, loss_fn = LinearPath(), "velocity", DSMLoss(weighting="velocity")
     torch.manual_seed(0)
-    model = ScoreModel(MLP((2,), width=128, depth=3, emb_dim=64), get_head(head), sde)
+    model = ScoreModel(MLP((2,), width=128, depth=3, emb_dim=64), get_head(head), path)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.1)
     gen = torch.Generator().manual_seed(0)
@@ -238,13 +238,13 @@ def test_trained_mlp_against_the_mixture_oracle(gmm, recipe, one_thread):
     truth, _ = gmm.sample(n, torch.Generator().manual_seed(1))
     other, _ = gmm.sample(n, torch.Generator().manual_seed(2))
     floor = energy_distance(truth, other)
-    res = sample(model.prediction_fn(), sde, (n, 2), sampler="dpm_solver", steps=20,
+    res = sample(model.prediction_fn(), path, (n, 2), sampler="dpm_solver", steps=20,
                  generator=torch.Generator().manual_seed(0))
     assert energy_distance(res.x, truth) < 6 * floor
     assert_mode_weights(res.x, gmm)
 
     x, _ = gmm.sample(100, torch.Generator().manual_seed(3))
-    model_logp = log_likelihood(model.prediction_fn(), sde, x, divergence="exact", rtol=1e-3,
+    model_logp = log_likelihood(model.prediction_fn(), path, x, divergence="exact", rtol=1e-3,
                                 atol=1e-3).logp
     gap = (gmm.log_prob(x) - model_logp) / 2                 # nats per dimension, per point
     stderr = gap.std() / len(gap) ** 0.5

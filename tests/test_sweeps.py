@@ -267,14 +267,14 @@ def test_wandb_sweep_runs_share_a_group_and_resume_their_run(tmp_path):
     run("train.py", "-m", *TOY, "logger=wandb", "trainer.log_every_n_steps=2", "sde=vp,subvp",
         f"hydra.sweep.dir={out}", cwd=tmp_path, threads=1)
     ids = []
-    for job, sde in (("0", "vp"), ("1", "subvp")):
+    for job, path in (("0", "vp"), ("1", "subvp")):
         run_id = (out / job / "wandb_run_id").read_text().strip()
         runs = list((out / job / "wandb").glob(f"offline-run-*-{run_id}"))
         assert len(runs) == 1, job
         blob = b"".join(p.read_bytes() for p in runs[0].glob("*.wandb"))
         # the job type (the swept override alone, not the sweep's "sde=vp,subvp") and the
         # group (the sweep directory's name, not inside a path)
-        assert re.search(rb"sde=" + sde.encode() + rb"[^,]", blob)
+        assert re.search(rb"sde=" + path.encode() + rb"[^,]", blob)
         assert re.search(rb"[^/]wsweep[^/]", blob)
         assert b"optim.optimizer.lr" in blob and b"train/loss_step" in blob
         assert b"val/loss" in blob

@@ -17,7 +17,7 @@ from scorelab.data import DiffusionDataModule
 from scorelab.util.checks import Rule, check_value, integer, optional, positive
 from scorelab.models.conditioning import check_p_uncond
 from scorelab.util.errors import ConfigError, ScorelabError
-from scorelab.util.moved import upgrade_targets
+from scorelab.util.moved import upgrade_config, upgrade_targets
 from scorelab.training.diffusion_module import LR_DECAY_RULE, DiffusionModule
 from scorelab.sampling import check_options, check_sampler, get_sampler
 from scorelab.models.score import ScoreModel
@@ -46,9 +46,9 @@ def _naming(group: str, message: str) -> str:
     return message if message.startswith(group) else f"{group}: {message}"
 
 
-def sampler_settings(node, sde=None) -> dict:
+def sampler_settings(node, path=None) -> dict:
     """A sampler config node as a plain dict {name, steps, **options}, validated (and, given
-    the model's ``sde``, checked to run on that SDE / path)."""
+    the model's ``path``, checked to run on that path)."""
     settings = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) \
         else dict(node)
     if not settings.get("name"):
@@ -57,8 +57,8 @@ def sampler_settings(node, sde=None) -> dict:
         get_sampler(settings["name"])
         options = {k: v for k, v in settings.items() if k != "name"}
         check_options(settings["name"], {"steps": settings.get("steps"), **options})
-        if sde is not None:
-            check_sampler(sde, **settings)
+        if path is not None:
+            check_sampler(path, **settings)
     except ValueError as e:          # the registry's own rules, as sample() checks them
         raise ConfigError(_naming("sampler", str(e))) from None
     return settings
@@ -107,15 +107,15 @@ def check_training_config(cfg: DictConfig) -> None:
 
 
 def check_path_choice() -> None:
-    """``path=X`` is ``sde=X``; both given and different is an error, not a silent pick."""
+    """``sde=X`` is ``path=X``; both given and different is an error, not a silent pick."""
     from hydra.core.hydra_config import HydraConfig
     if not HydraConfig.initialized():
         return
     choices = HydraConfig.get().runtime.choices
     path, sde = choices.get("path"), choices.get("sde")
-    if path is not None and sde is not None and path != sde:
-        raise ConfigError(f"path={path} and sde={sde} disagree (path is another name for "
-                          f"the sde group): give one of them")
+    if sde is not None and path is not None and path != sde:
+        raise ConfigError(f"path={path} and sde={sde} disagree (sde is another name for "
+                          f"the path group): give one of them")
 
 
 def build_datamodule(cfg: DictConfig) -> DiffusionDataModule:
@@ -161,24 +161,24 @@ def build_module(cfg: DictConfig, data_shape, num_classes: int,
                           f"data has {list(data_shape)}")
     model_shape = tuple(data_shape) if latent is None else tuple(latent.latent_shape)
     check_backbone_shape(cfg, model_shape)
-    sde = make(cfg, "sde")
+    path = make(cfg, "path")
     head = make(cfg, "head")
     backbone = make(cfg, "backbone", data_shape=model_shape,
                     num_classes=backbone_classes(cfg, num_classes))
     loss = make(cfg, "loss")
-    loss.check(sde, head)
+    loss.check(path, head)
     noise_label = cfg.get("noise_label", "sde")
     if noise_label == "log_sigma" and cfg.backbone.get("embedding") == "fourier":
         raise ConfigError("noise_label=log_sigma is a log already, but backbone.embedding="
                           "fourier embeds log(label): use backbone.embedding=positional or "
                           "noise_label=sde")
     try:
-        model = ScoreModel(backbone, head, sde, input_scaling=cfg.input_scaling,
+        model = ScoreModel(backbone, head, path, input_scaling=cfg.input_scaling,
                            noise_label=noise_label)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     try:
-        sampler = sampler_settings(cfg.sampler, sde)
+        sampler = sampler_settings(cfg.sampler, path)
     except ConfigError as e:
         if strict_sampler:
             raise
@@ -210,7 +210,7 @@ def build_classifier_module(cfg: DictConfig, data_shape, num_classes: int,
     check_backbone_shape(cfg, data_shape)
     net = make(cfg, "backbone", data_shape=tuple(data_shape), num_classes=num_classes)
     try:
-        model = NoisyClassifier(net, make(cfg, "sde"), cfg.get("noise_label", "sde"),
+        model = NoisyClassifier(net, make(cfg, "path"), cfg.get("noise_label", "sde"),
                                 cfg.input_scaling)
     except ValueError as e:
         raise ConfigError(str(e)) from None
@@ -291,8 +291,8 @@ class LoadedCheckpoint:
             raise ConfigError(f"ckpt={path}: holds {_an(self.kind)} model, not {_an(kind)} "
                               f"model")
         self.path = p
-        # configs written before the package move name the old module paths
-        self.cfg = OmegaConf.create(upgrade_targets(meta["config"]))
+        # configs written before the package move: old module paths, the `sde` node
+        self.cfg = OmegaConf.create(upgrade_config(meta["config"]))
         if "noise_label" not in self.cfg:
             # written before the label was a choice: every SDE was labelled 999 t
             self.cfg.noise_label = "time"

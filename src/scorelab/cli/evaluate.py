@@ -51,7 +51,7 @@ def _metric_callbacks(cfg, dm, loaded) -> list:
         if cfg.num_samples <= 0:
             raise ConfigError("metrics fid / is need num_samples > 0 (e.g. num_samples=1000)")
         fid = selected.get("fid") or {}
-        settings = resolve_sampler(cfg.sampler, loaded.module.sampler, loaded.module.model.sde)
+        settings = resolve_sampler(cfg.sampler, loaded.module.sampler, loaded.module.model.path)
         try:
             cb = FIDCallback(num_samples=cfg.num_samples, sampler=settings,
                              features=fid.get("features", "auto"),
@@ -106,7 +106,7 @@ def _results(trainer, dm, callbacks, selected) -> dict:
 
 
 def _samples(cfg, loaded, device, out) -> dict:
-    settings = resolve_sampler(cfg.sampler, loaded.module.sampler, loaded.module.model.sde)
+    settings = resolve_sampler(cfg.sampler, loaded.module.sampler, loaded.module.model.path)
     x, labels, nfe, seconds = draw_samples(loaded, settings, cfg.num_samples, cfg.seed, device)
     info = {"sampler": settings, "num_samples": cfg.num_samples, "nfe": nfe,
             "wall_time_s": round(seconds, 2)}

@@ -35,7 +35,7 @@ def _same_model_space(what: str, other: LoadedCheckpoint, module: DiffusionModul
     for a latent model) and classes."""
     mine = module.config
     theirs = OmegaConf.to_container(other.cfg, resolve=True)
-    for key in ("sde", "noise_label"):
+    for key in ("path", "noise_label"):
         if mine.get(key) != theirs.get(key):
             raise ConfigError(f"guidance.{what}={other.path}: trained with {key}="
                               f"{theirs.get(key)}, but the model has {key}={mine.get(key)}")

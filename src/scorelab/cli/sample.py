@@ -25,15 +25,15 @@ from scorelab.latent.space import latent_summary
 from scorelab.util.visualize import save_samples
 
 
-def resolve_sampler(requested: DictConfig, trained_with: dict, sde=None) -> dict:
+def resolve_sampler(requested: DictConfig, trained_with: dict, path=None) -> dict:
     """sampler=checkpoint (name null): the checkpoint's sampler with the non-null keys of
     ``requested`` on top; any named sampler: exactly the requested config. Checked against
-    the model's ``sde`` / path when given."""
+    the model's ``path`` / path when given."""
     req = {k: v for k, v in OmegaConf.to_container(requested, resolve=True).items()
            if v is not None}
     if "name" not in req:
         req = {**trained_with, **req}
-    return sampler_settings(req, sde)
+    return sampler_settings(req, path)
 
 
 def class_labels(n: int, num_classes: int, class_label, device) -> torch.Tensor:
@@ -128,7 +128,7 @@ def _main(cfg: DictConfig) -> dict:
     task = task_settings(cfg.get("task"))
     loaded = load_guided(cfg)
     check_task(task, loaded)
-    settings = resolve_sampler(cfg.sampler, loaded.module.sampler, loaded.module.model.sde)
+    settings = resolve_sampler(cfg.sampler, loaded.module.sampler, loaded.module.model.path)
     device = pick_device(cfg.device)
     extra = {}
     if task["name"] == "generate":

@@ -130,7 +130,7 @@ def draw_controlled(task: dict, loaded, settings: dict, observation, labels, see
         obs = observation[lo:lo + batch_size].to(device)
         y = labels[lo:lo + batch_size].to(device) if labels is not None else None
         model = module.guided_prediction_fn(y)
-        res = controlled_sample(model, module.model.sde, constraint_for(task, loaded, obs),
+        res = controlled_sample(model, module.model.path, constraint_for(task, loaded, obs),
                                 tuple(obs.shape), sampler=name, steps=steps, generator=gen,
                                 device=device, jump_length=int(task.get("jump_length", 1)),
                                 n_resample=int(task.get("n_resample", 1)), callback=progress,

@@ -150,13 +150,13 @@ class _Projecting:
 
     replaces_state = True          # ode rk45 then solves grid interval by grid interval
 
-    def __init__(self, constraint, sde, generator, callback):
-        self.constraint, self.sde, self.generator, self.callback = \
-            constraint, sde, generator, callback
+    def __init__(self, constraint, path, generator, callback):
+        self.constraint, self.path, self.generator, self.callback = \
+            constraint, path, generator, callback
         self.alphas = self.sigmas = None
 
     def on(self, segment: Tensor) -> "_Projecting":
-        self.alphas, self.sigmas = self.sde.alpha_sigma(segment)
+        self.alphas, self.sigmas = self.path.alpha_sigma(segment)
         return self
 
     def __call__(self, i: int, x: Tensor) -> Tensor:
@@ -173,7 +173,7 @@ def check_resampling(jump_length, n_resample) -> None:
 
 
 @torch.no_grad()
-def controlled_sample(model, sde, constraint: Constraint, shape, sampler: str = "pc",
+def controlled_sample(model, path, constraint: Constraint, shape, sampler: str = "pc",
                       steps: int = 500, generator: torch.Generator | None = None, device=None,
                       jump_length: int = 1, n_resample: int = 1, grid: str | None = None,
                       rho: float = 7.0, eps: float | None = None, callback=None,
@@ -182,12 +182,12 @@ def controlled_sample(model, sde, constraint: Constraint, shape, sampler: str = 
     ``n_resample`` > 1), with any registered sampler. Arguments as ``sampling.sample``;
     NFE counts every evaluation, resampling included."""
     check_resampling(jump_length, n_resample)
-    fn, model, x, ts = prepare(model, sde, shape, sampler, steps, generator, None, device,
+    fn, model, x, ts = prepare(model, path, shape, sampler, steps, generator, None, device,
                                grid, rho, eps, options)
-    project = _Projecting(constraint, sde, generator, callback)
+    project = _Projecting(constraint, path, generator, callback)
     n = len(ts) - 1
     if n_resample == 1:
-        x, nfe = fn(model, sde, x, ts, generator=generator, callback=project.on(ts), **options)
+        x, nfe = fn(model, path, x, ts, generator=generator, callback=project.on(ts), **options)
         return SampleResult(constraint.paste(x), nfe)
     # RePaint: segments of jump_length steps, each sampled n_resample times; a final
     # noise-free step (pc's denoise) only at the very end.
@@ -202,9 +202,9 @@ def controlled_sample(model, sde, constraint: Constraint, shape, sampler: str = 
         start = x
         for r in range(n_resample):
             if r > 0:
-                a, s = sde.transition(ts[end], ts[k])
+                a, s = path.transition(ts[end], ts[k])
                 start = a * x + s * randn_like(x, generator)
-            x, m = fn(model, sde, start, segment, generator=generator,
+            x, m = fn(model, path, start, segment, generator=generator,
                       callback=project.on(segment), **seg_options)
             nfe += m
         k = end

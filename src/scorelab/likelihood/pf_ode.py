@@ -86,7 +86,7 @@ def draw_probes(x: Tensor, n_probes: int, probe: str, generator=None) -> Tensor:
     return z.sign() if probe == "rademacher" else z
 
 
-def log_likelihood(model, sde, x: Tensor, divergence: str = "hutchinson",
+def log_likelihood(model, path, x: Tensor, divergence: str = "hutchinson",
                    n_probes: int = 1, probe: str = "rademacher", eps: float = 1e-5,
                    rtol: float = 1e-5, atol: float = 1e-5, solver: str = "torchdiffeq",
                    generator: torch.Generator | None = None) -> LikelihoodResult:
@@ -94,7 +94,7 @@ def log_likelihood(model, sde, x: Tensor, divergence: str = "hutchinson",
 
     Args:
         model: differentiable ``model(x, t)`` returning a ``Prediction`` or a score.
-        sde: the forward SDE or path.
+        path: the forward path (an SDE or an interpolant).
         x: data in model space [B, ...].
         divergence: "hutchinson" (any dimension) or "exact" (low dimension).
         n_probes: Hutchinson probes averaged at every evaluation.
@@ -106,7 +106,7 @@ def log_likelihood(model, sde, x: Tensor, divergence: str = "hutchinson",
     """
     check_likelihood_options(dict(divergence=divergence, n_probes=n_probes, probe=probe,
                                   eps=eps, rtol=rtol, atol=atol, solver=solver))
-    drift = velocity_field(as_prediction_fn(model, sde))
+    drift = velocity_field(as_prediction_fn(model, path))
     batch, dims = x.shape[0], x[0].numel()
     probes = draw_probes(x, n_probes, probe, generator) if divergence == "hutchinson" else None
 
@@ -119,12 +119,12 @@ def log_likelihood(model, sde, x: Tensor, divergence: str = "hutchinson",
         return torch.cat([v.flatten(1), div[:, None]], dim=1)
 
     state = torch.cat([x.flatten(1), torch.zeros(batch, 1, device=x.device, dtype=x.dtype)], 1)
-    end, nfe = solve_ode(augmented, state, eps, sde.T, rtol, atol, solver)
+    end, nfe = solve_ode(augmented, state, eps, path.T, rtol, atol, solver)
     z = end[:, :dims].reshape(x.shape)
-    return LikelihoodResult(sde.prior_logp(z) + end[:, dims], nfe, z)
+    return LikelihoodResult(path.prior_logp(z) + end[:, dims], nfe, z)
 
 
-def bits_per_dim(model, sde, images: Tensor, n_bits: int = 8, dequantize: bool = True,
+def bits_per_dim(model, path, images: Tensor, n_bits: int = 8, dequantize: bool = True,
                  generator: torch.Generator | None = None, **kwargs) -> tuple[Tensor, int]:
     """Per-sample bits/dim of images with values k / (2^n_bits - 1) in [0, 1] (e.g. a
     torchvision ``ToTensor`` output), through ``log_likelihood`` (``kwargs``)."""
@@ -135,7 +135,7 @@ def bits_per_dim(model, sde, images: Tensor, n_bits: int = 8, dequantize: bool =
         unit = (k + u) / bins
     else:
         unit = images
-    res = log_likelihood(model, sde, 2 * unit - 1, generator=generator, **kwargs)
+    res = log_likelihood(model, path, 2 * unit - 1, generator=generator, **kwargs)
     dims = images[0].numel()
     bpd = -(res.logp + dims * math.log(2)) / (dims * math.log(2)) + n_bits
     return bpd, res.nfe

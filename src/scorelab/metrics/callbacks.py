@@ -210,7 +210,7 @@ class BitsPerDimCallback(MetricCallback):
         try:
             local, nfe = heldout_bits_per_dim(
                 lambda yb: model.prediction_fn(yb if pl_module.conditional else None),
-                model.sde, x, y, self.chunk, self.seed, pixels,
+                model.path, x, y, self.chunk, self.seed, pixels,
                 trainer.global_rank, trainer.world_size, progress=bar, **self.likelihood)
         finally:
             bar.close()

@@ -103,7 +103,7 @@ def sample_metrics(union: dict[str, Tensor], reference: dict | None, splits: int
 
 
 @torch.no_grad()
-def heldout_bits_per_dim(model_for: Callable, sde, x: Tensor, y: Tensor | None,
+def heldout_bits_per_dim(model_for: Callable, path, x: Tensor, y: Tensor | None,
                          chunk: int, seed: int, is_image: bool, rank: int = 0, world: int = 1,
                          progress: Callable | None = None,
                          **likelihood_kwargs) -> tuple[dict[str, Tensor], int]:
@@ -121,10 +121,10 @@ def heldout_bits_per_dim(model_for: Callable, sde, x: Tensor, y: Tensor | None,
         yb = y[start:start + size] if y is not None else None
         gen = chunk_generator(seed, k, x.device)
         if is_image:
-            v, nfe = bits_per_dim(model_for(yb), sde, (xb + 1) / 2, generator=gen,
+            v, nfe = bits_per_dim(model_for(yb), path, (xb + 1) / 2, generator=gen,
                                   **likelihood_kwargs)
         else:
-            res = log_likelihood(model_for(yb), sde, xb, generator=gen, **likelihood_kwargs)
+            res = log_likelihood(model_for(yb), path, xb, generator=gen, **likelihood_kwargs)
             v, nfe = -res.logp / xb[0].numel(), res.nfe
         index.append(torch.arange(start, start + size, device=x.device))
         values.append(v)

@@ -6,7 +6,7 @@ so the noised marginal is again a mixture, with closed-form log-density and scor
     p_t(x) = sum_k w_k N(x; alpha mu_k, diag(alpha^2 s_k^2 + sigma^2)),
     grad log p_t(x) = sum_k r_k(x) * (-(x - alpha mu_k) / (alpha^2 s_k^2 + sigma^2)),
 
-with responsibilities r_k(x) = w_k N_k(x) / p_t(x). ``score_fn(sde)`` is an exact
+with responsibilities r_k(x) = w_k N_k(x) / p_t(x). ``score_fn(path)`` is an exact
 ``score_fn(x, t)`` oracle for the samplers, ``prediction_fn`` the exact denoiser (valid at
 alpha = 0 too), ``log_prob`` the exact likelihood.
 
@@ -25,7 +25,7 @@ from torch import Tensor
 
 from scorelab.models.conditioning import NULL_LABEL
 from scorelab.models.prediction import Prediction, prediction_fn
-from scorelab.paths.sde import SDE
+from scorelab.paths.sde import ForwardPath
 
 
 class GaussianMixture:
@@ -108,10 +108,10 @@ class GaussianMixture:
         one = torch.ones(x.shape[0], device=x.device, dtype=x.dtype)
         return self.noised_log_prob(x, one, torch.zeros_like(one))
 
-    def score_fn(self, sde: SDE):
+    def score_fn(self, path: ForwardPath):
         """The exact score of the SDE's noised marginals, as a plain ``score_fn(x, t)``."""
         def score(x: Tensor, t: Tensor) -> Tensor:
-            alpha, sigma = sde.alpha_sigma(t)
+            alpha, sigma = path.alpha_sigma(t)
             return self.noised_score(x, alpha, sigma)
         return score
 
@@ -130,33 +130,33 @@ class GaussianMixture:
         post = self.means.to(x)[None] + a * self.stds.to(x)[None] ** 2 * diff / var
         return (r * post).sum(1)
 
-    def prediction_fn(self, sde: SDE):
+    def prediction_fn(self, path: ForwardPath):
         """The exact prediction (denoiser, hence eps, score, velocity) on any SDE or path."""
         def model(x: Tensor, t: Tensor) -> Prediction:
-            alpha, sigma = sde.alpha_sigma(t)
-            return Prediction.from_x0(sde, x, t, self.noised_denoiser(x, alpha, sigma))
+            alpha, sigma = path.alpha_sigma(t)
+            return Prediction.from_x0(path, x, t, self.noised_denoiser(x, alpha, sigma))
         return prediction_fn(model)
 
-    def conditional_prediction_fn(self, sde: SDE):
+    def conditional_prediction_fn(self, path: ForwardPath):
         """``predict(x, t, y) -> Prediction``: the exact prediction of p_t(x | y), y [B]
         component labels (``NULL_LABEL``: the marginal p_t(x))."""
         def predict(x: Tensor, t: Tensor, y: Tensor | None = None) -> Prediction:
-            alpha, sigma = sde.alpha_sigma(t)
-            return Prediction.from_x0(sde, x, t, self.noised_denoiser(x, alpha, sigma, y))
+            alpha, sigma = path.alpha_sigma(t)
+            return Prediction.from_x0(path, x, t, self.noised_denoiser(x, alpha, sigma, y))
         return predict
 
-    def classifier_fn(self, sde: SDE):
+    def classifier_fn(self, path: ForwardPath):
         """``classifier(x, t) -> logits [B, K]``: log p_t(y | x) (the exact noisy
         classifier)."""
         def classifier(x: Tensor, t: Tensor) -> Tensor:
-            alpha, sigma = sde.alpha_sigma(t)
+            alpha, sigma = path.alpha_sigma(t)
             return torch.log_softmax(self._components(x, alpha, sigma)[0], dim=1)
         return classifier
 
-    def log_prob_fn(self, sde: SDE):
+    def log_prob_fn(self, path: ForwardPath):
         """Exact log p_t(x) as ``log_prob(x, t)``."""
         def log_prob(x: Tensor, t: Tensor) -> Tensor:
-            alpha, sigma = sde.alpha_sigma(t)
+            alpha, sigma = path.alpha_sigma(t)
             return self.noised_log_prob(x, alpha, sigma)
         return log_prob
 

@@ -30,19 +30,19 @@ from torch import Tensor, nn
 from scorelab.util.checks import check_value, one_of
 from scorelab.models.heads import Head
 from scorelab.models.prediction import Prediction, prediction_fn
-from scorelab.paths.sde import SDE
+from scorelab.paths.sde import ForwardPath
 
 NOISE_LABELS = ("sde", "time", "log_sigma")
 
 
-def noise_label(kind: str, sde: SDE, t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+def noise_label(kind: str, path: ForwardPath, t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
     """The noise label [B] of kind ``kind`` (``NOISE_LABELS``) at times t [B]; alpha, sigma
     broadcast against the data or shaped like t. Every network conditioned on the noise
     level (the diffusion backbone, a noisy classifier) is labelled by this function."""
     if kind == "sde":
-        return sde.noise_label(t)
+        return path.noise_label(t)
     if kind == "time":
-        return sde.time_label(t)
+        return path.time_label(t)
     a, s = alpha.reshape(alpha.shape[0], -1)[:, 0], sigma.reshape(sigma.shape[0], -1)[:, 0]
     return 0.25 * (torch.log(s) - torch.log(a))
 
@@ -52,40 +52,40 @@ class ScoreModel(nn.Module):
         backbone: an ``nn.Module`` with ``forward(x, noise_label, y=None)`` returning x's shape
             (2C channels when its ``learn_sigma`` is set; optional ``scale_by_sigma`` flag).
         head: a ``scorelab.models.heads.Head`` saying what the backbone's output means.
-        sde: the forward SDE whose marginals the model is trained on.
+        path: the forward path whose marginals the model is trained on.
         input_scaling: multiply the input by the head's c_in before the backbone.
         noise_label: ``"sde"`` (Score SDE's label), ``"time"`` (999 t) or ``"log_sigma"``
             (EDM's c_noise).
     """
 
-    def __init__(self, backbone: nn.Module, head: Head, sde: SDE, input_scaling: bool = True,
+    def __init__(self, backbone: nn.Module, head: Head, path: ForwardPath, input_scaling: bool = True,
                  noise_label: str = "sde"):
         super().__init__()
         check_value("noise_label", noise_label, one_of(NOISE_LABELS, "noise label"))
-        if sde.alpha_vanishes:
+        if path.alpha_vanishes:
             if not head.x0_at_pure_noise:
                 raise ValueError(
                     f"head={head.name} cannot give x0 where alpha = 0, and "
-                    f"sde={type(sde).__name__} has alpha(T) = 0, where every sampler starts: "
+                    f"path={type(path).__name__} has alpha(T) = 0, where every sampler starts: "
                     f"use head=velocity, v, x0 or edm")
             if noise_label == "log_sigma":
                 raise ValueError(
                     f"noise_label=log_sigma is log(sigma / alpha) / 4 = +inf at t = T on "
-                    f"sde={type(sde).__name__} (alpha(T) = 0): use noise_label=sde or time")
+                    f"path={type(path).__name__} (alpha(T) = 0): use noise_label=sde or time")
         self.backbone = backbone
         self.head = head
-        self.sde = sde
+        self.path = path
         self.input_scaling = input_scaling
         self.noise_label_kind = noise_label
 
     def noise_label(self, t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
         """The backbone's conditioning label [B] at times t [B] (alpha, sigma broadcast
         against the data or shaped like t)."""
-        return noise_label(self.noise_label_kind, self.sde, t, alpha, sigma)
+        return noise_label(self.noise_label_kind, self.path, t, alpha, sigma)
 
     def coefficients(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """alpha(t), sigma(t), alpha'(t), sigma'(t) broadcast against x."""
-        return self.sde.coefficients(t, like=x)
+        return self.path.coefficients(t, like=x)
 
     def output(self, x: Tensor, t: Tensor, y: Tensor | None = None,
                coefficients: tuple[Tensor, ...] | None = None) -> Tensor:

@@ -11,6 +11,6 @@ wrong; the CLI names the override.
 """
 
 from scorelab.paths.interpolants import CosinePath, LinearPath
-from scorelab.paths.sde import SDE, SubVPSDE, VESDE, VPSDE
+from scorelab.paths.sde import ForwardPath, SubVPSDE, VESDE, VPSDE
 
 __all__ = ["SDE", "VPSDE", "SubVPSDE", "VESDE", "LinearPath", "CosinePath"]

@@ -30,22 +30,22 @@ import math
 import torch
 from torch import Tensor
 
-from scorelab.paths.sde import SDE, _bcast
+from scorelab.paths.sde import ForwardPath, batch_broadcast
 
 
-class InterpolantPath(SDE):
+class InterpolantPath(ForwardPath):
     """A path given by alpha(t), sigma(t) and their derivatives; the prior is N(0, sigma(T)^2)."""
 
     @abc.abstractmethod
     def derivatives(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """(alpha'(t), sigma'(t))."""
 
-    def sde(self, x, t):
+    def drift_diffusion(self, x, t):
         alpha, sigma = self.alpha_sigma(t)
         d_alpha, d_sigma = self.derivatives(t)
         f = d_alpha / alpha
         g2 = 2 * sigma * d_sigma - 2 * f * sigma * sigma
-        return _bcast(f, x) * x, torch.sqrt(g2.clamp(min=0))
+        return batch_broadcast(f, x) * x, torch.sqrt(g2.clamp(min=0))
 
     def prior_std(self):
         return float(self.alpha_sigma(torch.tensor([self.T], dtype=torch.float64))[1])

@@ -6,7 +6,7 @@ Every SDE here is linear, dX = f(t) X dt + g(t) dW, so its perturbation kernel i
     x_t = alpha(t) x_0 + sigma(t) z,      z ~ N(0, I).
 
 The whole package consumes an SDE through its methods -- ``alpha_sigma``, ``derivatives``,
-``log_snr`` and its inverse, ``sde``, ``discretize``, ``alpha_vanishes`` -- never through its
+``log_snr`` and its inverse, ``drift_diffusion``, ``discretize``, ``alpha_vanishes`` -- never through its
 type: a new SDE or path (``scorelab.paths.interpolants``) works with every head, loss and sampler
 unchanged.
 
@@ -29,7 +29,7 @@ from torch import Tensor
 from scorelab.paths.schedules import BetaSchedule, make_beta_schedule
 
 
-def _bcast(v: Tensor, x: Tensor) -> Tensor:
+def batch_broadcast(v: Tensor, x: Tensor) -> Tensor:
     """Reshape a per-sample vector [B] so that it broadcasts against x [B, ...]."""
     return v.reshape(v.shape + (1,) * (x.dim() - v.dim()))
 
@@ -38,10 +38,10 @@ def _per_sample_sum(x: Tensor) -> Tensor:
     return x.flatten(1).sum(dim=1)
 
 
-class SDE(abc.ABC):
+class ForwardPath(abc.ABC):
     """A linear forward SDE on t in [0, T], discretised into N steps where needed.
 
-    Subclasses define ``alpha_sigma`` (the perturbation kernel), ``sde`` (f(x,t), g(t)) and
+    Subclasses define ``alpha_sigma`` (the perturbation kernel), ``drift_diffusion`` (f(x,t), g(t)) and
     the prior; everything else (marginals, reverse-time SDE, Euler–Maruyama discretisation,
     the backbone's noise label) follows generically.
     """
@@ -60,7 +60,7 @@ class SDE(abc.ABC):
         """(alpha(t), sigma(t)) of the kernel x_t = alpha x_0 + sigma z, each shaped like t."""
 
     @abc.abstractmethod
-    def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    def drift_diffusion(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Drift f(x, t) (shaped like x) and diffusion g(t) (shaped like t)."""
 
     @abc.abstractmethod
@@ -73,7 +73,7 @@ class SDE(abc.ABC):
         Subclasses with closed forms override it."""
         alpha, sigma = self.alpha_sigma(t)
         one = torch.ones_like(t)
-        f, g = self.sde(one, t)
+        f, g = self.drift_diffusion(one, t)
         return f * alpha, (f * sigma * sigma + 0.5 * g * g) / sigma
 
     def coefficients(self, t: Tensor, like: Tensor | None = None):
@@ -82,7 +82,7 @@ class SDE(abc.ABC):
         d_alpha, d_sigma = self.derivatives(t)
         if like is None:
             return alpha, sigma, d_alpha, d_sigma
-        return tuple(_bcast(c, like).to(like.dtype) for c in (alpha, sigma, d_alpha, d_sigma))
+        return tuple(batch_broadcast(c, like).to(like.dtype) for c in (alpha, sigma, d_alpha, d_sigma))
 
     def interpolate(self, x0: Tensor, noise: Tensor, coefficients) -> Tensor:
         """x_t = alpha x0 + sigma noise, the training input the losses draw (the place where a
@@ -99,7 +99,7 @@ class SDE(abc.ABC):
     def marginal_prob(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Mean alpha(t) x_0 and std sigma(t) of p_{0t}(x_t | x_0)."""
         alpha, sigma = self.alpha_sigma(t)
-        return _bcast(alpha, x) * x, sigma
+        return batch_broadcast(alpha, x) * x, sigma
 
     def prior_sampling(self, shape, generator: torch.Generator | None = None,
                        device: torch.device | str | None = None,
@@ -147,7 +147,7 @@ class SDE(abc.ABC):
     def chain_discretize(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """The SDE's own N-step chain: Euler–Maruyama unless a subclass knows better."""
         step = self.T / self.N
-        drift, diffusion = self.sde(x, t)
+        drift, diffusion = self.drift_diffusion(x, t)
         return drift * step, diffusion * math.sqrt(step)
 
     def table(self, name: str, device) -> Tensor:
@@ -169,7 +169,7 @@ class SDE(abc.ABC):
 
     def transition_discretize(self, x: Tensor, t: Tensor, dt: Tensor) -> tuple[Tensor, Tensor]:
         a, g = self.transition(t - dt, t)
-        return (_bcast(a, x).to(x.dtype) - 1.0) * x, g
+        return (batch_broadcast(a, x).to(x.dtype) - 1.0) * x, g
 
     def log_snr(self, t: Tensor) -> Tensor:
         """lambda(t) = log(alpha(t) / sigma(t)), decreasing in t."""
@@ -202,27 +202,27 @@ class ReverseSDE:
     the forward SDE's own discretisation (reverse diffusion predictor, Eq. 45/47).
     """
 
-    def __init__(self, forward: SDE, score_fn, probability_flow: bool = False):
-        self.forward_sde = forward
+    def __init__(self, forward: ForwardPath, score_fn, probability_flow: bool = False):
+        self.forward_path = forward
         self.score_fn = score_fn
         self.probability_flow = probability_flow
         self.N = forward.N
         self.T = forward.T
         self._c = 0.5 if probability_flow else 1.0
 
-    def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        drift, diffusion = self.forward_sde.sde(x, t)
-        g2 = _bcast(diffusion * diffusion, x)
+    def drift_diffusion(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        drift, diffusion = self.forward_path.drift_diffusion(x, t)
+        g2 = batch_broadcast(diffusion * diffusion, x)
         drift = drift - g2 * self.score_fn(x, t) * self._c
         return drift, torch.zeros_like(diffusion) if self.probability_flow else diffusion
 
     def discretize(self, x: Tensor, t: Tensor, dt: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        f, G = self.forward_sde.discretize(x, t, dt)
-        rev_f = f - _bcast(G * G, x) * self.score_fn(x, t) * self._c
+        f, G = self.forward_path.discretize(x, t, dt)
+        rev_f = f - batch_broadcast(G * G, x) * self.score_fn(x, t) * self._c
         return rev_f, torch.zeros_like(G) if self.probability_flow else G
 
 
-class VPSDE(SDE):
+class VPSDE(ForwardPath):
     """Variance-preserving SDE, the continuous limit of DDPM (Eq. 11).
 
     Args:
@@ -242,16 +242,16 @@ class VPSDE(SDE):
                                                          beta_max=beta_max, s=cosine_s)
         betas = self.schedule.discrete_betas(self.N)
         self.discrete_betas = betas
-        self.alphas = 1.0 - betas
-        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        self.ddpm_alphas = 1.0 - betas      # DDPM's alpha_i = 1 - beta_i (not alpha(t))
+        self.alphas_cumprod = torch.cumprod(self.ddpm_alphas, dim=0)
 
     def alpha_sigma(self, t):
         B = self.schedule.integral(t)
         return torch.exp(-0.5 * B), torch.sqrt(-torch.expm1(-B))
 
-    def sde(self, x, t):
+    def drift_diffusion(self, x, t):
         beta = self.schedule.beta(t)
-        return -0.5 * _bcast(beta, x) * x, torch.sqrt(beta)
+        return -0.5 * batch_broadcast(beta, x) * x, torch.sqrt(beta)
 
     def derivatives(self, t):
         """alpha' = -beta alpha / 2; sigma' = beta alpha^2 / (2 sigma) (alpha^2 + sigma^2 = 1)."""
@@ -271,11 +271,11 @@ class VPSDE(SDE):
         """DDPM forward step x_{i+1} = sqrt(1 - beta_i) x_i + sqrt(beta_i) z (Eq. 47's
         forward counterpart): f = (sqrt(1 - beta_i) - 1) x, G = sqrt(beta_i)."""
         beta = self.table("discrete_betas", t.device)[self.discrete_index(t)].to(x.dtype)
-        f = (_bcast(torch.sqrt(1.0 - beta), x) - 1.0) * x
+        f = (batch_broadcast(torch.sqrt(1.0 - beta), x) - 1.0) * x
         return f, torch.sqrt(beta)
 
 
-class SubVPSDE(SDE):
+class SubVPSDE(ForwardPath):
     """sub-VP SDE (Eq. 17): VP's drift with diffusion sqrt(beta(t)(1 - exp(-2B(t)))), whose
     marginal std 1 - exp(-B(t)) is bounded by VP's; good likelihoods.
 
@@ -294,10 +294,10 @@ class SubVPSDE(SDE):
         B = self.schedule.integral(t)
         return torch.exp(-0.5 * B), -torch.expm1(-B)
 
-    def sde(self, x, t):
+    def drift_diffusion(self, x, t):
         beta = self.schedule.beta(t)
         discount = -torch.expm1(-2.0 * self.schedule.integral(t))
-        return -0.5 * _bcast(beta, x) * x, torch.sqrt(beta * discount)
+        return -0.5 * batch_broadcast(beta, x) * x, torch.sqrt(beta * discount)
 
     def derivatives(self, t):
         """alpha' = -beta alpha / 2; sigma' = beta exp(-B) = beta alpha^2."""
@@ -309,7 +309,7 @@ class SubVPSDE(SDE):
         return 1.0
 
 
-class VESDE(SDE):
+class VESDE(ForwardPath):
     """Variance-exploding SDE, the continuous limit of SMLD / NCSN (Eq. 9 and 30).
 
     Args:
@@ -338,7 +338,7 @@ class VESDE(SDE):
     def alpha_sigma(self, t):
         return torch.ones_like(t), self.sigma(t)
 
-    def sde(self, x, t):
+    def drift_diffusion(self, x, t):
         return torch.zeros_like(x), self.sigma(t) * math.sqrt(2 * self._log_ratio)
 
     def derivatives(self, t):

@@ -1,13 +1,13 @@
 """Sampling from any model prediction (or ``score_fn(x, t)``) and SDE or path.
 
-    result = sample(model, sde, shape, sampler="dpm_solver", steps=20)
+    result = sample(model, path, shape, sampler="dpm_solver", steps=20)
     result.x, result.nfe
 
 ``model(x, t)`` returns a ``scorelab.models.prediction.Prediction`` (``ScoreModel.prediction_fn``,
 ``GaussianMixture.prediction_fn``) or a plain score, which is wrapped. Every sampler is a
-stateless function in the one registry (``SAMPLERS``) of (model, sde, x, ts); it reads the
+stateless function in the one registry (``SAMPLERS``) of (model, path, x, ts); it reads the
 prediction as x0, eps, score or velocity and asks the SDE / path for what it needs
-(alpha_sigma, derivatives, log_snr and its inverse, sde, discretize, prior_sampling), never
+(alpha_sigma, derivatives, log_snr and its inverse, drift_diffusion, discretize, prior_sampling), never
 for its type. Time grids are separate pure functions (``grids.make_grid``).
 """
 
@@ -31,7 +31,7 @@ class SampleResult(NamedTuple):
 
 
 @torch.no_grad()
-def sample(model, sde, shape, sampler: str = "pc", steps: int = 500,
+def sample(model, path, shape, sampler: str = "pc", steps: int = 500,
            generator: torch.Generator | None = None, x_init: Tensor | None = None,
            device=None, grid: str | None = None, rho: float = 7.0, eps: float | None = None,
            callback=None, **options) -> SampleResult:
@@ -39,7 +39,7 @@ def sample(model, sde, shape, sampler: str = "pc", steps: int = 500,
 
     Args:
         model: callable (x [B,...], t [B]) -> ``Prediction`` or score [B,...].
-        sde: a ``scorelab.paths.sde.SDE`` or ``scorelab.paths.interpolants`` path.
+        path: a ``scorelab.paths`` forward path (an SDE or an interpolant).
         shape: shape of the batch to draw, e.g. (64, 1, 28, 28).
         sampler: a registered sampler name (``SAMPLERS``).
         steps: number of grid steps (NFE per step depends on the sampler: see ``nfe``).
@@ -48,20 +48,20 @@ def sample(model, sde, shape, sampler: str = "pc", steps: int = 500,
         device: where to sample (default: the generator's, else CPU).
         grid: time grid, one of ``GRIDS`` (default: the sampler's own).
         rho: exponent of the karras grid.
-        eps: final time (default: ``sde.sampling_eps``).
+        eps: final time (default: ``path.sampling_eps``).
         callback: called as callback(step_index, x) after every step (progress bars); a
             tensor it returns replaces x (projections, ``scorelab.guidance.controllable``).
         **options: the sampler's own options (``sampler_options(name)``).
 
     Option names and values are checked (``check_options``) before anything is drawn.
     """
-    fn, model, x, ts = prepare(model, sde, shape, sampler, steps, generator, x_init, device,
+    fn, model, x, ts = prepare(model, path, shape, sampler, steps, generator, x_init, device,
                                grid, rho, eps, options)
-    x, nfe = fn(model, sde, x, ts, generator=generator, callback=callback, **options)
+    x, nfe = fn(model, path, x, ts, generator=generator, callback=callback, **options)
     return SampleResult(x, nfe)
 
 
-def prepare(model, sde, shape, sampler: str, steps: int, generator=None, x_init=None,
+def prepare(model, path, shape, sampler: str, steps: int, generator=None, x_init=None,
             device=None, grid=None, rho: float = 7.0, eps=None, options: dict | None = None):
     """What every sampling call does before its first step: check the options, draw the
     prior (or take ``x_init``), make the grid, check the path, wrap the model. Returns
@@ -74,26 +74,26 @@ def prepare(model, sde, shape, sampler: str, steps: int, generator=None, x_init=
     else:
         if device is None and generator is not None:
             device = generator.device
-        x = sde.prior_sampling(shape, generator=generator, device=device)
-    ts = time_grid(sampler, sde, steps, grid, rho, eps, device=x.device)
-    check_path(sampler, options, sde, ts)
-    return fn, as_prediction_fn(model, sde), x, ts
+        x = path.prior_sampling(shape, generator=generator, device=device)
+    ts = time_grid(sampler, path, steps, grid, rho, eps, device=x.device)
+    check_path(sampler, options, path, ts)
+    return fn, as_prediction_fn(model, path), x, ts
 
 
-def time_grid(sampler: str, sde, steps: int, grid: str | None = None, rho: float = 7.0,
+def time_grid(sampler: str, path, steps: int, grid: str | None = None, rho: float = 7.0,
               eps: float | None = None, device=None) -> Tensor:
     """The time grid ``sample()`` uses: ``grid`` or the sampler's own, from T to ``eps``
-    (default ``sde.sampling_eps``)."""
-    return make_grid(grid or DEFAULT_GRIDS[sampler], sde, steps,
-                     sde.sampling_eps if eps is None else eps, rho=rho, device=device)
+    (default ``path.sampling_eps``)."""
+    return make_grid(grid or DEFAULT_GRIDS[sampler], path, steps,
+                     path.sampling_eps if eps is None else eps, rho=rho, device=device)
 
 
-def check_sampler(sde, name: str, steps: int, grid: str | None = None, rho: float = 7.0,
+def check_sampler(path, name: str, steps: int, grid: str | None = None, rho: float = 7.0,
                   eps: float | None = None, **options) -> None:
     """Everything ``sample()`` checks before its first evaluation -- option names and values,
     and whether the sampler can run on this SDE / path -- without a model (start-up)."""
     check_options(name, {"steps": steps, "grid": grid, "rho": rho, "eps": eps, **options})
-    check_path(name, options, sde, time_grid(name, sde, steps, grid, rho, eps))
+    check_path(name, options, path, time_grid(name, path, steps, grid, rho, eps))
 
 
 __all__ = ["sample", "prepare", "SampleResult", "SAMPLERS", "GRIDS", "COMMON_OPTIONS", "get_sampler",

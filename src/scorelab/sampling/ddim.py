@@ -20,8 +20,8 @@ from scorelab.sampling.registry import register
 
 
 @register("ddim", grid="uniform", rules={"eta": number(0)})
-def ddim(model, sde, x, ts, *, generator=None, callback=None, eta: float = 0.0):
-    alphas, sigmas = sde.alpha_sigma(ts)
+def ddim(model, path, x, ts, *, generator=None, callback=None, eta: float = 0.0):
+    alphas, sigmas = path.alpha_sigma(ts)
     times = ts[:, None].expand(len(ts), x.shape[0])
     for i in range(len(ts) - 1):
         a_t, s_t, a_s, s_s = alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1]

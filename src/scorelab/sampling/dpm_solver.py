@@ -28,9 +28,9 @@ from scorelab.sampling.registry import register
 
 @register("dpm_solver", grid="logsnr",
           rules={"order": integer(1, 3), "lower_order_final": boolean()})
-def dpm_solver_pp(model, sde, x, ts, *, generator=None, callback=None, order: int = 2,
+def dpm_solver_pp(model, path, x, ts, *, generator=None, callback=None, order: int = 2,
                   lower_order_final: bool = True):
-    alphas, sigmas = sde.alpha_sigma(ts)
+    alphas, sigmas = path.alpha_sigma(ts)
     lams = torch.log(alphas) - torch.log(sigmas)
     times = ts[:, None].expand(len(ts), x.shape[0])
     n = len(ts) - 1

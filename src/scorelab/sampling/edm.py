@@ -25,10 +25,10 @@ from scorelab.sampling.registry import register
 @register("edm", grid="karras",
           rules={"s_churn": number(0), "s_tmin": number(0), "s_tmax": number(0),
                  "s_noise": number(0)})
-def edm_heun(model, sde, x, ts, *, generator=None, callback=None, s_churn: float = 0.0,
+def edm_heun(model, path, x, ts, *, generator=None, callback=None, s_churn: float = 0.0,
              s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0):
     batch = x.shape[0]
-    alphas, sigmas = sde.alpha_sigma(ts)
+    alphas, sigmas = path.alpha_sigma(ts)
     levels = sigmas / alphas                                # VE-equivalent noise levels
     n = len(ts) - 1
     gamma_max = min(s_churn / n, math.sqrt(2) - 1) if s_churn > 0 else 0.0
@@ -37,9 +37,9 @@ def edm_heun(model, sde, x, ts, *, generator=None, callback=None, s_churn: float
     gammas = torch.where(churned,
                          torch.full_like(levels[:-1], gamma_max), torch.zeros_like(levels[:-1]))
     hat = torch.minimum(levels[:-1] * (1 + gammas), levels[0])
-    t_hat = sde.t_from_log_snr(-torch.log(hat.double())).to(ts)
+    t_hat = path.t_from_log_snr(-torch.log(hat.double())).to(ts)
     t_hat[gammas == 0] = ts[:-1][gammas == 0]
-    a_hat, s_hat = sde.alpha_sigma(t_hat)
+    a_hat, s_hat = path.alpha_sigma(t_hat)
     hat = s_hat / a_hat
 
     def denoise(y, t, alpha):

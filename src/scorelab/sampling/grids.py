@@ -23,11 +23,11 @@ from torch import Tensor
 GRIDS = ("uniform", "quadratic", "karras", "logsnr")
 
 
-def make_grid(name: str, sde, steps: int, eps: float, rho: float = 7.0,
+def make_grid(name: str, path, steps: int, eps: float, rho: float = 7.0,
               device=None) -> Tensor:
     if steps < 1:
         raise ValueError(f"sampling needs steps >= 1, got {steps}")
-    T = float(sde.T)
+    T = float(path.T)
     if not 0 <= eps < T:
         raise ValueError(f"sampling eps must be in [0, T={T}), got {eps}")
     u = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
@@ -37,14 +37,14 @@ def make_grid(name: str, sde, steps: int, eps: float, rho: float = 7.0,
         ts = eps + (T - eps) * u * u
     elif name in ("karras", "logsnr"):
         ends = torch.tensor([T, eps], dtype=torch.float64)
-        lam_T, lam_eps = sde.log_snr(ends).tolist()
+        lam_T, lam_eps = path.log_snr(ends).tolist()
         if lam_T == float("-inf"):
             # alpha(T) = 0: no finite level to space from. t_0 = T, then the rule from the
             # uniform grid's first point t_1 = T - (T - eps) / steps on.
             if steps == 1:
                 return torch.tensor([T, eps], device=device, dtype=torch.float32)
             t1 = T - (T - eps) / steps
-            rest = make_grid(name, _Truncated(sde, t1), steps - 1, eps, rho, None).double()
+            rest = make_grid(name, _Truncated(path, t1), steps - 1, eps, rho, None).double()
             return torch.cat([torch.tensor([T], dtype=torch.float64), rest]).to(
                 device=device, dtype=torch.float32)
         if name == "logsnr":
@@ -53,7 +53,7 @@ def make_grid(name: str, sde, steps: int, eps: float, rho: float = 7.0,
             smax, smin = torch.exp(-torch.tensor([lam_T, lam_eps], dtype=torch.float64))
             sig = (smax ** (1 / rho) + (1 - u) * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho
             lam = -torch.log(sig)
-        ts = sde.t_from_log_snr(lam)
+        ts = path.t_from_log_snr(lam)
         ts[0], ts[-1] = T, eps            # exact end points despite the bisection
     else:
         raise ValueError(f"unknown time grid {name!r}; known grids: {', '.join(GRIDS)}")
@@ -63,8 +63,8 @@ def make_grid(name: str, sde, steps: int, eps: float, rho: float = 7.0,
 class _Truncated:
     """The same SDE / path seen on [0, T'] (a grid's end point below T)."""
 
-    def __init__(self, sde, T: float):
-        self._sde, self.T = sde, T
+    def __init__(self, path, T: float):
+        self._sde, self.T = path, T
 
     def __getattr__(self, name):
         return getattr(self._sde, name)

@@ -92,7 +92,7 @@ def solve_ode(fn, x, t0: float, t1: float, rtol: float, atol: float,
 @register("ode", grid="uniform",
           rules={"method": one_of(METHODS, "method"), "solver": one_of(SOLVERS, "solver"),
                  "rtol": number(0, lo_open=True), "atol": number(0, lo_open=True)})
-def probability_flow(model, sde, x, ts, *, generator=None, callback=None,
+def probability_flow(model, path, x, ts, *, generator=None, callback=None,
                      method: str = "rk45", rtol: float = 1e-5, atol: float = 1e-5,
                      solver: str = "torchdiffeq"):
     """Integrate the probability-flow ODE on ``ts`` (fixed step) or adaptively (rk45,

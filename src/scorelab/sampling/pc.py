@@ -12,7 +12,7 @@ Predictors (x -> x_next, and the noise-free mean x_mean):
                      default; finite at alpha(T) = 0, where g is not), "constant" g~^2 = 2;
                      times ``diffusion_scale``.
 * reverse_diffusion: x_mean = x - f + G^2 s,       x = x_mean + G z  with the forward
-                     discretisation (f, G) = sde.discretize (Eq. 45-47); on the SDE's own
+                     discretisation (f, G) = path.discretize (Eq. 45-47); on the SDE's own
                      N-step uniform grid exactly Score SDE's, else the exact kernel per step
                      (needs alpha(T) > 0).
 * ancestral:         a draw from q(x_s | x_t, x0 = x0_hat) of the linear SDE, s = t - dt:
@@ -36,7 +36,7 @@ import torch
 from scorelab.util.checks import boolean, integer, number, one_of
 from scorelab.sampling._util import after_step, randn_like, tweedie_denoise
 from scorelab.sampling.registry import register
-from scorelab.paths.sde import _bcast
+from scorelab.paths.sde import batch_broadcast
 
 
 def euler_maruyama_step(ctx, x, i):
@@ -49,7 +49,7 @@ def euler_maruyama_step(ctx, x, i):
 def reverse_diffusion_step(ctx, x, i):
     f, G = ctx.rsde.discretize(x, ctx.t(i), ctx.chain_dt(i))
     x_mean = x - f
-    return x_mean + _bcast(G, x) * randn_like(x, ctx.generator), x_mean, 1
+    return x_mean + batch_broadcast(G, x) * randn_like(x, ctx.generator), x_mean, 1
 
 
 def ancestral_step(ctx, x, i):
@@ -99,12 +99,12 @@ CORRECTORS = {"langevin": langevin_step, "ald": ald_step, "none": no_step}
 DIFFUSIONS = ("sde", "sigma", "constant")
 
 
-def reverse_diffusion_g2(sde, ts, diffusion: str = "sde", scale: float = 1.0):
+def reverse_diffusion_g2(path, ts, diffusion: str = "sde", scale: float = 1.0):
     """g~(t)^2 of the marginal-preserving reverse SDE on the grid ``ts`` (see the module doc)."""
     if diffusion == "sde":
-        g2 = sde.sde(torch.zeros(len(ts), 1, dtype=ts.dtype, device=ts.device), ts)[1] ** 2
+        g2 = path.drift_diffusion(torch.zeros(len(ts), 1, dtype=ts.dtype, device=ts.device), ts)[1] ** 2
     elif diffusion == "sigma":
-        g2 = 2 * sde.alpha_sigma(ts)[1]
+        g2 = 2 * path.alpha_sigma(ts)[1]
     else:
         g2 = torch.full_like(ts, 2.0)
     return scale * g2
@@ -113,20 +113,20 @@ def reverse_diffusion_g2(sde, ts, diffusion: str = "sde", scale: float = 1.0):
 class _Context:
     """Everything a step needs, computed once per sampling call (no per-step schedules)."""
 
-    def __init__(self, model, sde, x, ts, generator, snr, n_steps, diffusion, scale):
+    def __init__(self, model, path, x, ts, generator, snr, n_steps, diffusion, scale):
         self.model, self.generator, self.snr, self.n_steps = model, generator, snr, n_steps
-        self.rsde = sde.reverse(lambda x, t: model(x, t).score)
+        self.rsde = path.reverse(lambda x, t: model(x, t).score)
         self.ts = ts
-        self.g2 = reverse_diffusion_g2(sde, ts, diffusion, scale)
+        self.g2 = reverse_diffusion_g2(path, ts, diffusion, scale)
         self._times = ts[:, None].expand(len(ts), x.shape[0])      # row i: t_i per sample
         self.dts = ts[:-1] - ts[1:]
         self.sqrt_dts = self.dts.sqrt()
-        self.alphas, self.sigmas = sde.alpha_sigma(ts)
-        prev_alpha, _ = sde.alpha_sigma((ts - sde.T / sde.N).clamp(min=0))
+        self.alphas, self.sigmas = path.alpha_sigma(ts)
+        prev_alpha, _ = path.alpha_sigma((ts - path.T / path.N).clamp(min=0))
         self.alpha_ratio = (self.alphas / prev_alpha) ** 2
         # The SDE's own chain (Score SDE) only on its own N-step uniform grid.
         uniform = torch.allclose(self.dts, self.dts[0].expand_as(self.dts), rtol=1e-3)
-        self._own_chain = len(self.dts) == sde.N and uniform
+        self._own_chain = len(self.dts) == path.N and uniform
 
     def t(self, i):
         return self._times[i]
@@ -145,15 +145,15 @@ def _check_pc(options):
                                  f"euler_maruyama, not {options['predictor']}")
 
 
-def _check_pc_path(options, sde, ts):
+def _check_pc_path(options, path, ts):
     """What the path must allow: finite g~ on the grid; reverse_diffusion needs alpha > 0."""
     predictor = options.get("predictor", "euler_maruyama")
-    if predictor == "reverse_diffusion" and sde.alpha_vanishes:
+    if predictor == "reverse_diffusion" and path.alpha_vanishes:
         raise ValueError("sampler predictor=reverse_diffusion needs alpha(T) > 0 (its step "
                          "divides by alpha); on this path use predictor=ancestral, or "
                          "euler_maruyama with diffusion=sigma (sampler=sde_sigma)")
     if predictor == "euler_maruyama":
-        g2 = reverse_diffusion_g2(sde, ts, options.get("diffusion", "sde"))
+        g2 = reverse_diffusion_g2(path, ts, options.get("diffusion", "sde"))
         if not torch.isfinite(g2[:-1]).all():
             raise ValueError("sampler diffusion=sde: the path's g(t) is infinite at t = T "
                              "(alpha(T) = 0); use sampler.diffusion=sigma or constant")
@@ -165,16 +165,16 @@ def _check_pc_path(options, sde, ts):
                  "snr": number(0, lo_open=True), "n_steps": integer(1), "denoise": boolean(),
                  "diffusion": one_of(DIFFUSIONS, "diffusion"),
                  "diffusion_scale": number(0, lo_open=True)})
-def predictor_corrector(model, sde, x, ts, *, generator=None, callback=None,
+def predictor_corrector(model, path, x, ts, *, generator=None, callback=None,
                         predictor: str = "euler_maruyama", corrector: str = "none",
                         snr: float = 0.16, n_steps: int = 1, denoise: bool = True,
                         diffusion: str = "sde", diffusion_scale: float = 1.0):
     """Alg. 1 of Score SDE: at each grid time a corrector then a predictor step.
     ``denoise``: finish with the noise-free Tweedie step x0_hat(x, eps) (+1 NFE).
     ``diffusion``, ``diffusion_scale``: g~^2 of the euler_maruyama predictor."""
-    _check_pc_path(dict(predictor=predictor, diffusion=diffusion), sde, ts)
+    _check_pc_path(dict(predictor=predictor, diffusion=diffusion), path, ts)
     predict, correct = PREDICTORS[predictor], CORRECTORS[corrector]
-    ctx = _Context(model, sde, x, ts, generator, snr, n_steps, diffusion, diffusion_scale)
+    ctx = _Context(model, path, x, ts, generator, snr, n_steps, diffusion, diffusion_scale)
     nfe = 0
     for i in range(len(ts) - 1):
         x, _, n_c = correct(ctx, x, i)

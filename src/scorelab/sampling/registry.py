@@ -1,4 +1,4 @@
-"""The one registry of samplers: name -> function(model, sde, x, ts, *, generator,
+"""The one registry of samplers: name -> function(model, path, x, ts, *, generator,
 callback, **options) -> (x, nfe), ``model(x, t) -> Prediction`` (``scorelab.models.prediction``),
 plus the time grid each uses by default and the allowed values of its options
 (``scorelab.util.checks`` rules), checked by ``check_options`` before any sampling: ``sample()``
@@ -16,23 +16,23 @@ SAMPLERS: dict = {}
 DEFAULT_GRIDS: dict = {}
 RULES: dict = {}            # name -> {option: Rule}
 COMBINED: dict = {}         # name -> check(options with defaults filled in) or None
-PATH_CHECKS: dict = {}      # name -> check(options with defaults, sde, ts) or None
+PATH_CHECKS: dict = {}      # name -> check(options with defaults, path, ts) or None
 # Options that every sampler takes through ``sample()`` (they shape the time grid).
 COMMON_OPTIONS = ("grid", "rho", "eps")
 COMMON_RULES: dict[str, Rule] = {
     "steps": integer(1),
     "grid": optional(one_of(GRIDS, "time grid")),       # None: the sampler's own grid
     "rho": number(0, lo_open=True),
-    "eps": optional(number(0)),                         # None: sde.sampling_eps
+    "eps": optional(number(0)),                         # None: path.sampling_eps
 }
-_ARGS = {"model", "sde", "x", "ts", "generator", "callback"}
+_ARGS = {"model", "path", "x", "ts", "generator", "callback"}
 
 
 def register(name: str, grid: str = "uniform", rules: dict[str, Rule] | None = None,
              combined=None, path_check=None):
     """Register a sampler. ``rules``: allowed values of its own options; ``combined``:
     ``check(options) -> None`` raising ValueError for combinations no single rule sees;
-    ``path_check``: ``check(options, sde, ts) -> None`` for what the path must allow."""
+    ``path_check``: ``check(options, path, ts) -> None`` for what the path must allow."""
     def wrap(fn):
         if name in SAMPLERS:
             raise ValueError(f"sampler {name!r} registered twice")
@@ -78,9 +78,9 @@ def check_options(name: str, options: dict) -> None:
         COMBINED[name]({**_defaults(name), **options})
 
 
-def check_path(name: str, options: dict, sde, ts) -> None:
-    """Raise ValueError if sampler ``name`` with ``options`` cannot run on ``sde`` over the
+def check_path(name: str, options: dict, path, ts) -> None:
+    """Raise ValueError if sampler ``name`` with ``options`` cannot run on ``path`` over the
     grid ``ts`` (called by ``sample()`` before the first evaluation, and at start-up)."""
     if PATH_CHECKS[name] is not None:
         own = {k: v for k, v in options.items() if k in set(sampler_options(name))}
-        PATH_CHECKS[name]({**_defaults(name), **own}, sde, ts)
+        PATH_CHECKS[name]({**_defaults(name), **own}, path, ts)

@@ -90,7 +90,7 @@ class DiffusionModule(L.LightningModule):
         self.guidance = None       # a ``scorelab.guidance.predictions`` object used by ``sample()``
         check_value("optim.lr_decay", lr_decay, LR_DECAY_RULE)
         self.lr_decay = lr_decay
-        loss.check(model.sde, model.head)
+        loss.check(model.path, model.head)
         self.model = model
         self.loss_fn = loss
         self.optimizer_factory = optimizer
@@ -217,7 +217,7 @@ class DiffusionModule(L.LightningModule):
         if self.guidance is None:
             return self.model.prediction_fn(self._labels(y))
         self.guidance.to(self.device)
-        return self.guidance.prediction_fn(self.model.prediction, self.model.sde, y,
+        return self.guidance.prediction_fn(self.model.prediction, self.model.path, y,
                                            self.conditional)
 
     @torch.no_grad()
@@ -237,7 +237,7 @@ class DiffusionModule(L.LightningModule):
         was_training = self.training
         self.eval()
         try:
-            res = sample(model, self.model.sde, (n,) + self.data_shape, sampler=name,
+            res = sample(model, self.model.path, (n,) + self.data_shape, sampler=name,
                          steps=steps, generator=generator, device=self.device,
                          callback=callback, **settings)
             if self.latent is not None and decode:

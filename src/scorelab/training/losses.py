@@ -43,7 +43,7 @@ from torch import Tensor
 from scorelab.util.checks import check_values, number, one_of
 from scorelab.util.errors import ConfigError
 from scorelab.models.prediction import Prediction
-from scorelab.paths.sde import SDE, _bcast
+from scorelab.paths.sde import ForwardPath, batch_broadcast
 from scorelab.models.score import ScoreModel
 
 _REDUCE = ("mean", "sum")
@@ -59,11 +59,11 @@ class DenoisingLoss(abc.ABC):
             raise ValueError(f"loss reduce must be one of {_REDUCE}, got {reduce!r}")
         self.reduce = reduce
 
-    def check(self, sde: SDE, head=None) -> None:
-        """Raise ``IncompatibleError`` if this loss cannot train on ``sde`` (with ``head``)."""
+    def check(self, path: ForwardPath, head=None) -> None:
+        """Raise ``IncompatibleError`` if this loss cannot train on ``path`` (with ``head``)."""
 
     @abc.abstractmethod
-    def draw(self, sde: SDE, n: int, device, generator,
+    def draw(self, path: ForwardPath, n: int, device, generator,
              dtype=torch.float32) -> tuple[Tensor, Tensor, Tensor]:
         """Noise levels for a batch: times t [n], alpha [n], sigma [n]."""
 
@@ -79,11 +79,11 @@ class DenoisingLoss(abc.ABC):
                  generator: torch.Generator | None = None) -> Tensor:
         # times in float64 for float64 data (exactness tests), else float32 (never lower)
         tdtype = torch.float64 if x0.dtype == torch.float64 else torch.float32
-        t, alpha, sigma = self.draw(model.sde, x0.shape[0], x0.device, generator, tdtype)
-        d_alpha, d_sigma = model.sde.derivatives(t)
-        c = tuple(_bcast(v, x0).to(x0.dtype) for v in (alpha, sigma, d_alpha, d_sigma))
+        t, alpha, sigma = self.draw(model.path, x0.shape[0], x0.device, generator, tdtype)
+        d_alpha, d_sigma = model.path.derivatives(t)
+        c = tuple(batch_broadcast(v, x0).to(x0.dtype) for v in (alpha, sigma, d_alpha, d_sigma))
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        x_t = model.sde.interpolate(x0, noise, c)
+        x_t = model.path.interpolate(x0, noise, c)
         out = model.output(x_t, t, y, c)
         sq = self.squared_error(model, out, x0, noise, x_t, t, c)
         per_sample = sq.flatten(1)
@@ -121,20 +121,20 @@ class DSMLoss(DenoisingLoss):
         self.time_sampling = time_sampling
         self.p_mean, self.p_std, self.gamma = float(p_mean), float(p_std), float(gamma)
 
-    def draw(self, sde, n, device, generator, dtype=torch.float32):
+    def draw(self, path, n, device, generator, dtype=torch.float32):
         lo = self.eps            # validated to lie in [0, 1)
         if self.time_sampling == "uniform":
-            t = torch.rand(n, generator=generator, device=device, dtype=dtype) * (sde.T - lo) + lo
+            t = torch.rand(n, generator=generator, device=device, dtype=dtype) * (path.T - lo) + lo
         else:
             u = torch.randn(n, generator=generator, device=device, dtype=dtype) * self.p_std \
                 + self.p_mean
             if self.time_sampling == "logit_normal":
-                t = lo + (sde.T - lo) * torch.sigmoid(u)
+                t = lo + (path.T - lo) * torch.sigmoid(u)
             else:   # ln sigma_EDM = ln(sigma / alpha) = -log-SNR
-                ends = sde.log_snr(torch.tensor([sde.T, lo], dtype=torch.float64))
+                ends = path.log_snr(torch.tensor([path.T, lo], dtype=torch.float64))
                 lam = (-u.double()).clamp(float(ends[0]), float(ends[1]))
-                t = sde.t_from_log_snr(lam).to(device=device, dtype=dtype).clamp(lo, sde.T)
-        alpha, sigma = sde.alpha_sigma(t)
+                t = path.t_from_log_snr(lam).to(device=device, dtype=dtype).clamp(lo, path.T)
+        alpha, sigma = path.alpha_sigma(t)
         return t, alpha, sigma
 
     def squared_error(self, model, out, x0, noise, x_t, t, c):
@@ -142,7 +142,7 @@ class DSMLoss(DenoisingLoss):
         if self.weighting == "none":
             return super().squared_error(model, out, x0, noise, x_t, t, c)
         if self.weighting == "likelihood":
-            g2 = _bcast(model.sde.sde(x_t, t)[1] ** 2, x0)
+            g2 = batch_broadcast(model.path.drift_diffusion(x_t, t)[1] ** 2, x0)
             err = model.head.to_eps(out, x_t, *c) - noise
             return g2 / (sigma * sigma) * err * err
         if self.weighting == "velocity":
@@ -159,33 +159,33 @@ class DDPMLoss(DenoisingLoss):
     (N-1) t_i = i and DDPM's alpha_bar_i. The continuous samplers then read the model with
     alpha(t), sigma(t), which differ from the chain by O(1/N) (alpha_bar_i ~ exp(-B((i+1)/N)))."""
 
-    def check(self, sde, head=None):
-        if not hasattr(sde, "discrete_alpha_sigma"):
+    def check(self, path, head=None):
+        if not hasattr(path, "discrete_alpha_sigma"):
             raise IncompatibleError(
                 f"loss=ddpm needs the discrete DDPM chain of sde=vp, but sde is "
-                f"{type(sde).__name__}; use loss=dsm (any SDE) or loss=smld (VE)")
+                f"{type(path).__name__}; use loss=dsm (any SDE) or loss=smld (VE)")
         if head is not None and head.name == "velocity":
             raise IncompatibleError(
                 "loss=ddpm draws step 0 at t = 0, where VP's sigma' is infinite and the "
                 "velocity target with it; use loss=dsm or loss=flow_matching with "
                 "head=velocity")
 
-    def draw(self, sde, n, device, generator, dtype=torch.float32):
-        i = torch.randint(0, sde.N, (n,), generator=generator, device=device)
-        alpha, sigma = sde.discrete_alpha_sigma(i)
-        return i.to(dtype) * (sde.T / (sde.N - 1)), alpha, sigma
+    def draw(self, path, n, device, generator, dtype=torch.float32):
+        i = torch.randint(0, path.N, (n,), generator=generator, device=device)
+        alpha, sigma = path.discrete_alpha_sigma(i)
+        return i.to(dtype) * (path.T / (path.N - 1)), alpha, sigma
 
 
 class SMLDLoss(DenoisingLoss):
     """Song & Ermon (2019) noise-conditional score matching on the VE SDE's sigma ladder."""
 
-    def check(self, sde, head=None):
-        if not hasattr(sde, "discrete_sigmas"):
+    def check(self, path, head=None):
+        if not hasattr(path, "discrete_sigmas"):
             raise IncompatibleError(
                 f"loss=smld needs the geometric noise levels of sde=ve, but sde is "
-                f"{type(sde).__name__}; use loss=dsm (any SDE) or loss=ddpm (VP)")
+                f"{type(path).__name__}; use loss=dsm (any SDE) or loss=ddpm (VP)")
 
-    def draw(self, sde, n, device, generator, dtype=torch.float32):
-        i = torch.randint(0, sde.N, (n,), generator=generator, device=device)
-        sigma = sde.table("discrete_sigmas", device)[i]
-        return i.to(dtype) * (sde.T / (sde.N - 1)), torch.ones_like(sigma), sigma
+    def draw(self, path, n, device, generator, dtype=torch.float32):
+        i = torch.randint(0, path.N, (n,), generator=generator, device=device)
+        sigma = path.table("discrete_sigmas", device)[i]
+        return i.to(dtype) * (path.T / (path.N - 1)), torch.ones_like(sigma), sigma

@@ -65,3 +65,12 @@ def upgrade_targets(node):
     if isinstance(node, list):
         return [upgrade_targets(v) for v in node]
     return node
+
+
+def upgrade_config(config: dict) -> dict:
+    """A run's config as scorelab 0.1 stored it in a checkpoint, in today's layout: moved
+    ``_target_`` paths, and the forward process under ``path`` (0.1 named the node ``sde``)."""
+    config = upgrade_targets(config)
+    if "sde" in config and "path" not in config:
+        config = {("path" if k == "sde" else k): v for k, v in config.items()}
+    return config
