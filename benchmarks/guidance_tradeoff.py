@@ -8,9 +8,11 @@ on samples of each requested class, for guidance kinds x scales x samplers.
         [--out docs/guidance_tradeoff]
 
 Every configuration draws the same n samples (label i % K for sample i; chunk k from the
-generator seeded with (seed, k)), so rows differ only in the guidance. FID uses the
+generator seeded with (seed, k)), so rows differ only in the guidance. The numbers are the
+metric registry's (``scorelab.metrics``), as evaluate.py computes them: ``fid`` on the
 checkpoint dataset's feature extractor (the shipped digit classifier on MNIST) against the
-whole dataset; accuracy is that classifier's: mean over samples and the worst class. w = 1
+whole dataset, ``class_fid`` (FID of each class against that class's images: mean and worst
+class) and ``accuracy`` (that classifier's: mean over samples and the worst class). w = 1
 is the unguided conditional model (classifier guidance: the unconditional prediction plus
 one classifier gradient). ``--out`` writes OUT.md (table), OUT.png (FID vs accuracy, one
 line per guidance and sampler) and OUT.json.
@@ -33,14 +35,30 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from scorelab.cli.build import LoadedCheckpoint  # noqa: E402
 from scorelab.cli.guide import build_guidance  # noqa: E402
-from scorelab.metrics.evaluation import sample_features, sample_metrics  # noqa: E402
+from scorelab.cli.build import build_datamodule  # noqa: E402
+from scorelab.metrics import build_metric  # noqa: E402
+from scorelab.metrics.evaluation import sample_features  # noqa: E402
+from scorelab.metrics.sample_pass import SampleEvaluation  # noqa: E402
 from fid_vs_nfe import label  # noqa: E402
-from sampler_gap import features_and_reference, parse_spec  # noqa: E402
+from sampler_gap import parse_spec  # noqa: E402
+
+METRICS = ("fid", "class_fid", "accuracy")
 
 
-def per_class_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> list[float]:
-    hit = (logits.argmax(1).cpu() == labels.cpu()).double()
-    return [float(hit[labels.cpu() == c].mean()) for c in range(k)]
+def registry_metrics(loaded) -> SampleEvaluation:
+    """FID, per-class FID and class accuracy from the registry, on the checkpoint data's
+    default features (reference statistics and real features cached as evaluate.py's)."""
+    dm = build_datamodule(loaded.cfg)
+    return SampleEvaluation({m: build_metric(m) for m in METRICS}, dm)
+
+
+def row_numbers(values: dict) -> dict:
+    return {"fid": values["fid"], "class_fid": values.get("class_fid", float("nan")),
+            "worst_class_fid": values.get("worst_class_fid", float("nan")),
+            "accuracy": values["class_accuracy"],
+            "worst_class_accuracy": values["worst_class_accuracy"],
+            "per_class_accuracy": values["per_class_accuracy"],
+            "per_class_fid": values.get("per_class_fid", [])}
 
 
 def guidance_configs(scales, classifier, guide, cfg: bool = True,
@@ -61,10 +79,9 @@ def guidance_label(g: dict) -> str:
     return g["name"] if (lo, hi) == (0.0, float("inf")) else f"{g['name']} [{lo:g}, {hi:g}]"
 
 
-def real_floor(loaded, extractor, reference, n: int, seed: int) -> dict:
-    """FID and accuracy of n real images drawn class-balanced like the samples (image i of
-    class i % K, at random within the class): the floor the rows are to be read against."""
-    from scorelab.cli.build import build_datamodule
+def real_floor(loaded, ev: SampleEvaluation, n: int, seed: int) -> dict:
+    """The metrics of n real images drawn class-balanced like the samples (image i of class
+    i % K, at random within the class): the floor the rows are to be read against."""
     x, y = zip(*build_datamodule(loaded.cfg).load())
     x, y = torch.stack(list(x)), torch.tensor([int(v) for v in y])
     g = torch.Generator().manual_seed(seed)
@@ -74,21 +91,19 @@ def real_floor(loaded, extractor, reference, n: int, seed: int) -> dict:
         pool = (y == c).nonzero().squeeze(1)
         mine = (want == c).nonzero().squeeze(1)
         pick[mine] = pool[torch.randperm(len(pool), generator=g)[:len(mine)]]
-    feats, logits = extractor(x[pick])
-    union = {"features": feats, "logits": logits, "labels": want}
-    metrics = sample_metrics(union, reference)
-    acc = per_class_accuracy(logits, want, loaded.num_classes)
+    union = {"index": torch.arange(n), "labels": want}
+    for key, extractor in ev.extractors.items():
+        union[f"features/{key}"], union[f"logits/{key}"] = extractor(x[pick])
     return {"guidance": "real images", "scale": float("nan"), "sampler": "-", "nfe": 0,
-            "fid": metrics["fid"], "accuracy": metrics["class_accuracy"],
-            "worst_class_accuracy": min(acc), "per_class_accuracy": acc, "num_samples": n,
-            "features": extractor.name, "seconds": 0.0}
+            **row_numbers(ev.compute(union)), "num_samples": n,
+            **ev.settings(), "seconds": 0.0}
 
 
 def evaluate(ckpt, configs, samplers, n, batch, seed, floor: bool = False) -> list[dict]:
     loaded = LoadedCheckpoint(ckpt)
     module = loaded.module
-    extractor, reference = features_and_reference(loaded)
-    rows = [real_floor(loaded, extractor, reference, n, seed)] if floor else []
+    ev = registry_metrics(loaded)
+    rows = [real_floor(loaded, ev, n, seed)] if floor else []
     if floor:
         print(f"real images, class-balanced: FID {rows[0]['fid']:.2f}  acc "
               f"{rows[0]['accuracy']:.3f}", flush=True)
@@ -102,30 +117,28 @@ def evaluate(ckpt, configs, samplers, n, batch, seed, floor: bool = False) -> li
                 res = module.sample(m, y=y, generator=generator, sampler=settings)
                 return res.x, res.nfe
 
-            union, nfe = sample_features(sample_fn, extractor, n, batch, seed, "cpu",
+            union, nfe = sample_features(sample_fn, ev.extractors, n, batch, seed, "cpu",
                                          num_classes=loaded.num_classes)
-            metrics = sample_metrics(union, reference)
-            acc = per_class_accuracy(union["logits"], union["labels"], loaded.num_classes)
             rows.append({"guidance": guidance_label(g), "scale": g["scale"],
                          "sampler": label(settings), "settings": settings, "nfe": nfe,
-                         "fid": metrics["fid"], "accuracy": metrics["class_accuracy"],
-                         "worst_class_accuracy": min(acc), "per_class_accuracy": acc,
-                         "num_samples": n, "features": extractor.name,
-                         "seconds": round(time.perf_counter() - start, 1)})
+                         **row_numbers(ev.compute(union)), "num_samples": n,
+                         **ev.settings(), "seconds": round(time.perf_counter() - start, 1)})
             r = rows[-1]
             print(f"{r['guidance']:<22} w={r['scale']:<4} {r['sampler']:<24} NFE {nfe:>4}  "
-                  f"FID {r['fid']:7.2f}  acc {r['accuracy']:.3f} (worst {min(acc):.3f})  "
+                  f"FID {r['fid']:7.2f}  class FID {r['class_fid']:7.2f}  acc "
+                  f"{r['accuracy']:.3f} (worst {r['worst_class_accuracy']:.3f})  "
                   f"({r['seconds']} s)", flush=True)
     return rows
 
 
 def table(rows) -> str:
-    lines = ["| model | guidance | w | sampler | NFE | FID | accuracy | worst class |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | guidance | w | sampler | NFE | FID | class FID | accuracy | worst class |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         w = "-" if r["scale"] != r["scale"] else f"{r['scale']:g}"       # NaN: real images
-        lines.append(f"| {r.get('model', '')} | {r['guidance']} | {w} | {r['sampler']} | {r['nfe']} | "
-                     f"{r['fid']:.2f} | {r['accuracy']:.3f} | {r['worst_class_accuracy']:.3f} |")
+        lines.append(f"| {r.get('model', '')} | {r['guidance']} | {w} | {r['sampler']} | "
+                     f"{r['nfe']} | {r['fid']:.2f} | {r.get('class_fid', float('nan')):.2f} | "
+                     f"{r['accuracy']:.3f} | {r['worst_class_accuracy']:.3f} |")
     return "\n".join(lines) + "\n"
 
 

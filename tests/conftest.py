@@ -1,4 +1,9 @@
+"""What the tests share: the repository's paths (src/ on sys.path), the SDE / path
+fixtures and the Gaussian-mixture oracle, composing train.py's config in process
+(``compose_train``, ``options``) and running the commands in a child process (``run``)."""
+
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -53,3 +58,42 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def compose_train(overrides, tmp_path):
+    """train.py's config with ``overrides``, its Hydra output directory ``tmp_path`` (set
+    as for a real run, so that ``${hydra:runtime.output_dir}`` resolves), without the
+    ``hydra`` node the task never sees."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(tmp_path)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]             # as in a real run: the task sees no hydra node
+    return cfg
+
+
+def options(group):
+    """The options of a config group (its file names)."""
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def run(script, *overrides, cwd, check=True, threads=None):
+    """The repository's ``script`` (train.py, sample.py, evaluate.py) with ``overrides`` in
+    a child process. ``threads``: OMP_NUM_THREADS for the run (every process of a DDP run);
+    None: the default (Lightning divides the CPU threads among DDP processes)."""
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT / "src")}
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    proc = subprocess.run([sys.executable, str(ROOT / script), *overrides], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc

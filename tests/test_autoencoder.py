@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from scorelab.latent.autoencoder import KLAutoencoder, psnr
-from test_cli import run
+from conftest import run
 
 
 @pytest.mark.parametrize("levels,factor", [(1, 1), (2, 2), (3, 4)])

@@ -2,33 +2,17 @@
 one-line errors for bad input."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import run
 
 TINY = ["experiment=digits_ve_eps", "backbone.channels=8", "trainer.max_steps=50",
         "trainer.val_check_interval=30", "sampler.steps=20", "num_samples=16",
         "callbacks.checkpoint.every_n_train_steps=30", "callbacks.progress.refresh_rate=50",
         "callbacks.sample_grid.every_n_steps=30", "callbacks.sample_grid.num_samples=9"]
-
-
-def run(script, *overrides, cwd, check=True, threads=None):
-    """``threads``: OMP_NUM_THREADS for the run (every process of a DDP run); None: the
-    default (Lightning divides the CPU threads among DDP processes)."""
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT / "src")}
-    if threads is not None:
-        env["OMP_NUM_THREADS"] = str(threads)
-    proc = subprocess.run([sys.executable, str(ROOT / script), *overrides], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return proc
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +61,7 @@ def test_sample_writes_grid_and_npz(trained):
     assert info["nfe_per_sample"] == 8
 
 
-EVAL = ["metrics=[fid,is,bpd]", "metrics.bpd.num_examples=5", "metrics.bpd.chunk=2",
+EVAL = ["metrics=[fid,is,kid,prdc,bpd]", "metrics.bpd.num_examples=5", "metrics.bpd.chunk=2",
         "metrics.bpd.rtol=1e-4", "metrics.bpd.atol=1e-4", "num_samples=30",
         "sample_batch_size=8",
         "sampler=dpm_solver", "sampler.steps=4"]
@@ -159,7 +143,8 @@ def test_evaluate_gives_the_same_metrics_on_two_processes(trained):
         results[devices] = json.loads((out / "metrics.json").read_text())
     one, two = results[1], results[2]
     assert one["processes"] == 1 and two["processes"] == 2
-    for key in ("fid", "is", "is_std", "bpd", "bpd_stderr"):
+    for key in ("fid", "is", "is_std", "kid", "kid_std", "precision", "recall", "density",
+                "coverage", "bpd", "bpd_stderr"):
         assert two[key] == one[key], key
 
 
@@ -198,7 +183,7 @@ def test_existing_run_is_never_overwritten_and_resume_continues(trained):
 @pytest.mark.parametrize("overrides,needle", [
     (["sde=foo"], "Could not find 'sde/foo'"),
     (["path.beta_mn=0.2"], "beta_mn"),
-    (["loss=ddpm", "sde=ve"], "loss=ddpm needs the discrete DDPM chain"),
+    (["loss=ddpm", "sde=ve"], "loss=ddpm with path=ve, head=velocity: DDPMLoss needs the discrete"),
     (["sampler.stepz=3"], "stepz"),
     (["sampler=pc", "+sampler.eta=0.1"], "sampler 'pc' has no option(s) eta"),
     (["data=mnist", "data.root=nowhere"], "data=mnist: no MNIST files"),
@@ -209,7 +194,7 @@ def test_existing_run_is_never_overwritten_and_resume_continues(trained):
     (["head=edm", "head.sigma_data=0"], "head.sigma_data: must be a number > 0"),
     (["loss.time_sampling=beta"], "loss.time_sampling: unknown time sampling 'beta'"),
     (["optim.lr_decay=step"], "optim.lr_decay: unknown learning-rate decay 'step'"),
-    (["path=linear", "head=eps"], "head=eps cannot give x0 where alpha = 0"),
+    (["path=linear", "head=eps"], "head=eps, path=linear, noise_label=sde: the eps head cannot"),
     (["path=linear", "sampler=pc_vp"], "the path's g(t) is infinite at t = T"),
     (["path=linear", "sampler=pc"], "predictor=reverse_diffusion needs alpha(T) > 0"),
     (["sde=ve", "path=linear"], "path=linear and sde=ve disagree"),
@@ -321,10 +306,10 @@ def test_wandb_offline_run_holds_metrics_and_images(tmp_path):
     from the metric callbacks (every 30 steps and at the end) and the sample grids."""
     out = tmp_path / "w"
     run("train.py", *TINY, "logger=wandb", "callbacks=metrics",
-        "callbacks.fid.every_n_steps=30", "callbacks.fid.num_samples=20",
-        "callbacks.fid.batch_size=10", "callbacks.fid.sampler={name: ddim, steps: 4}",
-        f"callbacks.fid.cache_dir={tmp_path / 'stats'}", "callbacks.bpd.num_examples=2",
-        "callbacks.bpd.likelihood.rtol=1e-3", "callbacks.bpd.likelihood.atol=1e-3",
+        "callbacks.metrics.every_n_steps=30", "callbacks.metrics.num_samples=20",
+        "callbacks.metrics.batch_size=10", "callbacks.metrics.sampler={name: ddim, steps: 4}",
+        f"metrics.fid.cache_dir={tmp_path / 'stats'}", "metrics.bpd.num_examples=2",
+        "metrics.bpd.rtol=1e-3", "metrics.bpd.atol=1e-3",
         f"hydra.run.dir={out}", cwd=tmp_path)
     runs = list((out / "wandb").glob("offline-run-*"))
     assert runs
@@ -339,10 +324,11 @@ def test_ddp_training_with_metric_callbacks(tmp_path):
     the end (the callbacks gather every process's share), one metrics.csv from rank 0."""
     out = tmp_path / "ddp"
     run("train.py", *TINY, "trainer.max_steps=30", "trainer.val_check_interval=15",
-        "callbacks=metrics", "callbacks.fid.every_n_steps=15", "callbacks.fid.num_samples=20",
-        "callbacks.fid.batch_size=10", "callbacks.fid.sampler={name: ddim, steps: 4}",
-        f"callbacks.fid.cache_dir={tmp_path / 'stats'}", "callbacks.bpd.num_examples=2",
-        "callbacks.bpd.likelihood.rtol=1e-3", "callbacks.bpd.likelihood.atol=1e-3",
+        "callbacks=metrics", "callbacks.metrics.every_n_steps=15",
+        "callbacks.metrics.num_samples=20", "callbacks.metrics.batch_size=10",
+        "callbacks.metrics.sampler={name: ddim, steps: 4}",
+        f"metrics.fid.cache_dir={tmp_path / 'stats'}", "metrics.bpd.num_examples=2",
+        "metrics.bpd.rtol=1e-3", "metrics.bpd.atol=1e-3",
         "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu",
         f"hydra.run.dir={out}", cwd=tmp_path)
     import csv

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_cli import run
+from conftest import run
 
 FAST = ["backbone.channels=8", "trainer.max_steps=40", "trainer.val_check_interval=20",
         "sampler.steps=6", "num_samples=9", "callbacks.progress.refresh_rate=50",

@@ -3,34 +3,12 @@
 import lightning as L
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 
-from conftest import ROOT
+from conftest import compose_train, options
 from scorelab.conf import CONF_DIR
 from scorelab.cli.build import build_datamodule, build_module, make, sampler_settings
 from scorelab.data import DataMissingError
 from scorelab.util.errors import ConfigError
-
-CONF = str(CONF_DIR)
-
-
-def compose_train(overrides, tmp_path):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(tmp_path)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]             # as in a real run: the task sees no hydra node
-    return cfg
-
-
-def options(group):
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
 def test_default_config_is_the_mnist5k_experiment(tmp_path):
@@ -116,7 +94,7 @@ def test_sde_x_head_trains_on_toy(tmp_path, path, head):
     dm = build_datamodule(cfg)
     dm.setup("fit")
     if flow and head in ("eps", "score"):
-        with pytest.raises(ConfigError, match=f"head={head} cannot give x0 where alpha = 0"):
+        with pytest.raises(ConfigError, match=f"head={head}, path={path}, .*: the {head} head cannot give x0"):
             build_module(cfg, dm.shape, dm.num_classes, dm.is_image)
         return
     module = build_module(cfg, dm.shape, dm.num_classes, dm.is_image)
@@ -190,13 +168,35 @@ def test_other_groups_instantiate(tmp_path, group):
         cfg = compose_train([f"{group}={option}"], tmp_path)
         node = cfg[group]
         if group == "optim":
-            opt = make(node, "optimizer")([torch.nn.Parameter(torch.zeros(1))])
-            assert isinstance(opt, torch.optim.Optimizer)
+            # the configured optimiser, whose first step on |p|^2 is the closed form: Adam's
+            # m / sqrt(v) is g / |g| at step 1, after AdamW's decoupled decay p (1 - lr wd)
+            p0 = torch.tensor([1.0, -2.0])
+            p = torch.nn.Parameter(p0.clone())
+            opt = make(node, "optimizer")([p])
+            conf = node.optimizer
+            assert type(opt).__name__ == conf._target_.rsplit(".", 1)[-1], option
+            lr, wd, eps = conf.lr, conf.weight_decay, conf.eps
+            assert opt.param_groups[0]["betas"] == tuple(conf.betas)
+            (p ** 2).sum().backward()
+            opt.step()
+            decoupled = isinstance(opt, torch.optim.AdamW)
+            g = 2 * p0 if decoupled else 2 * p0 + wd * p0
+            start = p0 * (1 - lr * wd) if decoupled else p0
+            torch.testing.assert_close(p.detach(), start - lr * g / (g.abs() + eps))
         elif group == "callbacks":
             for name in node:
-                make(node, name)
-        elif node:
-            make(cfg, group)
+                assert isinstance(make(node, name), L.Callback), (option, name)
+        else:
+            from scorelab.cli.loggers import build_logger, close_loggers
+            loggers = build_logger(cfg, tmp_path)
+            kinds = sorted(type(lg).__name__ for lg in loggers)
+            assert kinds == LOGGERS[option], option
+            close_loggers(loggers)
+
+
+# what each logger option builds
+LOGGERS = {"none": [], "csv": ["CSVLogger"], "tensorboard": ["TensorBoardLogger"],
+           "wandb": ["WandbLogger"], "many": ["CSVLogger", "TensorBoardLogger", "WandbLogger"]}
 
 
 def test_backbone_data_mismatch_is_a_config_error(tmp_path):

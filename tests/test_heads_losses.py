@@ -154,9 +154,9 @@ def test_reduce_sum_scales_by_dimension():
 
 
 def test_incompatible_losses_name_the_sde():
-    with pytest.raises(IncompatibleError, match="loss=ddpm.*VESDE"):
+    with pytest.raises(IncompatibleError, match="DDPMLoss .*VPSDE, but the path is VESDE"):
         DDPMLoss().check(VESDE())
-    with pytest.raises(IncompatibleError, match="loss=smld.*SubVPSDE"):
+    with pytest.raises(IncompatibleError, match="SMLDLoss .*VESDE, but the path is SubVPSDE"):
         SMLDLoss().check(SubVPSDE())
     with pytest.raises(ValueError, match="weighting"):
         DSMLoss(weighting="snr")

@@ -15,9 +15,7 @@ from scorelab.data import DigitsDataModule
 from scorelab.latent.datamodule import LatentDataModule
 from scorelab.util.errors import ConfigError
 from scorelab.latent.space import LatentSpace, PosteriorMoments, nats_to_latent_bits, stack_posterior
-from test_cli import run
-from conftest import CONF, ROOT
-from test_config import compose_train, options
+from conftest import CONF, compose_train, options, run
 
 
 def tiny_ae(seed=0):
@@ -199,7 +197,8 @@ def tiny_vae_dir(tmp_path):
 
 
 def test_diffusers_vae_reads_its_scaling_from_its_config(tmp_path):
-    from scorelab.cli.latent import build_latent, latent_from_checkpoint
+    from scorelab.cli.build import latent_from_checkpoint
+    from scorelab.cli.latent import build_latent
     path, vae = tiny_vae_dir(tmp_path)
     space = build_latent({"source": "diffusers", "pretrained": str(path),
                           "normalize": "config"}, (1, 8, 8))

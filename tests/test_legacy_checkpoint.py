@@ -17,8 +17,7 @@ DATA = ROOT / "tests" / "data"
 def test_old_targets_map_to_new_homes():
     assert current_target("scorelab.sde.VPSDE") == "scorelab.paths.sde.VPSDE"
     assert current_target("scorelab.paths.LinearPath") == "scorelab.paths.interpolants.LinearPath"
-    assert current_target("scorelab.callbacks.FIDCallback") == \
-        "scorelab.metrics.callbacks.FIDCallback"
+    assert current_target("scorelab.callbacks.EMA") == "scorelab.training.callbacks.EMA"
     assert current_target("scorelab.data.latent.LatentDataModule") == \
         "scorelab.latent.datamodule.LatentDataModule"
     # new paths and foreign ones are left alone (upgrading twice changes nothing)

@@ -169,7 +169,7 @@ def test_edm_recipe_composes_and_trains_on_the_toy(tmp_path):
     """head=edm, loss=edm (log-normal sigma) and EDM's noise label build from the command
     line and lower the validation loss of the mixture toy."""
     import lightning as L
-    from test_config import compose_train
+    from conftest import compose_train
 
     from scorelab.cli.build import build_datamodule, build_module
 
@@ -195,7 +195,7 @@ def test_edm_recipe_composes_and_trains_on_the_toy(tmp_path):
 
 def test_checkpoints_from_before_the_label_choice_load_with_the_time_label(tmp_path):
     """A stored config without ``noise_label`` was trained with 999 t on every SDE."""
-    from test_config import compose_train
+    from conftest import compose_train
     from omegaconf import OmegaConf
 
     from scorelab.cli.build import LoadedCheckpoint, build_module

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from test_cli import run
+from conftest import run
 
 TINY = ["experiment=digits_ve_eps", "backbone.channels=8", "trainer.max_steps=4",
         "trainer.val_check_interval=4", "sampler.steps=5", "num_samples=4",

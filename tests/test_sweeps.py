@@ -18,8 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
-from test_cli import run
+from conftest import ROOT, run
 
 def helper_env() -> dict:
     """The environment of a child process that imports signal_at_step (tests/) and scorelab."""
@@ -284,15 +283,15 @@ def test_wandb_sweep_runs_share_a_group_and_resume_their_run(tmp_path):
     # a resumed job asks W&B for the same run
     from omegaconf import OmegaConf
 
-    from scorelab.cli.loggers import build_logger, finish
+    from scorelab.cli.loggers import build_logger, close_loggers
     cfg = OmegaConf.create({"logger": {"_target_": "lightning.pytorch.loggers.WandbLogger",
                                        "project": "scorelab", "save_dir": str(out / "0"),
                                        "offline": True}})
-    logger = build_logger(cfg, out / "0")
+    [logger] = build_logger(cfg, out / "0")
     try:
         assert logger._wandb_init["id"] == ids[0] and logger._wandb_init["resume"] == "allow"
     finally:
-        finish(logger)
+        close_loggers([logger])
 
 
 def test_tensorboard_logger_shows_losses_and_samples(tmp_path):
@@ -331,7 +330,7 @@ def test_bad_resume_and_checkpoints_fail_in_one_line_and_keep_the_files(sweep, t
     assert len(lines) == 1 and "was trained with another config (shape" in lines[0]
     assert last.read_bytes() == before and (run_dir / "metrics.json").is_file()
     from scorelab.cli.build import LoadedCheckpoint
-    from scorelab.cli.train import check_resumable
+    from scorelab.cli.train import check_loadable
     from scorelab.util.errors import ConfigError
     # a checkpoint whose stored config no longer builds its weights
     ckpt = torch.load(last, weights_only=True)
@@ -343,7 +342,7 @@ def test_bad_resume_and_checkpoints_fail_in_one_line_and_keep_the_files(sweep, t
     corrupt = tmp_path / "corrupt.ckpt"
     corrupt.write_bytes(before[: len(before) // 2])
     with pytest.raises(ConfigError, match="is not a loadable checkpoint"):
-        check_resumable(LoadedCheckpoint(str(last)).module, str(corrupt))
+        check_loadable(LoadedCheckpoint(str(last)).module, str(corrupt), "resume")
     assert last.read_bytes() == before
 
 

@@ -3,8 +3,9 @@ with one line naming the key (exit status 2), before any training; the rules the
 
 import pytest
 
-from conftest import ROOT  # noqa: F401  (puts src/ on the path)
-from scorelab.metrics.callbacks import BitsPerDimCallback, FIDCallback
+from conftest import run
+from scorelab.metrics import build_metric
+from scorelab.metrics.callbacks import Metrics
 from scorelab.util.checks import check_value, integer, number, one_of, optional
 from scorelab.cli.build import sampler_settings
 from scorelab.data import GMMDataModule
@@ -12,7 +13,6 @@ from scorelab.util.errors import ConfigError
 from scorelab.likelihood.pf_ode import check_likelihood_options
 from scorelab.sampling import SAMPLERS, check_options
 from scorelab.sampling.registry import _defaults
-from test_cli import run
 
 
 @pytest.mark.parametrize("overrides, key", [
@@ -52,8 +52,14 @@ def test_rules_and_their_messages():
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
-def test_every_sampler_accepts_its_defaults(name):
-    check_options(name, {"steps": 10, **_defaults(name)})
+def test_every_sampler_accepts_its_defaults_and_checks_every_option(name):
+    """The sampler's keyword defaults pass its rules, and each of its options, given a
+    value of no type it takes, fails with the message naming that option."""
+    defaults = _defaults(name)
+    assert defaults and check_options(name, {"steps": 10, **defaults}) is None
+    for option in defaults:
+        with pytest.raises(ValueError, match=rf"^sampler\.{option}: "):
+            check_options(name, {"steps": 10, **defaults, option: object()})
 
 
 @pytest.mark.parametrize("name, options, message", [
@@ -102,16 +108,16 @@ def test_data_module_arguments(kwargs, message):
 
 
 def test_metric_callback_arguments():
-    with pytest.raises(ValueError, match="num_examples: must be an integer >= 1"):
-        BitsPerDimCallback(num_examples=0)
-    with pytest.raises(ValueError, match="likelihood.divergence: unknown divergence 'trace'"):
-        BitsPerDimCallback(likelihood={"divergence": "trace"})
-    with pytest.raises(ValueError, match="likelihood: no option.*rtl"):
-        BitsPerDimCallback(likelihood={"rtl": 1e-3})
-    with pytest.raises(ValueError, match="num_samples: must be an integer >= 1"):
-        FIDCallback(num_samples=0)
+    with pytest.raises(ValueError, match="metrics.bpd.num_examples: must be an integer >= 1"):
+        Metrics({"bpd": {"num_examples": 0}})
+    with pytest.raises(ValueError, match="metrics.bpd.divergence: unknown divergence 'trace'"):
+        build_metric("bpd", {"divergence": "trace"})
+    with pytest.raises(ValueError, match="metrics.bpd: no option.*rtl"):
+        build_metric("bpd", {"rtl": 1e-3})
+    with pytest.raises(ValueError, match="num_samples: fid need at least 2 samples"):
+        Metrics({"fid": {}}, num_samples=0)
     with pytest.raises(ValueError, match="features: unknown features 'clip'"):
-        FIDCallback(features="clip")
+        Metrics({"fid": {"features": "clip"}}, datamodule=GMMDataModule())
     check_likelihood_options({"solver": "scipy", "n_probes": 2})
     with pytest.raises(ValueError, match="likelihood.solver"):
         check_likelihood_options({"solver": "euler"})

@@ -10,17 +10,20 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from scorelab.models.classifier import NoisyClassifier
-from scorelab.training.auxiliary_module import AutoencoderModule, ClassifierModule
-from scorelab.latent.autoencoder import KLAutoencoder
 from scorelab.data import DiffusionDataModule
-from scorelab.util.checks import Rule, check_value, integer, optional, positive
+from scorelab.latent import diffusers as hf
+from scorelab.latent.autoencoder import KLAutoencoder
+from scorelab.latent.space import LatentSpace
+from scorelab.models.classifier import NoisyClassifier
 from scorelab.models.conditioning import check_p_uncond
+from scorelab.models.score import ScoreModel
+from scorelab.sampling import DEFAULT_SAMPLER, check_options, check_sampler, get_sampler
+from scorelab.training.auxiliary_module import AutoencoderModule, ClassifierModule
+from scorelab.training.callbacks.divergence import FACTOR_RULE as DIVERGENCE_FACTOR_RULE
+from scorelab.training.diffusion_module import LR_DECAY_RULE, DiffusionModule
+from scorelab.util.checks import Rule, check_value, integer, optional, positive
 from scorelab.util.errors import ConfigError, ScorelabError
 from scorelab.util.moved import upgrade_config, upgrade_targets
-from scorelab.training.diffusion_module import LR_DECAY_RULE, DiffusionModule
-from scorelab.sampling import check_options, check_sampler, get_sampler
-from scorelab.models.score import ScoreModel
 
 log = logging.getLogger("scorelab")
 
@@ -46,11 +49,37 @@ def _naming(group: str, message: str) -> str:
     return message if message.startswith(group) else f"{group}: {message}"
 
 
+def plain(node) -> dict:
+    """A config node (or a mapping, or None: empty) as a plain dict, interpolations
+    resolved."""
+    if isinstance(node, DictConfig):
+        return OmegaConf.to_container(node, resolve=True)
+    return dict(node or {})
+
+
+def given(settings: dict, key: str):
+    """The value of ``key``, None when absent, empty or still Hydra's mandatory ``???``."""
+    value = settings.get(key)
+    return None if value in (None, "", "???") else value
+
+
+def chosen(group: str) -> str:
+    """``group=<option>`` as this run chose it (``sde=`` stands for ``path``), for messages
+    that name the override; the bare group name where Hydra did not compose the config (a
+    checkpoint's)."""
+    from hydra.core.hydra_config import HydraConfig
+    if HydraConfig.initialized():
+        choices = HydraConfig.get().runtime.choices
+        option = (group == "path" and choices.get("sde")) or choices.get(group)
+        if option:
+            return f"{group}={option}"
+    return group
+
+
 def sampler_settings(node, path=None) -> dict:
     """A sampler config node as a plain dict {name, steps, **options}, validated (and, given
     the model's ``path``, checked to run on that path)."""
-    settings = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) \
-        else dict(node)
+    settings = plain(node)
     if not settings.get("name"):
         raise ConfigError("sampler: no sampler name given (sampler=<name>)")
     try:
@@ -83,7 +112,7 @@ _LIMIT = Rule(lambda v: v == -1 or (isinstance(v, int) and not isinstance(v, boo
 # Values of train.py's config that no constructor sees before training starts.
 TRAIN_RULES = {"seed": integer(), "num_samples": integer(1),
                "optim.warmup_steps": integer(0), "optim.optimizer.lr": positive(),
-               "optim.lr_decay": LR_DECAY_RULE,
+               "optim.lr_decay": LR_DECAY_RULE, "divergence_factor": DIVERGENCE_FACTOR_RULE,
                "trainer.max_steps": _LIMIT, "trainer.max_epochs": optional(_LIMIT),
                "trainer.log_every_n_steps": integer(1),
                "trainer.gradient_clip_val": optional(positive())}
@@ -166,7 +195,11 @@ def build_module(cfg: DictConfig, data_shape, num_classes: int,
     backbone = make(cfg, "backbone", data_shape=model_shape,
                     num_classes=backbone_classes(cfg, num_classes))
     loss = make(cfg, "loss")
-    loss.check(path, head)
+    try:
+        loss.check(path, head)
+    except ValueError as e:
+        raise ConfigError(f"{chosen('loss')} with {chosen('path')}, {chosen('head')}: "
+                          f"{e}") from None
     noise_label = cfg.get("noise_label", "sde")
     if noise_label == "log_sigma" and cfg.backbone.get("embedding") == "fourier":
         raise ConfigError("noise_label=log_sigma is a log already, but backbone.embedding="
@@ -176,26 +209,33 @@ def build_module(cfg: DictConfig, data_shape, num_classes: int,
         model = ScoreModel(backbone, head, path, input_scaling=cfg.input_scaling,
                            noise_label=noise_label)
     except ValueError as e:
-        raise ConfigError(str(e)) from None
+        raise ConfigError(f"{chosen('head')}, {chosen('path')}, noise_label={noise_label}: "
+                          f"{e}") from None
     try:
         sampler = sampler_settings(cfg.sampler, path)
     except ConfigError as e:
         if strict_sampler:
             raise
-        log.warning("%s; using EDM's Heun sampler (18 steps), which runs on every path, "
-                    "instead", e)
-        sampler = {"name": "edm", "steps": 18}
+        sampler = dict(DEFAULT_SAMPLER)
+        log.warning("%s; using the default sampler %s instead, which runs on every path",
+                    e, sampler)
     try:
         p_uncond = check_p_uncond(cfg.get("p_uncond", 0.0))
     except ValueError as e:
         raise ConfigError(str(e)) from None
     return DiffusionModule(
-        model, loss, optimizer=make(cfg.optim, "optimizer"), data_shape=model_shape,
-        num_classes=num_classes, is_image=is_image, conditional=cfg.conditional,
-        p_uncond=p_uncond if cfg.conditional else 0.0,
-        warmup_steps=cfg.optim.warmup_steps, lr_decay=cfg.optim.get("lr_decay", "none"),
+        model, loss, data_shape=model_shape, num_classes=num_classes, is_image=is_image,
+        conditional=cfg.conditional, p_uncond=p_uncond if cfg.conditional else 0.0,
         sampler=sampler, fused_optimizer=(cfg.get("speed") or {}).get("fused_optimizer", "auto"),
-        config=OmegaConf.to_container(cfg, resolve=True), latent=latent)
+        latent=latent, **training_arguments(cfg))
+
+
+def training_arguments(cfg: DictConfig) -> dict:
+    """What every module builder passes alike: the optimiser, its schedule and the config
+    stored in the checkpoint."""
+    return {"optimizer": make(cfg.optim, "optimizer"), "warmup_steps": cfg.optim.warmup_steps,
+            "lr_decay": cfg.optim.get("lr_decay", "none"),
+            "config": OmegaConf.to_container(cfg, resolve=True)}
 
 
 MODELS = ("diffusion", "classifier", "autoencoder")
@@ -214,10 +254,8 @@ def build_classifier_module(cfg: DictConfig, data_shape, num_classes: int,
                                 cfg.input_scaling)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    return ClassifierModule(model, make(cfg.optim, "optimizer"), data_shape, num_classes,
-                            is_image, warmup_steps=cfg.optim.warmup_steps,
-                            lr_decay=cfg.optim.get("lr_decay", "none"),
-                            config=OmegaConf.to_container(cfg, resolve=True))
+    return ClassifierModule(model, data_shape=data_shape, num_classes=num_classes,
+                            is_image=is_image, **training_arguments(cfg))
 
 
 def build_autoencoder_module(cfg: DictConfig, data_shape, num_classes: int,
@@ -230,10 +268,8 @@ def build_autoencoder_module(cfg: DictConfig, data_shape, num_classes: int,
     net = make(cfg, "backbone", data_shape=tuple(data_shape))
     if not isinstance(net, KLAutoencoder):
         raise ConfigError("model=autoencoder needs backbone=kl_autoencoder")
-    return AutoencoderModule(net, make(cfg.optim, "optimizer"), data_shape, num_classes,
-                             is_image, warmup_steps=cfg.optim.warmup_steps,
-                             lr_decay=cfg.optim.get("lr_decay", "none"),
-                             config=OmegaConf.to_container(cfg, resolve=True))
+    return AutoencoderModule(net, data_shape=data_shape, num_classes=num_classes,
+                             is_image=is_image, **training_arguments(cfg))
 
 
 def build_any_module(cfg: DictConfig, data_shape, num_classes: int, is_image: bool = True,
@@ -308,9 +344,7 @@ class LoadedCheckpoint:
         state = ckpt["state_dict"] if (use_ema or not has_raw) else ckpt["current_model_state"]
         latent = None
         if "latent" in meta:
-            from scorelab.cli.latent import latent_from_checkpoint   # (imports this module)
-            latent = latent_from_checkpoint(upgrade_targets(meta["latent"]),
-                                            self.data_shape)
+            latent = latent_from_checkpoint(upgrade_targets(meta["latent"]), self.data_shape)
         self.module = build_any_module(self.cfg, self.data_shape, self.num_classes,
                                        self.is_image, strict_sampler=False, latent=latent)
         mismatch = state_mismatch(self.module, state)
@@ -319,6 +353,24 @@ class LoadedCheckpoint:
                               f"builds ({mismatch})")
         self.module.load_state_dict(state)
         self.module.eval()
+
+
+def latent_from_checkpoint(meta: dict, data_shape) -> LatentSpace:
+    """The latent space a diffusion checkpoint describes (its ``LatentSpace.describe()``),
+    with fresh autoencoder weights: the checkpoint's state dict holds the trained ones."""
+    if meta["source"] == "scorelab":
+        net = make(OmegaConf.create({"autoencoder": meta["config"]}), "autoencoder",
+                   data_shape=tuple(data_shape))
+    else:
+        net = hf.DiffusersAutoencoder(hf.from_config(meta["config"]), data_shape,
+                                      meta.get("input_range", (-1.0, 1.0)))
+    description = {k: v for k, v in meta.items()
+                   if k in ("source", "ckpt", "global_step", "config", "pretrained",
+                            "input_range")}
+    fixed = meta["normalize"] == "fixed"
+    return LatentSpace(net, meta["normalize"], meta["sample_posterior"],
+                       meta["scale"][0] if fixed else None, meta["shift"][0] if fixed else None,
+                       description)
 
 
 def pick_device(name: str) -> torch.device:

@@ -1,4 +1,4 @@
-"""What the three commands share: one-line errors, output files, progress bars."""
+"""What the three commands share: one-line errors, output files."""
 
 from __future__ import annotations
 
@@ -76,13 +76,22 @@ def reports_errors(main):
     return wrapper
 
 
+def metric_key(name: str) -> str:
+    """The metrics.json key of a number by the name a logger shows it under: ``val/loss`` ->
+    ``val_loss``, ``train/loss`` (Lightning's ``train/loss_epoch``) -> ``train_loss``,
+    ``metrics/fid`` -> ``fid``. A metrics.json key maps to itself."""
+    name = name.removeprefix("metrics/").removesuffix("_epoch")
+    return name.replace("/", "_")
+
+
 def optimized(cfg, metrics: dict):
-    """What the command returns to Hydra: ``metrics[cfg.optimized_metric]`` as a float for
-    a sweeper to optimise, or the whole dict when no metric is named."""
+    """What the command returns to Hydra: the number ``cfg.optimized_metric`` names (by its
+    logger name or its metrics.json key, ``metric_key``) as a float for a sweeper to
+    optimise, or the whole dict when no metric is named."""
     name = cfg.get("optimized_metric")
     if not name:
         return metrics
-    value = metrics.get(name)
+    value = metrics.get(metric_key(name))
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         numbers = sorted(k for k, v in metrics.items()
                          if isinstance(v, (int, float)) and not isinstance(v, bool))
@@ -114,18 +123,3 @@ def fresh_path(path: Path, step: int) -> Path:
 
 def write_json(path: Path, data: dict) -> Path:
     return write_new(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-class SamplingProgress:
-    """A tqdm bar driven by the samplers' per-step callback."""
-
-    def __init__(self, total_steps: int, desc: str = "sampling"):
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=total_steps, desc=desc, leave=False)
-
-    def __call__(self, i, x):
-        self.bar.update(1)
-
-    def close(self):
-        self.bar.close()

@@ -2,16 +2,19 @@
 to metrics.json with the settings of every number, and printed as a table.
 
 * loss: validation loss of the held-out split (EMA weights by default).
-* ``metrics=[fid,is,bpd]`` (any subset), computed by the training callbacks
-  (``FIDCallback``, ``BitsPerDimCallback``) in one validation pass, so they run on as many
+* ``metrics=[fid,is,bpd]`` (any of the registered metrics, ``conf/metrics``: fid, is, kid,
+  prdc, accuracy, class_fid, energy, bpd), computed by the training callback
+  (``scorelab.metrics.callbacks.Metrics``) in one validation pass, so they run on as many
   processes as the ``trainer`` group gives (``trainer=ddp trainer.devices=2``) and give
   the same numbers as on one:
   - bpd: bits/dim of ``metrics.bpd.num_examples`` held-out examples (PF-ODE); for a
-    latent model ``latent_bpd``, bits per dimension of the autoencoder's latent;
-  - fid / is: ``num_samples`` samples with the ``sampler`` group (default: the
-    checkpoint's), guided as the ``guidance`` group says, against the dataset's reference
-    statistics, on the digit classifier or Inception features (``metrics.fid.*``); class
-    accuracy for conditional (or classifier-guided) models.
+    latent model ``latent_bpd``, bits per dimension of the autoencoder's latent; on the
+    Gaussian mixture also ``nll_gap`` to the exact NLL;
+  - the sample metrics (fid, is, kid, prdc, ...): one pass of ``num_samples`` samples with
+    the ``sampler`` group (default: the checkpoint's), guided as the ``guidance`` group
+    says, featurised once per extractor (``features=...`` or ``metrics.<name>.features``)
+    and compared with the dataset's cached reference; class accuracy for conditional (or
+    classifier-guided) models.
 * ``evaluate.py -m guidance.scale=1,2,3,5 ...`` sweeps a guidance scale, one run directory each.
 * samples (``num_samples`` > 0 without fid / is): writes samples.png / samples.npz.
 """
@@ -21,9 +24,10 @@ from __future__ import annotations
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from scorelab.metrics.callbacks import BitsPerDimCallback, FIDCallback
+from scorelab.metrics.callbacks import Metrics
+from scorelab.metrics.registry import SampleMetric
 from scorelab.util.checks import integer, optional
-from scorelab.cli.build import build_datamodule, check_config_values, pick_device
+from scorelab.cli.build import build_datamodule, check_config_values, make, pick_device
 from scorelab.cli.common import log, optimized, output_dir, reports_errors, write_json
 from scorelab.cli.latent import latent_datamodule
 from scorelab.cli.sample import draw_samples, load_guided, resolve_sampler, save_sample_files
@@ -40,39 +44,24 @@ EVALUATE_RULES = {"seed": integer(), "num_samples": integer(0),
 
 
 def _metric_callbacks(cfg, dm, loaded) -> list:
-    """FID/IS and bits/dim as the training callbacks, run once at validation. Built before
-    anything runs, so that missing feature weights or statistics stop evaluate.py at once."""
+    """The selected metrics as the training callback, run once at validation. Built (and
+    their references loaded) before anything runs, so that a bad option or missing
+    feature weights or statistics stop evaluate.py at once."""
     selected = cfg.get("metrics") or {}
-    unknown = set(selected) - {"fid", "is", "bpd"}
-    if unknown:
-        raise ConfigError(f"metrics: unknown {sorted(unknown)}; choose from fid, is, bpd")
-    callbacks = []
-    if "fid" in selected or "is" in selected:
-        if cfg.num_samples <= 0:
-            raise ConfigError("metrics fid / is need num_samples > 0 (e.g. num_samples=1000)")
-        fid = selected.get("fid") or {}
-        settings = resolve_sampler(cfg.sampler, loaded.module.sampler, loaded.module.model.path)
-        try:
-            cb = FIDCallback(num_samples=cfg.num_samples, sampler=settings,
-                             features=fid.get("features", "auto"),
-                             reference=fid.get("reference"), cache_dir=fid.get("cache_dir"),
-                             inception_weights=fid.get("inception_weights"),
-                             batch_size=cfg.sample_batch_size, seed=cfg.seed, datamodule=dm,
-                             splits=(selected.get("is") or {}).get("splits", 10))
-            if "fid" in selected:
-                cb.reference_statistics(None)
-        except (FeatureWeightsMissing, FileNotFoundError, ValueError) as e:
-            raise ConfigError(f"metrics.fid: {e}") from None
-        callbacks.append(cb)
-    if "bpd" in selected:
-        opts = OmegaConf.to_container(selected.bpd, resolve=True)
-        try:
-            callbacks.append(BitsPerDimCallback(num_examples=opts.pop("num_examples"),
-                                                chunk=opts.pop("chunk"), likelihood=opts,
-                                                seed=cfg.seed, datamodule=dm))
-        except ValueError as e:
-            raise ConfigError(f"metrics.bpd: {e}") from None
-    return callbacks
+    if not selected:
+        return []
+    metrics = {name: make(cfg, f"metrics.{name}") for name in selected}
+    wants_samples = [n for n, m in metrics.items() if isinstance(m, SampleMetric)]
+    if wants_samples and cfg.num_samples <= 0:
+        raise ConfigError(f"metrics {', '.join(wants_samples)} need num_samples > 0 (e.g. "
+                          f"num_samples=1000)")
+    settings = resolve_sampler(cfg.sampler, loaded.module.sampler, loaded.module.model.path)
+    try:
+        return [Metrics(metrics, num_samples=cfg.num_samples if wants_samples else 0,
+                        sampler=settings, batch_size=cfg.sample_batch_size, seed=cfg.seed,
+                        datamodule=dm)]
+    except (FeatureWeightsMissing, FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"metrics: {e}") from None
 
 
 def _validate(cfg, loaded, dm, callbacks, out):
@@ -87,21 +76,12 @@ def _validate(cfg, loaded, dm, callbacks, out):
     return trainer
 
 
-def _results(trainer, dm, callbacks, selected) -> dict:
+def _results(trainer, dm, callbacks) -> dict:
     out = {"val_loss": float(trainer.callback_metrics["val/loss"]),
            "num_val_examples": len(dm.val_set)}
     for cb in callbacks:
-        values = {k: v for k, v in cb.history[-1].items() if k != "step"}
-        if isinstance(cb, FIDCallback):
-            if "is" not in selected:
-                values = {k: v for k, v in values.items() if not k.startswith("is")}
-            if "fid" not in selected:
-                values.pop("fid", None)
-            out.update(values)
-            out["sample_settings"] = cb.settings
-        else:
-            out.update(values)
-            out[cb.metric_key + "_settings"] = cb.settings
+        out.update({k: v for k, v in cb.history[-1].items() if k != "step"})
+        out.update(cb.settings)
     return out
 
 
@@ -147,7 +127,6 @@ def _main(cfg: DictConfig) -> dict:
         dm = latent_datamodule(loaded.cfg.get("autoencoder"), dm, loaded.module.latent,
                                estimate=False)
     dm.setup("validate")
-    selected = set(cfg.get("metrics") or {})
     callbacks = _metric_callbacks(cfg, dm, loaded)
     trainer = _validate(cfg, loaded, dm, callbacks, out)
     if not trainer.is_global_zero:
@@ -160,8 +139,9 @@ def _main(cfg: DictConfig) -> dict:
                "loss": OmegaConf.to_container(loaded.cfg.loss),
                "guidance": describe(loaded.module.guidance),
                "latent": latent_summary(loaded.module.latent),
-               **_results(trainer, dm, callbacks, selected)}
-    if cfg.num_samples > 0 and not selected & {"fid", "is"} and not requested():
+               **_results(trainer, dm, callbacks)}
+    sampled = any(cb.evaluation is not None and cb.evaluation.metrics for cb in callbacks)
+    if cfg.num_samples > 0 and not sampled and not requested():
         accelerator = cfg.trainer.accelerator
         device = pick_device({"gpu": "cuda"}.get(accelerator, accelerator))
         metrics.update(_samples(cfg, loaded, device, out))

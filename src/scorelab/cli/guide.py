@@ -1,5 +1,6 @@
-"""The ``guidance`` config group -> a ``scorelab.guidance.predictions`` object for a diffusion module,
-with the checks that need the model (and the classifier or guide checkpoint) made at start-up.
+"""The ``guidance`` config group -> a ``scorelab.guidance.predictions`` object for a diffusion
+module, with the checks that need the model (and the classifier or guide checkpoint) made at
+start-up.
 
     guidance=none | cfg | classifier | autoguidance
     guidance.scale=W (1: no guidance)  guidance.sigma_min / sigma_max (noise-level interval)
@@ -11,18 +12,10 @@ from __future__ import annotations
 import math
 
 import torch
-from omegaconf import DictConfig, OmegaConf
-
-from scorelab.cli.build import LoadedCheckpoint
+from scorelab.cli.build import LoadedCheckpoint, given, plain
 from scorelab.util.errors import ConfigError
 from scorelab.guidance.predictions import Autoguidance, ClassifierFree, ClassifierGuidance
 from scorelab.training.diffusion_module import DiffusionModule
-
-
-def _given(g: dict, key: str):
-    """The value of ``key``, None when absent or still Hydra's mandatory ``???``."""
-    value = g.get(key)
-    return None if value in (None, "???", "") else value
 
 
 def _interval(g: dict) -> dict:
@@ -34,7 +27,7 @@ def _same_model_space(what: str, other: LoadedCheckpoint, module: DiffusionModul
     """A classifier or guide must live on the same path, data shape (the same latent space
     for a latent model) and classes."""
     mine = module.config
-    theirs = OmegaConf.to_container(other.cfg, resolve=True)
+    theirs = plain(other.cfg)
     for key in ("path", "noise_label"):
         if mine.get(key) != theirs.get(key):
             raise ConfigError(f"guidance.{what}={other.path}: trained with {key}="
@@ -65,7 +58,7 @@ def _cfg(g: dict, module: DiffusionModule):
 
 
 def _classifier(g: dict, module: DiffusionModule):
-    if _given(g, "classifier_ckpt") is None:
+    if given(g, "classifier_ckpt") is None:
         raise ConfigError("guidance=classifier needs guidance.classifier_ckpt=PATH (train one "
                           "with python train.py experiment=mnist5k_classifier)")
     if module.num_classes < 2:
@@ -78,7 +71,7 @@ def _classifier(g: dict, module: DiffusionModule):
 
 
 def _autoguidance(g: dict, module: DiffusionModule):
-    if _given(g, "guide_ckpt") is None:
+    if given(g, "guide_ckpt") is None:
         raise ConfigError("guidance=autoguidance needs guidance.guide_ckpt=PATH (a weaker "
                           "model: an earlier checkpoint or a smaller network)")
     loaded = LoadedCheckpoint(g["guide_ckpt"], use_ema=g.get("use_ema", True))
@@ -95,8 +88,7 @@ GUIDANCE = {"cfg": _cfg, "classifier": _classifier, "autoguidance": _autoguidanc
 
 def build_guidance(node, module: DiffusionModule):
     """The guidance a ``guidance`` config node asks for (None for ``none`` / a missing node)."""
-    g = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) \
-        else dict(node or {})
+    g = plain(node)
     name = g.get("name", "none")
     if name in (None, "none"):
         return None

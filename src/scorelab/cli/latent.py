@@ -7,19 +7,18 @@ posteriors (latent diffusion), with the checks that need the autoencoder made at
     autoencoder.encode=cache|on_the_fly
 
 A diffusion checkpoint stores the autoencoder's source, config and weights and the latent
-shift and scale, so ``latent_from_checkpoint`` rebuilds the space without the stage-1 file.
+shift and scale, so ``scorelab.cli.build.latent_from_checkpoint`` rebuilds the space without
+the stage-1 file.
 """
 
 from __future__ import annotations
 
-from omegaconf import DictConfig, OmegaConf
-
+from scorelab.cli.build import LoadedCheckpoint, given, plain
 from scorelab.latent import diffusers as hf
-from scorelab.util.checks import boolean, check_values, integer, one_of
-from scorelab.cli.build import LoadedCheckpoint, make
 from scorelab.latent.datamodule import ENCODINGS, LatentDataModule
-from scorelab.util.errors import ConfigError
 from scorelab.latent.space import NORMALIZATIONS, LatentSpace
+from scorelab.util.checks import boolean, check_values, integer, one_of
+from scorelab.util.errors import ConfigError
 
 SOURCES = ("none", "scorelab", "diffusers")
 RULES = {"source": one_of(SOURCES, "autoencoder source"),
@@ -30,8 +29,7 @@ RULES = {"source": one_of(SOURCES, "autoencoder source"),
 
 def latent_settings(node) -> dict | None:
     """The ``autoencoder`` node as a checked dict; None for ``source: none`` / no node."""
-    s = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) \
-        else dict(node or {})
+    s = plain(node)
     if s.get("source", "none") == "none":
         return None
     try:
@@ -46,8 +44,8 @@ def latent_settings(node) -> dict | None:
 
 
 def _given(s: dict, key: str) -> str:
-    value = s.get(key)
-    if value in (None, "", "???"):
+    value = given(s, key)
+    if value is None:
         hint = "train one with python train.py experiment=mnist5k_autoencoder" \
             if key == "ckpt" else "a local directory or a Hugging Face hub id"
         raise ConfigError(f"autoencoder.{key}: not given ({hint})")
@@ -81,7 +79,7 @@ def build_latent(node, data_shape) -> LatentSpace | None:
                               f"{list(loaded.data_shape)}, but the data has {list(data_shape)}")
         description = {"source": "scorelab", "ckpt": str(loaded.path),
                        "global_step": loaded.global_step,
-                       "config": OmegaConf.to_container(loaded.cfg.backbone, resolve=True)}
+                       "config": plain(loaded.cfg.backbone)}
         return _space(loaded.module.model, s, description)
     vae = hf.load_pretrained(_given(s, "pretrained"), s.get("subfolder"),
                              s.get("local_files_only", False))
@@ -95,25 +93,6 @@ def build_latent(node, data_shape) -> LatentSpace | None:
                    "config": config, "input_range": input_range}
     scaling = hf.config_scaling(config) if s.get("normalize") == "config" else None
     return _space(net, s, description, scaling)
-
-
-def latent_from_checkpoint(meta: dict, data_shape) -> LatentSpace:
-    """The latent space a diffusion checkpoint describes (``meta["latent"]``), with fresh
-    autoencoder weights: the checkpoint's state dict holds the trained ones."""
-    d = meta
-    if d["source"] == "scorelab":
-        net = make(OmegaConf.create({"autoencoder": d["config"]}), "autoencoder",
-                   data_shape=tuple(data_shape))
-    else:
-        net = hf.DiffusersAutoencoder(hf.from_config(d["config"]), data_shape,
-                                      d.get("input_range", (-1.0, 1.0)))
-    description = {k: v for k, v in d.items()
-                   if k in ("source", "ckpt", "global_step", "config", "pretrained",
-                            "input_range")}
-    fixed = d["normalize"] == "fixed"
-    return LatentSpace(net, d["normalize"], d["sample_posterior"],
-                       d["scale"][0] if fixed else None, d["shift"][0] if fixed else None,
-                       description)
 
 
 def latent_datamodule(node, pixels, latent: LatentSpace, estimate: bool) -> LatentDataModule:

@@ -1,7 +1,7 @@
-"""The ``logger`` group -> a Lightning logger, with what a dashboard of sweeps needs: every
-run's config logged flat ("optim.optimizer.lr"), so runs can be filtered by any value; and
-for W&B, each run its own W&B run whose id is kept in the run directory (``wandb_run_id``)
-so that ``resume=true`` continues it, and the runs of one ``-m`` sweep in one group named
+"""The ``logger`` group -> the run's Lightning loggers (one, or several at once: ``logger=many``
+is CSV + TensorBoard + W&B), with what a dashboard of sweeps needs: every run's config
+logged flat ("optim.optimizer.lr"), so runs can be filtered by any value; and for W&B,
+each run its own W&B run whose id is kept in the run directory (``wandb_run_id``) so that ``resume=true`` continues it, and the runs of one ``-m`` sweep in one group named
 after the sweep directory, with a job type from the overrides that define the configuration
 (all but the seed), so that seeds of one configuration can be grouped again."""
 
@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from scorelab.cli.build import make
 from scorelab.cli.common import in_sweep
+from scorelab.util.errors import ConfigError
 
 RUN_ID_FILE = "wandb_run_id"
 
@@ -51,32 +52,57 @@ def sweep_identity(seed_key: str = "seed") -> tuple[str, str] | None:
     return sweep.name, (",".join(varied) or "default")[:64]
 
 
-def build_logger(cfg: DictConfig, out: Path):
-    if not cfg.get("logger"):
-        return False
-    extra = {}
-    if str(cfg.logger.get("_target_", "")).endswith("WandbLogger"):
-        id_file = out / RUN_ID_FILE
-        if id_file.is_file():
-            run_id = id_file.read_text().strip()
-        else:
-            run_id = secrets.token_hex(4)           # W&B ids: letters and digits
-            if rank_zero_only.rank == 0:            # (only rank 0 logs to W&B)
-                id_file.write_text(run_id + "\n")
-        extra = {"id": run_id, "resume": "allow"}
-        identity = sweep_identity()
-        if identity is not None and cfg.logger.get("group") is None:
-            extra["group"], extra["job_type"] = identity
-    logger = make(cfg, "logger", **extra)
-    logger.log_hyperparams(flat_config(cfg))
-    return logger
+def logger_nodes(cfg: DictConfig) -> list[str]:
+    """The config keys of the run's loggers: ``logger`` itself when it is one logger (a
+    ``_target_``), else each of its entries that is one (``logger=many``: csv, tensorboard,
+    wandb; an entry set to null is switched off)."""
+    node = cfg.get("logger")
+    if not node:
+        return []
+    if "_target_" in node:
+        return ["logger"]
+    return [f"logger.{k}" for k, v in node.items() if v]
 
 
-def finish(logger) -> None:
+def _wandb_arguments(cfg: DictConfig, key: str, out: Path) -> dict:
+    """The W&B run id kept in the run directory (a resumed run continues its W&B run) and,
+    in a sweep, the group and job type."""
+    id_file = out / RUN_ID_FILE
+    if id_file.is_file():
+        run_id = id_file.read_text().strip()
+    else:
+        run_id = secrets.token_hex(4)           # W&B ids: letters and digits
+        if rank_zero_only.rank == 0:            # (only rank 0 logs to W&B)
+            id_file.write_text(run_id + "\n")
+    extra = {"id": run_id, "resume": "allow"}
+    identity = sweep_identity()
+    if identity is not None and OmegaConf.select(cfg, f"{key}.group") is None:
+        extra["group"], extra["job_type"] = identity
+    return extra
+
+
+def build_logger(cfg: DictConfig, out: Path) -> list:
+    """The run's Lightning loggers (empty: none), each with the flat config logged."""
+    loggers = []
+    for key in logger_nodes(cfg):
+        target = str(OmegaConf.select(cfg, f"{key}._target_"))
+        extra = _wandb_arguments(cfg, key, out) if target.endswith("WandbLogger") else {}
+        loggers.append(make(cfg, key, **extra))
+    for logger in loggers:
+        try:
+            logger.log_hyperparams(flat_config(cfg))     # (W&B starts its run here)
+        except Exception as e:  # noqa: BLE001 - W&B's own errors: no account, no network
+            if not type(e).__module__.startswith("wandb"):
+                raise
+            raise ConfigError(f"logger: W&B could not start ({str(e).splitlines()[0]}); "
+                              f"log in (wandb login) or run with WANDB_MODE=offline") from None
+    return loggers
+
+
+def close_loggers(loggers) -> None:
     """Write out what was logged after training (the final sample grid: TensorBoard's writer
     would keep it buffered) and end this job's W&B run (a sweep's next job starts its own)."""
-    if not logger:
-        return
-    logger.finalize("success")
-    if type(logger).__name__ == "WandbLogger" and logger._experiment is not None:
-        logger.experiment.finish()
+    for logger in loggers or []:
+        logger.finalize("success")
+        if type(logger).__name__ == "WandbLogger" and logger._experiment is not None:
+            logger.experiment.finish()

@@ -10,10 +10,10 @@ import time
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from scorelab.cli.build import LoadedCheckpoint, pick_device, sampler_settings
-from scorelab.cli.common import SamplingProgress, log, output_dir, reports_errors, write_json
+from scorelab.cli.build import LoadedCheckpoint, pick_device, plain, sampler_settings
+from scorelab.cli.common import log, output_dir, reports_errors, write_json
 from scorelab.cli.guide import build_guidance
 from scorelab.cli.task import (check_task, constraint_for, draw_controlled, observations,
                                task_settings)
@@ -21,6 +21,7 @@ from scorelab.data.base import inverse_scaler
 from scorelab.util.errors import ConfigError, Interrupted
 from scorelab.guidance.predictions import describe
 from scorelab.util.interrupt import check, requested, stop_on_signals
+from scorelab.util.progress import SamplingProgress
 from scorelab.latent.space import latent_summary
 from scorelab.util.visualize import save_samples
 
@@ -29,8 +30,7 @@ def resolve_sampler(requested: DictConfig, trained_with: dict, path=None) -> dic
     """sampler=checkpoint (name null): the checkpoint's sampler with the non-null keys of
     ``requested`` on top; any named sampler: exactly the requested config. Checked against
     the model's ``path`` / path when given."""
-    req = {k: v for k, v in OmegaConf.to_container(requested, resolve=True).items()
-           if v is not None}
+    req = {k: v for k, v in plain(requested).items() if v is not None}
     if "name" not in req:
         req = {**trained_with, **req}
     return sampler_settings(req, path)
@@ -55,7 +55,7 @@ def draw_samples(loaded: LoadedCheckpoint, settings: dict, n: int, seed: int, de
         if module.takes_labels else None
     gen = torch.Generator(device=device).manual_seed(seed)
     n_batches = -(-n // batch_size)
-    bar = SamplingProgress(n_batches * settings["steps"], f"{desc} ({settings['name']})")
+    bar = SamplingProgress(n_batches, f"{desc} ({settings['name']})")
     xs, nfe, start = [], 0, time.perf_counter()
     for b in range(n_batches):
         if requested():             # pre-empted: keep the batches already drawn
@@ -63,6 +63,7 @@ def draw_samples(loaded: LoadedCheckpoint, settings: dict, n: int, seed: int, de
         lo, hi = b * batch_size, min(n, (b + 1) * batch_size)
         y = labels[lo:hi] if labels is not None else None
         res = module.sample(hi - lo, y=y, generator=gen, callback=bar, sampler=settings)
+        bar.batch_done()
         xs.append(res.x.cpu())
         nfe = res.nfe
     bar.close()
@@ -97,8 +98,8 @@ def _controlled(cfg, task, loaded, settings, device, out) -> dict:
     if loaded.module.takes_labels:
         labels = data_labels if data_labels is not None and cfg.class_label is None else \
             class_labels(cfg.num_samples, loaded.num_classes, cfg.class_label, "cpu")
-    bar = SamplingProgress(-(-cfg.num_samples // cfg.batch_size) * settings["steps"]
-                           * int(task.get("n_resample", 1)), f"{task['name']} ({settings['name']})")
+    bar = SamplingProgress(-(-cfg.num_samples // cfg.batch_size),
+                           f"{task['name']} ({settings['name']})")
     start = time.perf_counter()
     x, nfe = draw_controlled(task, loaded, settings, observation, labels, cfg.seed, device,
                              cfg.batch_size, bar)

@@ -14,20 +14,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
-from scorelab.cli.build import build_datamodule
-from scorelab.guidance.controllable import (MASKS, check_resampling, colorization, controlled_sample,
-                                   grey_to_rgb, inpainting, named_mask)
+from scorelab.cli.build import build_datamodule, plain
 from scorelab.data.base import to_unit_range
+from scorelab.guidance.controllable import (MASKS, check_resampling, colorization,
+                                            controlled_sample, grey_to_rgb, inpainting,
+                                            named_mask)
 from scorelab.util.errors import ConfigError
 
 TASKS = ("generate", "inpaint", "colorize")
 
 
 def task_settings(node) -> dict:
-    task = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) \
-        else dict(node or {})
+    task = plain(node)
     if task.get("name", "generate") not in TASKS:
         raise ConfigError(f"task={task.get('name')}: choose from {', '.join(TASKS)}")
     try:
@@ -87,25 +86,8 @@ def hole_mask(task: dict, shape) -> torch.Tensor:
     return img[0] > -1.0
 
 
-def constraint_for(task: dict, loaded, observation: torch.Tensor):
-    """The ``Constraint`` of the task (checked against the data before sampling)."""
-    if not loaded.is_image:
-        raise ConfigError(f"task={task['name']} needs image data")
-    if loaded.module.latent is not None:
-        raise ConfigError(f"task={task['name']} constrains pixels, but this model generates "
-                          f"an autoencoder's latents (a latent model); use task=generate")
-    if task["name"] == "colorize":
-        if loaded.data_shape[0] != 3:
-            raise ConfigError(f"task=colorize needs RGB data (3 channels); the model's data "
-                              f"has {loaded.data_shape[0]}")
-        return colorization(observation)
-    return inpainting(observation, hole_mask(task, loaded.data_shape)[None, None])
-
-
-def check_task(task: dict, loaded) -> None:
-    """Start-up checks that need no images."""
-    if task["name"] == "generate":
-        return
+def _check_model(task: dict, loaded) -> None:
+    """Whether the loaded model can take the constraint of ``task`` (not ``generate``)."""
     if not loaded.is_image:
         raise ConfigError(f"task={task['name']} needs image data")
     if loaded.module.latent is not None:
@@ -114,6 +96,21 @@ def check_task(task: dict, loaded) -> None:
     if task["name"] == "colorize" and loaded.data_shape[0] != 3:
         raise ConfigError(f"task=colorize needs RGB data (3 channels); the model's data has "
                           f"{loaded.data_shape[0]}")
+
+
+def constraint_for(task: dict, loaded, observation: torch.Tensor):
+    """The ``Constraint`` of the task (checked against the data before sampling)."""
+    _check_model(task, loaded)
+    if task["name"] == "colorize":
+        return colorization(observation)
+    return inpainting(observation, hole_mask(task, loaded.data_shape)[None, None])
+
+
+def check_task(task: dict, loaded) -> None:
+    """Start-up checks that need no images."""
+    if task["name"] == "generate":
+        return
+    _check_model(task, loaded)
     if task["name"] == "inpaint":
         hole_mask(task, loaded.data_shape)
 
@@ -135,6 +132,8 @@ def draw_controlled(task: dict, loaded, settings: dict, observation, labels, see
                                 device=device, jump_length=int(task.get("jump_length", 1)),
                                 n_resample=int(task.get("n_resample", 1)), callback=progress,
                                 **settings)
+        if progress is not None:
+            progress.batch_done()
         xs.append(res.x.cpu())
         nfe = res.nfe
     return torch.cat(xs), nfe

@@ -3,7 +3,12 @@ a sample grid from the EMA weights (guided as the ``guidance`` group says), metr
 the composed config. ``model=classifier`` trains a noisy classifier, ``model=autoencoder`` a
 stage-1 autoencoder instead (no samples; their validation metrics in metrics.json).
 ``autoencoder=<source>`` trains the diffusion in that autoencoder's latent space (samples,
-grids and FID decoded to pixels)."""
+grids and FID decoded to pixels).
+
+``main`` runs four steps: ``build`` (config checks, data, module, callbacks), ``starting_point``
+(the run's own last.ckpt, or ``ckpt_path`` from another run, whole or as fine-tuning
+weights), ``fit`` (loggers, Trainer, training with scorelab's pre-emption stop path) and
+``finish`` (final validation, sample grid, metrics.json)."""
 
 from __future__ import annotations
 
@@ -11,25 +16,33 @@ import contextlib
 import os
 import shutil
 import signal
+import subprocess
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from scorelab.metrics.callbacks import FIDCallback, MetricCallback
-from scorelab.training.callbacks import EMA, RandomStates, SampleGrid, log_image
+from scorelab.metrics.callbacks import MetricCallback, Metrics
+from scorelab.training.callbacks import (EMA, DivergenceGuard, RandomStates, SampleGrid,
+                                        log_image)
+from scorelab.training.callbacks.finetune import FinetuneFrom
 from scorelab.training.auxiliary_module import AuxiliaryModule
 from scorelab.cli.build import (LoadedCheckpoint, build_any_module, build_datamodule,
                                 check_training_config, make, pick_device, state_mismatch)
 from scorelab.cli.guide import build_guidance
 from scorelab.cli.latent import build_latent, latent_datamodule
-from scorelab.cli.loggers import build_logger, finish
-from scorelab.cli.common import (REQUEUED, fresh_path, log, optimized, output_dir,
-                                 record_status, reports_errors, write_json)
+from scorelab.cli.extras import apply_extras
+from scorelab.cli.loggers import build_logger, close_loggers
+from scorelab.cli.common import (REQUEUED, fresh_path, log, metric_key, optimized,
+                                 output_dir, record_status, reports_errors, write_json)
 from scorelab.cli.sample import draw_samples
 from scorelab.util.errors import ConfigError, Interrupted
 from scorelab.guidance.predictions import describe
@@ -55,25 +68,58 @@ def _callbacks(cfg: DictConfig, dm, samples: bool = True) -> list:
             log.info("model=%s draws no samples: callbacks.%s skipped", cfg.model, name)
             del made[name]
             continue
-        if isinstance(made[name], FIDCallback):
-            try:
-                made[name].prepare(dm)      # missing feature weights stop the run here
-            except ValueError as e:
+        if isinstance(made[name], Metrics):
+            try:        # missing feature weights or statistics stop the run here
+                made[name].prepare(dm)
+            except (ValueError, FileNotFoundError) as e:
                 raise ConfigError(f"callbacks.{name}: {e}") from None
     first = [c for c in made.values() if isinstance(c, (SampleGrid, MetricCallback))]
-    return first + [c for c in made.values() if c not in first] + [RandomStates()]
+    return first + [c for c in made.values() if c not in first] + [
+        RandomStates(), DivergenceGuard(cfg.get("divergence_factor"))]
 
 
 def _checkpoint_callback(callbacks):
     for c in callbacks:
-        if isinstance(c, L.pytorch.callbacks.ModelCheckpoint):
+        if isinstance(c, ModelCheckpoint):
             return c
     raise ConfigError("callbacks.checkpoint is null: a training run must save checkpoints")
 
 
+@dataclass
+class Run:
+    """What the steps of a training run hand on: built by ``build``, completed by
+    ``starting_point`` and ``fit``, read by ``finish``."""
+    cfg: DictConfig
+    out: Path
+    dm: object
+    module: L.LightningModule
+    latent: object
+    callbacks: list
+    checkpoint: ModelCheckpoint
+    loggers: list = field(default_factory=list)
+    trainer: L.Trainer | None = None
+    train_time: float = 0.0
+    started_from: dict | None = None
+
+    @property
+    def auxiliary(self) -> bool:
+        """A classifier or autoencoder run: no samples, its own validation metrics."""
+        return isinstance(self.module, AuxiliaryModule)
+
+
 @reports_errors
 def main(cfg: DictConfig) -> dict:
-    out = output_dir()
+    """Train as ``cfg`` says; return ``optimized_metric`` (or every metric) to Hydra."""
+    apply_extras(cfg)
+    run = build(cfg)
+    ckpt = starting_point(run)
+    fit(run, ckpt)
+    return finish(run)
+
+
+def build(cfg: DictConfig) -> Run:
+    """Check the config, seed, and build the data, the module (with its latent space and
+    guidance) and the callbacks. Nothing is written yet."""
     check_training_config(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision(cfg.matmul_precision)
@@ -83,121 +129,207 @@ def main(cfg: DictConfig) -> dict:
     module = build_any_module(cfg, dm.shape, dm.num_classes, dm.is_image, latent=latent)
     if latent is not None:
         dm = latent_datamodule(cfg.autoencoder, dm, latent, estimate=True)
-    auxiliary = isinstance(module, AuxiliaryModule)
-    if not auxiliary:
+    if not isinstance(module, AuxiliaryModule):
         module.set_guidance(build_guidance(cfg.get("guidance"), module))
     elif (cfg.get("guidance") or {}).get("name", "none") != "none":
         raise ConfigError(f"model={cfg.model} draws no samples: guidance must be none")
-    callbacks = _callbacks(cfg, dm, samples=not auxiliary)
-    ckpt_cb = _checkpoint_callback(callbacks)
-    existing = sorted(Path(ckpt_cb.dirpath).glob("*.ckpt")) if ckpt_cb.dirpath else []
-    resume_from = resume_point(cfg.resume, out, Path(ckpt_cb.dirpath), existing)
-    if resume_from is not None:
-        check_resumable(module, resume_from)
-    if ckpt_cb.dirpath:
-        check_writable(Path(ckpt_cb.dirpath), module)
-    logger = build_logger(cfg, out)
+    callbacks = _callbacks(cfg, dm, samples=not isinstance(module, AuxiliaryModule))
+    return Run(cfg, output_dir(), dm, module, latent, callbacks,
+               _checkpoint_callback(callbacks))
+
+
+def starting_point(run: Run) -> str | None:
+    """The checkpoint ``trainer.fit`` continues from (None: step 0). The run's own
+    ``last.ckpt`` first (``resume``, or a requeued job); else ``ckpt_path`` from another run:
+    whole (``ckpt_mode=resume``) or its weights only (``finetune``, through a callback).
+    Checks that the checkpoint fits the network and that checkpoints can be written."""
+    cfg, ckpt_dir = run.cfg, Path(run.checkpoint.dirpath)
+    if cfg.get("ckpt_mode", "resume") not in CKPT_MODES:
+        raise ConfigError(f"ckpt_mode={cfg.ckpt_mode}: must be one of {', '.join(CKPT_MODES)}")
+    if cfg.get("ckpt_path") and cfg.resume is True:
+        raise ConfigError("resume=true continues this run from its own last.ckpt; ckpt_path "
+                          "starts a new run from another one's: pass one of them")
+    if cfg.get("ckpt_path"):             # (metadata: also once a requeued job resumes)
+        run.started_from = {"ckpt_path": str(cfg.ckpt_path), "ckpt_mode": cfg.ckpt_mode}
+    existing = sorted(ckpt_dir.glob("*.ckpt"))
+    own = resume_point(cfg.resume, run.out, ckpt_dir, existing)
+    if own is not None:
+        check_loadable(run.module, own, "resume")
+        ckpt = own
+    elif cfg.get("ckpt_path"):
+        ckpt = str(cfg.ckpt_path)
+        if not Path(ckpt).is_file():
+            raise ConfigError(f"ckpt_path={ckpt}: no such checkpoint file")
+        check_loadable(run.module, ckpt, "ckpt_path")
+        if cfg.ckpt_mode == "finetune":
+            run.callbacks.append(FinetuneFrom(ckpt))
+            ckpt = None
+        log.info("starting from %s (ckpt_mode=%s)", cfg.ckpt_path, cfg.ckpt_mode)
+    else:
+        ckpt = None
+    check_writable(ckpt_dir, run.module)
+    return ckpt
+
+
+def fit(run: Run, ckpt: str | None) -> None:
+    """Open the loggers, save config.yaml, build the Trainer and train from ``ckpt``. A
+    pre-emption signal stops training after the step in progress with last.ckpt written
+    (``stop_signals_as_sigterm``); a job on a cluster is then requeued."""
+    cfg, out = run.cfg, run.out
+    run.loggers = build_logger(cfg, out)
     if rank_zero_only.rank == 0:           # (DDP: the other processes run this script too)
-        OmegaConf.save(cfg, fresh_path(out / "config.yaml", _step_of(resume_from)),
-                       resolve=True)
-    trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
-    trainer_args["precision"] = resolve_precision(trainer_args.get("precision", "auto"),
-                                                  trainer_args.get("accelerator", "auto"))
-    applied = _apply_speed(cfg, module, trainer_args)
-    if latent is not None:      # every check passed: encode the data, estimate shift and scale
-        dm.setup("fit")
-        summary = latent_summary(latent)
-        log.info("latent diffusion on %s latents; shift %s, scale %s", summary["latent_shape"],
-                 summary["shift"], summary["scale"])
-    log.info("precision %s, %s", trainer_args["precision"], applied)
-    trainer = L.Trainer(**trainer_args, callbacks=callbacks, logger=logger,
-                        default_root_dir=str(out))
+        OmegaConf.save(cfg, fresh_path(out / "config.yaml", _step_of(ckpt)), resolve=True)
+    run.trainer = _trainer(run)
+    trainer, last = run.trainer, Path(run.checkpoint.dirpath) / "last.ckpt"
     start = time.perf_counter()
     with stop_signals_as_sigterm() as stop:
         try:
-            trainer.fit(module, datamodule=dm, ckpt_path=resume_from, weights_only=True)
+            trainer.fit(run.module, datamodule=run.dm, ckpt_path=ckpt, weights_only=True)
         except SIGTERMException:
-            log.info("stopped at step %d; %s holds it", trainer.global_step, ckpt_cb.last_path)
+            log.info("stopped at step %d; %s holds it", trainer.global_step, last)
             if stop.requeues:
                 record_status(REQUEUED, time.perf_counter() - start,
                               f"pre-empted at step {trainer.global_step}")
-            stop.hand_over()        # a submitit job: submitit requeues it and exits here
+            stop.hand_over()        # requeue: submitit's handler, or scontrol under SLURM
             raise Interrupted(f"stopped by a signal at step {trainer.global_step}; "
-                              f"{ckpt_cb.last_path} holds it: continue with resume=true "
+                              f"{last} holds it: continue with resume=true "
                               f"hydra.run.dir={out}") from None
-    train_time = time.perf_counter() - start
-    trainer.validate(module, datamodule=dm, verbose=False)   # EMA weights (EMA callback)
+    run.train_time = time.perf_counter() - start
+
+
+def _trainer(run: Run) -> L.Trainer:
+    """The Trainer of ``cfg.trainer`` (nodes with a ``_target_`` instantiated, e.g. the
+    profiler), with the resolved precision and speed switches; under SLURM its cluster
+    environment does not requeue by itself (scorelab's stop path does)."""
+    cfg = run.cfg
+    trainer_args = instantiate(cfg.trainer, _convert_="all")
+    trainer_args["precision"] = resolve_precision(trainer_args.get("precision", "auto"),
+                                                  trainer_args.get("accelerator", "auto"))
+    applied = _apply_speed(cfg, run.module, trainer_args)
+    if run.latent is not None:  # every check passed: encode the data, estimate shift and scale
+        run.dm.setup("fit")
+        summary = latent_summary(run.latent)
+        log.info("latent diffusion on %s latents; shift %s, scale %s", summary["latent_shape"],
+                 summary["shift"], summary["scale"])
+    log.info("precision %s, %s", trainer_args["precision"], applied)
+    plugins = list(trainer_args.pop("plugins", None) or []) + cluster_plugins()
+    return L.Trainer(**trainer_args, callbacks=run.callbacks, logger=run.loggers or False,
+                     plugins=plugins or None, default_root_dir=str(run.out))
+
+
+def finish(run: Run) -> dict | float:
+    """Validate the final (EMA) weights, draw the sample grid from last.ckpt, write
+    metrics.json, close the loggers; return what Hydra gets (``optimized_metric``)."""
+    cfg, trainer, out = run.cfg, run.trainer, run.out
+    trainer.validate(run.module, datamodule=run.dm, verbose=False)   # EMA weights (EMA callback)
     val_loss = trainer.callback_metrics.get("val/loss")
     if not trainer.is_global_zero:
         return {}
-    last = Path(ckpt_cb.dirpath) / "last.ckpt"
-    ema = any(isinstance(c, EMA) for c in callbacks)
-    if auxiliary:
-        result = {f"val_{k[4:]}": float(v) for k, v in trainer.callback_metrics.items()
+    last = Path(run.checkpoint.dirpath) / "last.ckpt"
+    ema = any(isinstance(c, EMA) for c in run.callbacks)
+    if run.auxiliary:
+        result = {metric_key(k): float(v) for k, v in trainer.callback_metrics.items()
                   if k.startswith("val/") and k != "val/loss"}
     else:
         loaded = LoadedCheckpoint(str(last), use_ema=ema)
-        loaded.module.set_guidance(module.guidance)
+        loaded.module.set_guidance(run.module.guidance)
         result = _final_samples(cfg, loaded, out, trainer.global_step)
         log_image(trainer.loggers, "samples", Path(result["samples"]), trainer.global_step)
-    losses = {} if auxiliary else {
-        "train_loss": module.epoch_losses[-1] if module.epoch_losses else None,
-        "train_loss_first_epoch": module.epoch_losses[0] if module.epoch_losses else None}
+    losses = run.module.epoch_losses if not run.auxiliary else []
     metrics = {
-        **losses,
+        **({} if run.auxiliary else {
+            "train_loss": losses[-1] if losses else None,
+            "train_loss_first_epoch": losses[0] if losses else None}),
         "val_loss": float(val_loss) if val_loss is not None else None,
         "val_loss_weights": "ema" if ema else "raw",
         "steps": trainer.global_step,
         "epochs": trainer.current_epoch,
-        "train_wall_time_s": round(train_time, 2),
+        "train_wall_time_s": round(run.train_time, 2),
         "checkpoint": str(last),
+        "tags": list(cfg.get("tags") or []),
         **result,
     }
-    if latent is not None:
-        metrics["latent"] = latent_summary(latent)
-    for cb in callbacks:        # the metric callbacks' values at the end (FID, bits/dim)
+    if run.started_from is not None:
+        metrics["started_from"] = run.started_from
+    if run.latent is not None:
+        metrics["latent"] = latent_summary(run.latent)
+    for cb in run.callbacks:        # the metric callbacks' values at the end (FID, bits/dim)
         if isinstance(cb, MetricCallback) and cb.history:
             metrics.update({k: v for k, v in cb.history[-1].items() if k != "step"})
     write_json(fresh_path(out / "metrics.json", trainer.global_step), metrics)
-    finish(logger)
+    close_loggers(run.loggers)
     log.info("run directory: %s", out)
     log.info("metrics: %s", metrics)
     return optimized(cfg, metrics)
 
 
+CKPT_MODES = ("resume", "finetune")
+
+
+def slurm_job_id() -> str | None:
+    """The SLURM job this process runs in (None: none, or an interactive allocation, where
+    nothing is requeued)."""
+    if os.environ.get("SLURM_JOB_NAME") in ("bash", "interactive"):
+        return None
+    return os.environ.get("SLURM_JOB_ID")
+
+
+def cluster_plugins() -> list:
+    """Where Lightning would pick its SLURM environment, the same without auto-requeue:
+    Lightning's own would answer SIGUSR1 with a mid-step ``hpc_ckpt`` and requeue; here the
+    signal goes through scorelab's stop path (``stop_signals_as_sigterm``) instead."""
+    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+
+
 class _Stop:
-    """The pre-emption signal that ``stop_signals_as_sigterm`` turned into SIGTERM, and the
-    handler it displaced."""
+    """The pre-emption signal that ``stop_signals_as_sigterm`` turned into SIGTERM, the
+    handler it displaced, and how the job gets requeued."""
 
     def __init__(self):
         self.received: list[int] = []
         self.displaced: dict = {}
 
     @property
-    def requeues(self) -> bool:
-        """Whether ``hand_over`` gives the signal to a handler that requeues (submitit's)."""
+    def _submitit(self) -> bool:
         return bool(self.received) and callable(self.displaced.get(self.received[0]))
 
+    @property
+    def requeues(self) -> bool:
+        """Whether ``hand_over`` requeues the job: submitit's handler, or under SLURM (not
+        through submitit) SIGUSR1, the signal ``sbatch --signal=USR1@<seconds>`` sends
+        before the time limit."""
+        return self._submitit or (bool(self.received) and self.received[0] == signal.SIGUSR1
+                                  and slurm_job_id() is not None)
+
     def hand_over(self) -> None:
-        if self.requeues:
+        """Requeue the job (first process only, once its checkpoint is written)."""
+        if self._submitit:
             self.displaced[self.received[0]](self.received[0], None)
+        elif self.requeues and rank_zero_only.rank == 0:
+            job = slurm_job_id()
+            done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+            if done.returncode != 0:
+                log.error("scontrol requeue %s failed: %s", job, done.stderr.strip())
+            else:
+                log.info("requeued SLURM job %s", job)
 
 
 @contextlib.contextmanager
 def stop_signals_as_sigterm():
     """Scheduler signals that announce pre-emption do what SIGTERM does in training:
     Lightning stops after the step in progress and ``Checkpoint`` saves it. These are
-    SIGUSR1 (on SLURM with auto-requeue Lightning handles it itself: checkpoint and
-    requeue) and, in a job that submitit launched (``hydra/launcher=slurm``), submitit's
-    pre-emption signal (``$SUBMITIT_PREEMPT_SIGNAL``, USR2 by default), which submitit would
-    otherwise answer by requeueing at once, mid-step and without a checkpoint.
+    SIGUSR1 (SLURM's warning before the time limit, ``--signal=USR1@90``; Lightning's own
+    SLURM handling is off, ``cluster_plugins``) and, in a job that submitit launched
+    (``hydra/launcher=slurm``), submitit's pre-emption signal (``$SUBMITIT_PREEMPT_SIGNAL``,
+    USR2 by default), which submitit would otherwise answer by requeueing at once, mid-step
+    and without a checkpoint.
 
-    Yields a ``_Stop``: once that checkpoint is written, ``hand_over()`` passes the signal
-    to the handler it displaced. submitit's requeues the job; its checkpoint hook resubmits
-    the same overrides, so the job comes back to its directory, where ``resume_point`` finds
-    it marked as requeued and continues it."""
-    from lightning.pytorch.plugins.environments import SLURMEnvironment
-    names = [] if SLURMEnvironment.detect() else ["SIGUSR1"]
+    Yields a ``_Stop``: once that checkpoint is written, ``hand_over()`` requeues the job:
+    by the handler it displaced (submitit's, whose checkpoint hook resubmits the same
+    overrides) or, under SLURM, by ``scontrol requeue $SLURM_JOB_ID`` (SLURM reruns the same
+    command, whose run directory follows the job id). The job comes back to its directory,
+    where ``resume_point`` finds it marked as requeued and continues it."""
+    names = ["SIGUSR1"]
     if os.environ.get("SUBMITIT_EXECUTOR"):
         names.append("SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2").upper()
                      .removeprefix("SIG"))
@@ -221,8 +353,9 @@ def _apply_speed(cfg, module, trainer_args) -> dict:
     gpu = uses_gpu(trainer_args.get("accelerator", "auto"))
     try:
         check_switches(speed, gpu)
-        return apply_speed(getattr(module.model, "backbone", module.model), speed.get("compile", "auto"),
-                           speed.get("channels_last", "auto"), gpu=gpu)
+        return apply_speed(getattr(module.model, "backbone", module.model),
+                           speed.get("compile", "auto"), speed.get("channels_last", "auto"),
+                           gpu=gpu)
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
@@ -231,16 +364,15 @@ RESUME = (False, True, "auto")
 
 
 def resume_point(resume, out: Path, ckpt_dir: Path, existing: list) -> str | None:
-    """The checkpoint to continue from: ``resume=true`` the run's last checkpoint (it must
-    exist); ``auto`` the newest of it and Lightning's SLURM requeue checkpoint
-    (``hpc_ckpt_N.ckpt``), or none for a fresh start (a job requeued by the cluster resumes
-    with the same command); ``false`` none, in a directory without checkpoints, unless the
-    directory's job was pre-empted and handed to submitit for requeueing (as ``auto``)."""
+    """The run's own checkpoint to continue from: ``resume=true`` its last.ckpt (it must
+    exist); ``auto`` its last.ckpt if there is one, else none for a fresh start (a job
+    requeued by the cluster resumes with the same command); ``false`` none, in a directory
+    without checkpoints, unless the directory's job was pre-empted and requeued (as
+    ``auto``)."""
     if resume not in RESUME:
         raise ConfigError(f"resume={resume}: must be true, false or auto")
-    candidates = [p for p in [ckpt_dir / "last.ckpt", *out.glob("hpc_ckpt_*.ckpt")]
-                  if p.is_file()]
-    if resume is False and candidates and job_status(out).get("status") == REQUEUED:
+    last = ckpt_dir / "last.ckpt"
+    if resume is False and last.is_file() and job_status(out).get("status") == REQUEUED:
         log.info("%s: a job that was pre-empted and requeued; it continues", out)
         resume = "auto"
     if resume is False:
@@ -248,34 +380,27 @@ def resume_point(resume, out: Path, ckpt_dir: Path, existing: list) -> str | Non
             raise ConfigError(f"{ckpt_dir} already holds checkpoints ({existing[0].name}); pass "
                               f"resume=true to continue that run, or use another hydra.run.dir")
         return None
-    if not candidates:
+    if not last.is_file():
         if resume is True:
-            raise ConfigError(f"resume=true but there is no {ckpt_dir / 'last.ckpt'} to resume "
-                              f"from")
+            raise ConfigError(f"resume=true but there is no {last} to resume from")
         return None
-    steps = {p: _step_or_unreadable(p) for p in candidates}     # each file read once
-    return str(max(candidates, key=steps.__getitem__))
+    return str(last)
 
 
-def _step_or_unreadable(path: Path) -> int:
-    """The checkpoint's step, or -1 when it cannot be read (check_resumable reports it)."""
-    try:
-        return _step_of(str(path))
-    except Exception:  # noqa: BLE001
-        return -1
-
-
-def check_resumable(module, path: str) -> None:
-    """The checkpoint to resume must be readable and fit this config's network."""
+def check_loadable(module, path: str, option: str) -> None:
+    """The checkpoint to start from (``option``: resume or ckpt_path) must be readable and
+    fit this config's network."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same message
-        raise ConfigError(f"resume: {path} is not a loadable checkpoint "
-                          f"({type(e).__name__}); move it away to start afresh") from None
+        hint = "; move it away to start afresh" if option == "resume" else ""
+        raise ConfigError(f"{option}: {path} is not a loadable checkpoint "
+                          f"({type(e).__name__}){hint}") from None
     mismatch = state_mismatch(module, state)
     if mismatch:
-        raise ConfigError(f"resume: {path} was trained with another config ({mismatch}); "
-                          f"resume with the run's own overrides (its config.yaml)")
+        raise ConfigError(f"{option}: {path} was trained with another config ({mismatch}); "
+                          f"start from it with the run's own network overrides (its "
+                          f"config.yaml)")
 
 
 # Room for a checkpoint: raw and EMA weights, Adam's two moments, and a margin.

@@ -32,13 +32,16 @@ class DiffusionDataModule(L.LightningDataModule, abc.ABC):
 
     Subclasses set ``shape`` (one sample's shape), ``num_classes`` and ``is_image`` and
     implement ``load()`` returning the full dataset of (x, y) with x already in the model's
-    space ([-1, 1] for images).
+    space ([-1, 1] for images), without random augmentation: that is ``augment``
+    (``(x, generator) -> x``, e.g. ``horizontal_flip``), applied to training examples only,
+    each drawn from its own seeded generator (``Augmented``).
     """
 
     shape: tuple = ()
     num_classes: int = 0
     is_image: bool = True
     name: str = ""
+    augment = None
 
     def __init__(self, batch_size: int = 128, val_fraction: float = 0.1, num_workers: int = 0,
                  pin_memory: bool = True, seed: int = 0):
@@ -69,6 +72,8 @@ class DiffusionDataModule(L.LightningDataModule, abc.ABC):
         split = torch.Generator().manual_seed(self.seed)
         self.train_set, self.val_set = random_split(full, [len(full) - n_val, n_val],
                                                     generator=split)
+        if self.augment is not None:
+            self.train_set = Augmented(self.train_set, self.augment)
 
     def _loader(self, ds, shuffle: bool, drop_last: bool, owner=None) -> DataLoader:
         """``owner``: the DataModule the trainer is attached to (default: this one)."""
@@ -82,7 +87,7 @@ class DiffusionDataModule(L.LightningDataModule, abc.ABC):
                                drop_last=drop_last, num_workers=self.num_workers,
                                pin_memory=self.pin_memory and torch.cuda.is_available(),
                                persistent_workers=self.num_workers > 0,
-                               generator=torch.Generator().manual_seed(seed),
+                               generator=torch.Generator().manual_seed(seed), seed=seed,
                                progress=lambda: batches_done(owner.trainer))
 
     def train_dataloader(self):
@@ -102,15 +107,24 @@ def batches_done(trainer) -> int:
     return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
 
 
-class _Skipping:
-    """A batch sampler whose next iteration starts after its first ``skip`` batches (of
-    indices: no data is loaded for them); its length stays the epoch's."""
+class _Batches:
+    """The loader's batches of indices (its ``_index_sampler``): each iteration starts
+    after the loader's ``_active_skip`` batches of the epoch (of indices: no data is loaded
+    for them), and for an ``Augmented`` dataset each index comes with its example's key
+    ``(seed, epoch, index)``. One object for the loader's life, read afresh at each
+    iteration: a DataLoader with persistent workers keeps the ``_index_sampler`` of its
+    first iteration for every later epoch."""
 
-    def __init__(self, batch_sampler, skip: int):
-        self.batch_sampler, self.skip = batch_sampler, skip
+    def __init__(self, loader, batch_sampler):
+        self.loader, self.batch_sampler = loader, batch_sampler
 
     def __iter__(self):
-        return itertools.islice(iter(self.batch_sampler), self.skip, None)
+        loader = self.loader
+        batches = itertools.islice(iter(self.batch_sampler), loader._active_skip, None)
+        if not isinstance(loader.dataset, Augmented):
+            return batches
+        seed, epoch = loader.seed, int(getattr(loader.sampler, "epoch", 0))
+        return ([(i, (seed, epoch, i)) for i in batch] for batch in batches)
 
     def __len__(self):
         return len(self.batch_sampler)
@@ -139,15 +153,22 @@ class ResumableLoader(DataLoader):
     iterating again): the state is the epoch and how many of its batches were trained on
     (``progress()``); the resumed iteration draws that epoch's order and starts after them.
 
+    Random augmentation (``Augmented``) draws from a generator seeded by (``seed``, epoch,
+    example), not from a worker's or the main process's random stream: an example's draw is
+    the same whichever process or worker loads it and whenever, so a resumed run, with
+    DataLoader workers or without, sees what the uninterrupted run saw.
+
     Args:
         progress: ``() -> int``, batches of the current epoch already trained on.
+        seed: the seed of the examples' augmentation.
         *args, **kwargs: DataLoader's.
     """
 
-    def __init__(self, *args, progress=None, **kwargs):
+    def __init__(self, *args, progress=None, seed: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
-        self.progress = progress
+        self.progress, self.seed = progress, int(seed)
         self._skip, self._active_skip = 0, 0
+        self._batches = None
 
     def __iter__(self):
         self._active_skip, self._skip = self._skip, 0
@@ -158,8 +179,9 @@ class ResumableLoader(DataLoader):
 
     @property
     def _index_sampler(self):
-        base = super()._index_sampler
-        return _Skipping(base, self._active_skip) if self._active_skip else base
+        if self._batches is None:
+            self._batches = _Batches(self, super()._index_sampler)
+        return self._batches
 
     def state_dict(self) -> dict:
         return {"batches": int(self.progress()) if self.progress else 0,
@@ -172,6 +194,38 @@ class ResumableLoader(DataLoader):
         # (Lightning sets the epoch only after its first iterator of a resumed run)
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
+
+
+class Augmented(Dataset):
+    """A dataset of (x, y) whose x is randomly augmented: ``augment(x, generator)``, the
+    generator seeded by the example's key (seed, epoch, index), which ``ResumableLoader``
+    passes with each index. Plain indices give the examples unaugmented."""
+
+    def __init__(self, dataset: Dataset, augment):
+        self.dataset, self.augment = dataset, augment
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        if not isinstance(index, tuple):
+            return self.dataset[index]
+        index, key = index
+        x, y = self.dataset[index]
+        return self.augment(x, key_generator(*key)), y
+
+
+def key_generator(*key: int) -> torch.Generator:
+    """A torch generator seeded by a key of integers (seed, epoch, index), mixed by numpy's
+    SeedSequence so that neighbouring keys give unrelated streams."""
+    import numpy as np
+    state = np.random.SeedSequence([int(k) % 2 ** 63 for k in key]).generate_state(1, np.uint64)
+    return torch.Generator().manual_seed(int(state[0]) >> 1)
+
+
+def horizontal_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """x mirrored left-right (last axis) with probability 1/2."""
+    return x.flip(-1) if torch.rand((), generator=generator) < 0.5 else x
 
 
 def inverse_scaler(x: torch.Tensor, is_image: bool) -> torch.Tensor:

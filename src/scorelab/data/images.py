@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 from scorelab.util.checks import boolean, check_values, integer, one_of
-from scorelab.data.base import DataMissingError, DiffusionDataModule, tensor_dataset, to_unit_range
+from scorelab.data.base import (DataMissingError, DiffusionDataModule, horizontal_flip,
+                                tensor_dataset, to_unit_range)
 
 
 class DigitsDataModule(DiffusionDataModule):
@@ -38,14 +39,14 @@ class MNIST5kDataModule(DiffusionDataModule):
         return tensor_dataset(x, torch.from_numpy(y))
 
 
-def _transform(size: int, channels: int, random_flip: bool):
+def _transform(size: int, channels: int):
+    """Images to tensors in [-1, 1]; deterministic (random flips are the DataModule's
+    ``augment``, seeded per example, so that a resumed run draws the same)."""
     from torchvision import transforms as T
 
     ops = [T.Resize(size), T.CenterCrop(size)]
     if channels == 1:
         ops.append(T.Grayscale(1))
-    if random_flip:
-        ops.append(T.RandomHorizontalFlip())
     ops += [T.ToTensor(), T.Normalize([0.5] * channels, [0.5] * channels)]
     return T.Compose(ops)
 
@@ -54,7 +55,7 @@ class _TorchvisionDataModule(DiffusionDataModule):
     """Args:
         root: directory holding the dataset files.
         download: let torchvision download the data into ``root`` (needs the network).
-        random_flip: random horizontal flips for training.
+        random_flip: random horizontal flips of the training examples.
         **kwargs: ``DiffusionDataModule`` options.
     """
 
@@ -63,7 +64,9 @@ class _TorchvisionDataModule(DiffusionDataModule):
     def __init__(self, root: str = "data", download: bool = False, random_flip: bool = False,
                  **kwargs):
         super().__init__(**kwargs)
+        check_values("data", dict(random_flip=random_flip), {"random_flip": boolean()})
         self.root, self.download, self.random_flip = root, download, random_flip
+        self.augment = horizontal_flip if random_flip else None
 
     def load(self):
         import torchvision
@@ -71,7 +74,7 @@ class _TorchvisionDataModule(DiffusionDataModule):
         cls = getattr(torchvision.datasets, self.dataset_cls)
         try:
             return cls(self.root, train=True, download=self.download,
-                       transform=_transform(self.shape[1], self.shape[0], self.random_flip),
+                       transform=_transform(self.shape[1], self.shape[0]),
                        target_transform=None)
         except RuntimeError as e:
             raise DataMissingError(
@@ -96,7 +99,7 @@ class ImageFolderDataModule(DiffusionDataModule):
         root: the folder.
         image_size: side of the square images.
         channels: 3 (RGB) or 1 (greyscale).
-        random_flip: random horizontal flips.
+        random_flip: random horizontal flips of the training examples.
         **kwargs: ``DiffusionDataModule`` options.
     """
 
@@ -110,6 +113,7 @@ class ImageFolderDataModule(DiffusionDataModule):
                      {"image_size": integer(1), "channels": one_of((1, 3), "channel count"),
                       "random_flip": boolean()})
         self.root, self.random_flip = root, random_flip
+        self.augment = horizontal_flip if random_flip else None
         self.shape = (channels, image_size, image_size)
         folder = Path(root)
         if not folder.is_dir():
@@ -121,7 +125,6 @@ class ImageFolderDataModule(DiffusionDataModule):
         from torchvision.datasets import ImageFolder
 
         try:
-            return ImageFolder(self.root, transform=_transform(self.shape[1], self.shape[0],
-                                                               self.random_flip))
+            return ImageFolder(self.root, transform=_transform(self.shape[1], self.shape[0]))
         except (FileNotFoundError, RuntimeError) as e:
             raise DataMissingError(f"data=imagefolder: {e}") from None

@@ -27,8 +27,8 @@ from torch import Tensor
 
 from scorelab.util.checks import check_values, integer
 from scorelab.sampling import SampleResult, prepare
-from scorelab.sampling._util import randn_like
-from scorelab.sampling.registry import sampler_options
+from scorelab.sampling.common import randn_like
+from scorelab.sampling.registry import DEFAULT_SAMPLER, sampler_options
 
 # Rows: grey (R+G+B)/sqrt(3) and two orthonormal chroma directions.
 COLOR_BASIS = torch.tensor([[1.0, 1.0, 1.0], [1.0, -1.0, 0.0], [1.0, 1.0, -2.0]]) \
@@ -173,8 +173,10 @@ def check_resampling(jump_length, n_resample) -> None:
 
 
 @torch.no_grad()
-def controlled_sample(model, path, constraint: Constraint, shape, sampler: str = "pc",
-                      steps: int = 500, generator: torch.Generator | None = None, device=None,
+def controlled_sample(model, path, constraint: Constraint, shape,
+                      sampler: str = DEFAULT_SAMPLER["name"],
+                      steps: int = DEFAULT_SAMPLER["steps"],
+                      generator: torch.Generator | None = None, device=None,
                       jump_length: int = 1, n_resample: int = 1, grid: str | None = None,
                       rho: float = 7.0, eps: float | None = None, callback=None,
                       **options) -> SampleResult:
@@ -183,7 +185,7 @@ def controlled_sample(model, path, constraint: Constraint, shape, sampler: str =
     NFE counts every evaluation, resampling included."""
     check_resampling(jump_length, n_resample)
     fn, model, x, ts = prepare(model, path, shape, sampler, steps, generator, None, device,
-                               grid, rho, eps, options)
+                               grid, rho, eps, options, callback)
     project = _Projecting(constraint, path, generator, callback)
     n = len(ts) - 1
     if n_resample == 1:

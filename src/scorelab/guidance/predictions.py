@@ -127,7 +127,7 @@ class ClassifierFree(Guidance):
 
     def prediction_fn(self, predict, path, y, conditional: bool = True):
         if y is None or not conditional:
-            raise ValueError("guidance=cfg needs a conditional model and class labels")
+            raise ValueError("classifier-free guidance needs a conditional model and class labels")
 
         both_labels = torch.cat([y, null_labels(y.shape[0], y.device)])   # once, not per step
 
@@ -210,7 +210,7 @@ class ClassifierGuidance(Guidance):
 
     def prediction_fn(self, predict, path, y, conditional: bool = False):
         if y is None:
-            raise ValueError("guidance=classifier needs class labels to guide towards")
+            raise ValueError("classifier guidance needs class labels to guide towards")
         base_labels = y if conditional else None
         offset = 1.0 if conditional else 0.0
 

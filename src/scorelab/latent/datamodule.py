@@ -13,10 +13,12 @@ import os
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from scorelab.data.base import DiffusionDataModule
 from scorelab.latent.space import LatentSpace, PosteriorMoments
+from scorelab.util.progress import WorkProgress
 
 ENCODINGS = ("cache", "on_the_fly")
 
@@ -29,13 +31,15 @@ def _encoding_device() -> torch.device:
 
 @torch.no_grad()
 def encode_split(latent: LatentSpace, ds: Dataset, batch_size: int, moments=None,
-                 keep: bool = True) -> TensorDataset | None:
+                 keep: bool = True, desc: str | None = None) -> TensorDataset | None:
     """Posteriors of a split in dataset order ([N, 2, c, h, w] on the CPU, with the labels)
-    when ``keep``; adds every batch to ``moments`` when given."""
+    when ``keep``; adds every batch to ``moments`` when given. ``desc``: show a progress
+    bar of the images encoded (on the first process)."""
     device = _encoding_device()
     home = latent.scale.device
     latent.to(device)
     posteriors, labels = [], []
+    bar = WorkProgress(len(ds), desc, enabled=rank_zero_only.rank == 0) if desc else None
     try:
         for x, y in DataLoader(ds, batch_size=batch_size, shuffle=False):
             p = latent.posterior(x.to(device))
@@ -44,8 +48,12 @@ def encode_split(latent: LatentSpace, ds: Dataset, batch_size: int, moments=None
             if keep:
                 posteriors.append(p.cpu())
                 labels.append(torch.as_tensor(y))
+            if bar is not None:
+                bar.update(len(x))
     finally:
         latent.to(home)
+        if bar is not None:
+            bar.close()
     return TensorDataset(torch.cat(posteriors), torch.cat(labels).long()) if keep else None
 
 
@@ -101,11 +109,13 @@ class LatentDataModule(L.LightningDataModule):
             if self.estimate and self.latent.estimated else None
         train = self.pixels.train_set
         if cache or moments is not None:
-            encoded = encode_split(self.latent, train, self.encode_batch_size, moments, cache)
+            encoded = encode_split(self.latent, train, self.encode_batch_size, moments, cache,
+                                   "encoding training images")
             train = encoded if cache else train
         if moments is not None:
             self.latent.set_statistics(moments)
-        self.val_set = encode_split(self.latent, self.pixels.val_set, self.encode_batch_size) \
+        self.val_set = encode_split(self.latent, self.pixels.val_set, self.encode_batch_size,
+                                    desc="encoding validation images") \
             if cache else self.pixels.val_set
         self.train_set = train
 

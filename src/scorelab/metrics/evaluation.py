@@ -18,9 +18,10 @@ import torch
 from torch import Tensor
 
 from scorelab.util.interrupt import requested
+from scorelab.util.progress import WorkProgress
 from scorelab.likelihood.pf_ode import bits_per_dim, log_likelihood
-from scorelab.metrics.fid import (class_accuracy, feature_statistics, frechet_distance,
-                                  inception_score, load_statistics, save_statistics)
+from scorelab.metrics.features import feature_spec
+from scorelab.metrics.fid import feature_statistics, load_statistics, save_statistics
 
 
 def my_chunks(n: int, chunk: int, rank: int = 0, world: int = 1) -> list[tuple[int, int, int]]:
@@ -58,13 +59,20 @@ def sample_features(sample_fn: Callable, extractor, n: int, chunk: int, seed: in
                     progress: Callable | None = None) -> tuple[dict[str, Tensor], int]:
     """Draw this process's share of n samples and extract their features.
     ``sample_fn(m, y, generator) -> (x in [-1, 1], nfe)``; ``extractor(x) -> (features,
-    logits)`` in float64 with attributes ``dim`` and ``num_logits``; a conditional model
-    (``num_classes`` > 0) gets label i % num_classes for sample i.
+    logits)`` in float64 with attributes ``dim`` and ``num_logits``, or a dict of such
+    extractors: each chunk is drawn once and featurised by every one (rows
+    ``features/<key>``, ``logits/<key>`` instead of ``features``, ``logits``). A conditional
+    model (``num_classes`` > 0) gets label i % num_classes for sample i.
     ``progress(m, nfe)`` is called after every chunk of m samples (e.g. ``WorkProgress``).
     A stop request (``scorelab.util.interrupt``) ends the loop after the chunk in progress; the
     finished chunks are returned (fewer rows than the share).
-    Returns ({"index", "features", "logits"[, "labels"]} on ``device``, NFE per sample)."""
-    rows = {"index": [], "features": [], "logits": []}
+    Returns ({"index", features and logits[, "labels"]} on ``device``, NFE per sample)."""
+    several = isinstance(extractor, dict)
+    extractors = extractor if several else {"": extractor}
+    suffix = {key: f"/{key}" if several else "" for key in extractors}
+    rows = {"index": []}
+    for key in extractors:
+        rows[f"features{suffix[key]}"], rows[f"logits{suffix[key]}"] = [], []
     if num_classes > 0:
         rows["labels"] = []
     nfe = 0
@@ -74,10 +82,11 @@ def sample_features(sample_fn: Callable, extractor, n: int, chunk: int, seed: in
         index = torch.arange(start, start + size, device=device)
         y = index % num_classes if num_classes > 0 else None
         x, nfe = sample_fn(size, y, chunk_generator(seed, k, device))
-        feats, logits = extractor(x)
+        for key, ex in extractors.items():
+            feats, logits = ex(x)
+            rows[f"features{suffix[key]}"].append(feats.to(device))
+            rows[f"logits{suffix[key]}"].append(logits.to(device))
         rows["index"].append(index)
-        rows["features"].append(feats.to(device))
-        rows["logits"].append(logits.to(device))
         if y is not None:
             rows["labels"].append(y)
         if progress is not None:
@@ -85,20 +94,23 @@ def sample_features(sample_fn: Callable, extractor, n: int, chunk: int, seed: in
     # A process without chunks (n < chunk * world) still sends rows of the right width,
     # so that every process makes the same all_gather calls.
     empty = {"index": torch.zeros(0, dtype=torch.long, device=device),
-             "labels": torch.zeros(0, dtype=torch.long, device=device),
-             "features": torch.zeros(0, extractor.dim, dtype=torch.float64, device=device),
-             "logits": torch.zeros(0, extractor.num_logits, dtype=torch.float64, device=device)}
+             "labels": torch.zeros(0, dtype=torch.long, device=device)}
+    for key, ex in extractors.items():
+        empty[f"features{suffix[key]}"] = torch.zeros(0, ex.dim, dtype=torch.float64,
+                                                      device=device)
+        empty[f"logits{suffix[key]}"] = torch.zeros(0, ex.num_logits, dtype=torch.float64,
+                                                    device=device)
     return {k: torch.cat(v) if v else empty[k] for k, v in rows.items()}, nfe
 
 
 def sample_metrics(union: dict[str, Tensor], reference: dict | None, splits: int = 10) -> dict:
-    """FID against ``reference`` statistics, IS, and class accuracy when labels exist."""
-    out = {}
-    if reference is not None:
-        out["fid"] = frechet_distance(feature_statistics(union["features"]), reference)
-    out["is"], out["is_std"] = inception_score(union["logits"], splits)
+    """FID against ``reference`` statistics, IS, and class accuracy when labels exist: the
+    registry's metrics on the rows of one extractor (``features``, ``logits``)."""
+    from scorelab.metrics.sample_quality import FID, ClassAccuracy, InceptionScore
+    out = FID().compute(union, reference) if reference is not None else {}
+    out.update(InceptionScore(splits).compute(union, None))
     if "labels" in union:
-        out["class_accuracy"] = class_accuracy(union["logits"], union["labels"])
+        out["class_accuracy"] = ClassAccuracy().compute(union, None)["class_accuracy"]
     return out
 
 
@@ -135,14 +147,9 @@ def heldout_bits_per_dim(model_for: Callable, path, x: Tensor, y: Tensor | None,
             "value": torch.cat(values) if values else empty}, nfe
 
 
-DIGIT_DATASETS = ("mnist5k", "mnist", "digits")
-
-
 def resolve_features(features: str, dataset_name: str) -> str:
-    """"auto": the shipped digit classifier for the digit datasets, else Inception."""
-    if features == "auto":
-        return "digits" if dataset_name in DIGIT_DATASETS else "inception"
-    return features
+    """The extractor name of ``features`` for image data (``feature_spec``'s rule)."""
+    return feature_spec(features, dataset_name)["name"]
 
 
 def reference_cache_path(cache_dir, dataset_name: str, features: str, root=None):
@@ -154,25 +161,52 @@ def reference_cache_path(cache_dir, dataset_name: str, features: str, root=None)
 
 
 @torch.no_grad()
-def dataset_statistics(dataset, extractor, batch: int = 500) -> tuple[dict, int]:
-    """FID statistics of every image of a map-style dataset of (x in [-1, 1], y)."""
-    feats = []
+def dataset_features(dataset, extractor, batch: int = 500) -> tuple[Tensor, Tensor]:
+    """Features and labels of every example of a map-style dataset of (x, y), with a
+    progress bar (reference statistics of a large dataset take minutes)."""
+    feats, labels = [], []
+    bar = WorkProgress(len(dataset), "reference features")
     for start in range(0, len(dataset), batch):
-        x = torch.stack([dataset[i][0] for i in range(start, min(len(dataset), start + batch))])
-        feats.append(extractor(x)[0])
-    return feature_statistics(torch.cat(feats)), len(dataset)
+        items = [dataset[i] for i in range(start, min(len(dataset), start + batch))]
+        feats.append(extractor(torch.stack([x for x, _ in items]))[0])
+        labels.append(torch.tensor([int(y) for _, y in items], dtype=torch.long))
+        bar.update(len(items))
+    bar.close()
+    return torch.cat(feats), torch.cat(labels)
+
+
+def dataset_statistics(dataset, extractor, batch: int = 500) -> tuple[dict, int]:
+    """FID statistics of every image of a map-style dataset of (x in [-1, 1], y), with the
+    features and labels themselves (KID, PRDC and per-class FID need them)."""
+    feats, labels = dataset_features(dataset, extractor, batch)
+    return {**feature_statistics(feats), "features": feats, "labels": labels}, len(dataset)
 
 
 def reference_statistics(dataset, dataset_name: str, extractor, reference=None,
-                         cache_dir=None, root=None) -> tuple[dict, str]:
-    """The dataset's FID statistics: a given ``reference`` file, else the cached file, else
-    computed from the whole dataset and cached. Returns (statistics, file)."""
+                         cache_dir=None, root=None, keep_features: bool = False
+                         ) -> tuple[dict, str]:
+    """The dataset's reference: FID statistics {"mu", "sigma"} and, with ``keep_features``,
+    the real features and labels {"features", "labels"}. From a given ``reference`` file,
+    else the cached file (recomputed if it lacks the features asked for), else computed
+    from the whole dataset and cached (never for an extractor without a ``tag``). Returns
+    (reference, file)."""
     if reference:
-        return load_statistics(reference, extractor.name), str(reference)
-    path = reference_cache_path(cache_dir, dataset_name, getattr(extractor, "tag",
-                                                                 extractor.name), root)
+        stats = load_statistics(reference, extractor.name)
+        if keep_features and "features" not in stats:
+            raise ValueError(f"reference={reference} holds only mu and sigma; KID / PRDC / "
+                             f"per-class FID need the real features (reference=null computes "
+                             f"and caches them)")
+        return stats, str(reference)
+    tag = getattr(extractor, "tag", extractor.name)
+    if tag is None:
+        return dataset_statistics(dataset, extractor)[0], "computed (not cached)"
+    path = reference_cache_path(cache_dir, dataset_name, tag, root)
     if path.is_file():
-        return load_statistics(path, extractor.name), str(path)
+        stats = load_statistics(path, extractor.name)
+        if not keep_features or "features" in stats:
+            return stats, str(path)
     stats, n = dataset_statistics(dataset, extractor)
+    if not keep_features:       # (Inception features of a large dataset are big)
+        stats = {k: stats[k] for k in ("mu", "sigma")}
     save_statistics(path, stats, extractor.name, n)
     return stats, str(path)

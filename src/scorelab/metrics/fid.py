@@ -18,7 +18,8 @@ import numpy as np
 from torch import Tensor
 from torch_fidelity.metric_fid import (KEY_METRIC_FID, fid_features_to_statistics,
                                        fid_statistics_to_metric)
-from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_features_to_metric
+from torch_fidelity.metric_isc import (KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD,
+                                      isc_features_to_metric)
 
 
 def feature_statistics(features: Tensor) -> dict:
@@ -50,17 +51,26 @@ def class_accuracy(logits: Tensor, labels: Tensor) -> float:
 
 
 def save_statistics(path: str | Path, stats: dict, features: str, num_images: int) -> Path:
+    """``stats`` {"mu", "sigma"} and, when present, the real features themselves
+    ("features" [N, D], stored as float32, which the extractors compute in) and their class
+    labels ("labels"), which KID, PRDC and per-class FID need."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")   # one per process (DDP)
+    extra = {}
+    if stats.get("features") is not None:
+        extra["real_features"] = np.asarray(stats["features"], dtype=np.float32)
+    if stats.get("labels") is not None:
+        extra["real_labels"] = np.asarray(stats["labels"], dtype=np.int64)
     np.savez(tmp, mu=stats["mu"], sigma=stats["sigma"], features=features,
-             num_images=num_images)
+             num_images=num_images, **extra)
     tmp.replace(path)                      # never a half-written cache
     return path
 
 
 def load_statistics(path: str | Path, features: str | None = None) -> dict:
-    """Statistics from an ``.npz`` with ``mu`` and ``sigma`` (scorelab's or pytorch-fid's)."""
+    """Statistics from an ``.npz`` with ``mu`` and ``sigma`` (scorelab's or pytorch-fid's),
+    plus the real features and labels where the file keeps them."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"FID reference statistics {path}: no such file")
@@ -69,6 +79,9 @@ def load_statistics(path: str | Path, features: str | None = None) -> dict:
             raise ValueError(f"FID reference statistics {path}: needs arrays mu and sigma, "
                              f"has {sorted(f.files)}")
         stats = {"mu": f["mu"].astype(np.float64), "sigma": f["sigma"].astype(np.float64)}
+        for key in ("features", "labels"):
+            if f"real_{key}" in f:
+                stats[key] = f[f"real_{key}"]
         stored = str(f["features"]) if "features" in f else None
     if features and stored and stored != features:
         raise ValueError(f"FID reference statistics {path} were made with {stored} features, "

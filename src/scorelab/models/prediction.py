@@ -14,11 +14,11 @@ sigma eps_hat, and reads as
 These hold for any alpha, sigma -- alpha(T) = 0 included, where x0 cannot be recovered from
 a score by dividing by alpha; a model that predicts x0, v or velocity gives it there.
 
-Guidance (``scorelab.guidance.predictions``) builds new predictions from old ones with two operations
-that keep x = alpha x0_hat + sigma eps_hat, so they mean the same in every parametrisation:
-``guide`` (ref + w (pred - ref) on x0_hat and eps_hat alike: classifier-free guidance and
-autoguidance, affine in the output) and ``shift_score`` (score + delta: classifier
-guidance, eps_hat - sigma delta, x0_hat + sigma^2 / alpha delta).
+Guidance (``scorelab.guidance.predictions``) builds new predictions from old ones with two
+operations that keep x = alpha x0_hat + sigma eps_hat, so they mean the same in every
+parametrisation: ``guide`` (ref + w (pred - ref) on x0_hat and eps_hat alike: classifier-free
+guidance and autoguidance, affine in the output) and ``shift_score`` (score + delta:
+classifier guidance, eps_hat - sigma delta, x0_hat + sigma^2 / alpha delta).
 
 Samplers, the likelihood and guidance consume a *prediction function* ``model(x, t) ->
 Prediction``. ``as_prediction_fn`` accepts a function returning either a ``Prediction`` or a

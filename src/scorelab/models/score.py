@@ -58,20 +58,22 @@ class ScoreModel(nn.Module):
             (EDM's c_noise).
     """
 
-    def __init__(self, backbone: nn.Module, head: Head, path: ForwardPath, input_scaling: bool = True,
+    def __init__(self, backbone: nn.Module, head: Head, path: ForwardPath,
+                 input_scaling: bool = True,
                  noise_label: str = "sde"):
         super().__init__()
         check_value("noise_label", noise_label, one_of(NOISE_LABELS, "noise label"))
         if path.alpha_vanishes:
             if not head.x0_at_pure_noise:
                 raise ValueError(
-                    f"head={head.name} cannot give x0 where alpha = 0, and "
-                    f"path={type(path).__name__} has alpha(T) = 0, where every sampler starts: "
-                    f"use head=velocity, v, x0 or edm")
+                    f"the {head.name} head cannot give x0 where alpha = 0, and "
+                    f"{type(path).__name__} has alpha(T) = 0, where every sampler starts (the "
+                    f"velocity, v, x0 and edm heads can)")
             if noise_label == "log_sigma":
                 raise ValueError(
-                    f"noise_label=log_sigma is log(sigma / alpha) / 4 = +inf at t = T on "
-                    f"path={type(path).__name__} (alpha(T) = 0): use noise_label=sde or time")
+                    f"the log_sigma noise label is log(sigma / alpha) / 4 = +inf at t = T on "
+                    f"{type(path).__name__} (alpha(T) = 0); the sde and time labels are "
+                    f"finite there")
         self.backbone = backbone
         self.head = head
         self.path = path

@@ -104,12 +104,12 @@ class DiT(nn.Module):
                  learn_sigma: bool = False, freq_dim: int = 256):
         super().__init__()
         if len(data_shape) != 3:
-            raise ValueError(f"backbone=dit needs image-like data shaped (C, H, W); got "
-                             f"{tuple(data_shape)} — use backbone=mlp for vector data")
+            raise ValueError(f"DiT needs image-like data shaped (C, H, W); got "
+                             f"{tuple(data_shape)} (the MLP takes vector data)")
         C, H, W = (int(s) for s in data_shape)
         if H % patch or W % patch:
-            raise ValueError(f"backbone=dit with patch={patch} needs sides divisible by "
-                             f"{patch}; got {H}x{W} (change backbone.patch)")
+            raise ValueError(f"DiT with patch={patch} needs sides divisible by {patch}; got "
+                             f"{H}x{W}")
         self.data_shape = (C, H, W)
         self.patch, self.hidden, self.freq_dim = patch, hidden, freq_dim
         self.num_classes, self.learn_sigma = num_classes, bool(learn_sigma)

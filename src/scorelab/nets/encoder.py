@@ -35,14 +35,14 @@ class EncoderClassifier(nn.Module):
                  embedding: str = "positional"):
         super().__init__()
         if len(data_shape) != 3:
-            raise ValueError(f"backbone=encoder needs image data shaped (C, H, W); got "
+            raise ValueError(f"the encoder needs image data shaped (C, H, W); got "
                              f"{tuple(data_shape)}")
         if num_classes < 2:
             raise ValueError(f"a classifier needs a dataset with >= 2 classes, got {num_classes}")
         cin, H, W = (int(s) for s in data_shape)
         factor = 2 ** (len(channel_mult) - 1)
         if H % factor or W % factor:
-            raise ValueError(f"backbone=encoder with {len(channel_mult)} levels needs sides "
+            raise ValueError(f"the encoder with {len(channel_mult)} levels needs sides "
                              f"divisible by {factor}; got {H}x{W}")
         self.data_shape, self.num_classes = tuple(data_shape), int(num_classes)
         nf = channels

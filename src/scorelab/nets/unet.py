@@ -271,12 +271,12 @@ class UNet(nn.Module):
     @staticmethod
     def _check(data_shape, channel_mult, resblock, progressive, progressive_input, combine):
         if len(data_shape) != 3:
-            raise ValueError(f"backbone=unet needs image data shaped (C, H, W); got data "
-                             f"shape {tuple(data_shape)} — use backbone=mlp for vector data")
+            raise ValueError(f"the UNet needs image data shaped (C, H, W); got data shape "
+                             f"{tuple(data_shape)} (the MLP takes vector data)")
         cin, H, W = (int(s) for s in data_shape)
         factor = 2 ** (len(channel_mult) - 1)
         if H % factor or W % factor:
-            raise ValueError(f"backbone=unet with {len(channel_mult)} levels needs image sides "
+            raise ValueError(f"the UNet with {len(channel_mult)} levels needs image sides "
                              f"divisible by {factor}; got {H}x{W} (change channel_mult)")
         for name, value, allowed in (("resblock", resblock, _RESBLOCKS),
                                      ("progressive", progressive, _PROGRESSIVE),

@@ -13,4 +13,4 @@ wrong; the CLI names the override.
 from scorelab.paths.interpolants import CosinePath, LinearPath
 from scorelab.paths.sde import ForwardPath, SubVPSDE, VESDE, VPSDE
 
-__all__ = ["SDE", "VPSDE", "SubVPSDE", "VESDE", "LinearPath", "CosinePath"]
+__all__ = ["ForwardPath", "VPSDE", "SubVPSDE", "VESDE", "LinearPath", "CosinePath"]

@@ -6,9 +6,9 @@ Every SDE here is linear, dX = f(t) X dt + g(t) dW, so its perturbation kernel i
     x_t = alpha(t) x_0 + sigma(t) z,      z ~ N(0, I).
 
 The whole package consumes an SDE through its methods -- ``alpha_sigma``, ``derivatives``,
-``log_snr`` and its inverse, ``drift_diffusion``, ``discretize``, ``alpha_vanishes`` -- never through its
-type: a new SDE or path (``scorelab.paths.interpolants``) works with every head, loss and sampler
-unchanged.
+``log_snr`` and its inverse, ``drift_diffusion``, ``discretize``, ``alpha_vanishes`` -- never
+through its type: a new SDE or path (``scorelab.paths.interpolants``) works with every head,
+loss and sampler unchanged.
 
 * VP  (Eq. 11):  dX = -1/2 beta(t) X dt + sqrt(beta(t)) dW,
                  alpha = exp(-B(t)/2), sigma = sqrt(1 - exp(-B(t))),  B(t) = int_0^t beta.
@@ -34,6 +34,19 @@ def batch_broadcast(v: Tensor, x: Tensor) -> Tensor:
     return v.reshape(v.shape + (1,) * (x.dim() - v.dim()))
 
 
+def transition_kernel(alpha_s: Tensor, sigma_s: Tensor, alpha_t: Tensor,
+                      sigma_t: Tensor) -> tuple[Tensor, Tensor]:
+    """(a, s_ts^2) of the Gaussian kernel between the marginals at times s < t of a linear
+    SDE,
+
+        x_t = a x_s + s_ts z,   a = alpha_t / alpha_s,   s_ts^2 = sigma_t^2 - a^2 sigma_s^2
+
+    (clamped at 0 against rounding). The forward step (``ForwardPath.transition``), DDPM's
+    posterior (pc's ancestral predictor) and DDIM's noise are all written with it."""
+    a = alpha_t / alpha_s
+    return a, (sigma_t * sigma_t - a * a * sigma_s * sigma_s).clamp(min=0)
+
+
 def _per_sample_sum(x: Tensor) -> Tensor:
     return x.flatten(1).sum(dim=1)
 
@@ -41,9 +54,9 @@ def _per_sample_sum(x: Tensor) -> Tensor:
 class ForwardPath(abc.ABC):
     """A linear forward SDE on t in [0, T], discretised into N steps where needed.
 
-    Subclasses define ``alpha_sigma`` (the perturbation kernel), ``drift_diffusion`` (f(x,t), g(t)) and
-    the prior; everything else (marginals, reverse-time SDE, Euler–Maruyama discretisation,
-    the backbone's noise label) follows generically.
+    Subclasses define ``alpha_sigma`` (the perturbation kernel), ``drift_diffusion``
+    (f(x,t), g(t)) and the prior; everything else (marginals, reverse-time SDE,
+    Euler–Maruyama discretisation, the backbone's noise label) follows generically.
     """
 
     T: float = 1.0
@@ -82,7 +95,8 @@ class ForwardPath(abc.ABC):
         d_alpha, d_sigma = self.derivatives(t)
         if like is None:
             return alpha, sigma, d_alpha, d_sigma
-        return tuple(batch_broadcast(c, like).to(like.dtype) for c in (alpha, sigma, d_alpha, d_sigma))
+        return tuple(batch_broadcast(c, like).to(like.dtype)
+                     for c in (alpha, sigma, d_alpha, d_sigma))
 
     def interpolate(self, x0: Tensor, noise: Tensor, coefficients) -> Tensor:
         """x_t = alpha x0 + sigma noise, the training input the losses draw (the place where a
@@ -162,10 +176,8 @@ class ForwardPath(abc.ABC):
 
     def transition(self, s: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """(a, s_ts) of the kernel x_t = a x_s + s_ts z between times s < t."""
-        alpha_s, sigma_s = self.alpha_sigma(s)
-        alpha_t, sigma_t = self.alpha_sigma(t)
-        a = alpha_t / alpha_s
-        return a, torch.sqrt((sigma_t * sigma_t - a * a * sigma_s * sigma_s).clamp(min=0))
+        a, var = transition_kernel(*self.alpha_sigma(s), *self.alpha_sigma(t))
+        return a, torch.sqrt(var)
 
     def transition_discretize(self, x: Tensor, t: Tensor, dt: Tensor) -> tuple[Tensor, Tensor]:
         a, g = self.transition(t - dt, t)

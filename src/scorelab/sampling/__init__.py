@@ -7,8 +7,8 @@
 ``GaussianMixture.prediction_fn``) or a plain score, which is wrapped. Every sampler is a
 stateless function in the one registry (``SAMPLERS``) of (model, path, x, ts); it reads the
 prediction as x0, eps, score or velocity and asks the SDE / path for what it needs
-(alpha_sigma, derivatives, log_snr and its inverse, drift_diffusion, discretize, prior_sampling), never
-for its type. Time grids are separate pure functions (``grids.make_grid``).
+(alpha_sigma, derivatives, log_snr and its inverse, drift_diffusion, discretize,
+prior_sampling), never for its type. Time grids are separate pure functions (``grids.make_grid``).
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from torch import Tensor
 from scorelab.sampling import ddim, dpm_solver, edm, ode_solvers, pc  # noqa: F401  (register)
 from scorelab.sampling.grids import GRIDS, make_grid
 from scorelab.models.prediction import as_prediction_fn
-from scorelab.sampling.registry import (COMMON_OPTIONS, DEFAULT_GRIDS, SAMPLERS, check_options,
-                                        check_path, get_sampler, sampler_options)
+from scorelab.sampling.common import reporting_evaluations
+from scorelab.sampling.registry import (COMMON_OPTIONS, DEFAULT_GRIDS, DEFAULT_SAMPLER, SAMPLERS,
+                                        check_options, check_path, get_sampler, sampler_options)
 
 
 class SampleResult(NamedTuple):
@@ -31,7 +32,8 @@ class SampleResult(NamedTuple):
 
 
 @torch.no_grad()
-def sample(model, path, shape, sampler: str = "pc", steps: int = 500,
+def sample(model, path, shape, sampler: str = DEFAULT_SAMPLER["name"],
+           steps: int = DEFAULT_SAMPLER["steps"],
            generator: torch.Generator | None = None, x_init: Tensor | None = None,
            device=None, grid: str | None = None, rho: float = 7.0, eps: float | None = None,
            callback=None, **options) -> SampleResult:
@@ -41,7 +43,7 @@ def sample(model, path, shape, sampler: str = "pc", steps: int = 500,
         model: callable (x [B,...], t [B]) -> ``Prediction`` or score [B,...].
         path: a ``scorelab.paths`` forward path (an SDE or an interpolant).
         shape: shape of the batch to draw, e.g. (64, 1, 28, 28).
-        sampler: a registered sampler name (``SAMPLERS``).
+        sampler: a registered sampler name (``SAMPLERS``; default ``DEFAULT_SAMPLER``'s).
         steps: number of grid steps (NFE per step depends on the sampler: see ``nfe``).
         generator: ``torch.Generator`` for the prior draw and the sampler's noise.
         x_init: start from this prior sample instead of drawing one.
@@ -51,21 +53,25 @@ def sample(model, path, shape, sampler: str = "pc", steps: int = 500,
         eps: final time (default: ``path.sampling_eps``).
         callback: called as callback(step_index, x) after every step (progress bars); a
             tensor it returns replaces x (projections, ``scorelab.guidance.controllable``).
+            One with an ``evaluated()`` method is also told of every model evaluation
+            (``scorelab.util.progress.SamplingProgress`` counts NFE).
         **options: the sampler's own options (``sampler_options(name)``).
 
     Option names and values are checked (``check_options``) before anything is drawn.
     """
     fn, model, x, ts = prepare(model, path, shape, sampler, steps, generator, x_init, device,
-                               grid, rho, eps, options)
+                               grid, rho, eps, options, callback)
     x, nfe = fn(model, path, x, ts, generator=generator, callback=callback, **options)
     return SampleResult(x, nfe)
 
 
 def prepare(model, path, shape, sampler: str, steps: int, generator=None, x_init=None,
-            device=None, grid=None, rho: float = 7.0, eps=None, options: dict | None = None):
+            device=None, grid=None, rho: float = 7.0, eps=None, options: dict | None = None,
+            callback=None):
     """What every sampling call does before its first step: check the options, draw the
-    prior (or take ``x_init``), make the grid, check the path, wrap the model. Returns
-    (sampler function, ``model(x, t) -> Prediction``, x_T, grid)."""
+    prior (or take ``x_init``), make the grid, check the path, wrap the model (reporting
+    each evaluation to ``callback``, see ``sample``). Returns (sampler function,
+    ``model(x, t) -> Prediction``, x_T, grid)."""
     options = options or {}
     fn = get_sampler(sampler)
     check_options(sampler, {"steps": steps, "grid": grid, "rho": rho, "eps": eps, **options})
@@ -77,7 +83,7 @@ def prepare(model, path, shape, sampler: str, steps: int, generator=None, x_init
         x = path.prior_sampling(shape, generator=generator, device=device)
     ts = time_grid(sampler, path, steps, grid, rho, eps, device=x.device)
     check_path(sampler, options, path, ts)
-    return fn, as_prediction_fn(model, path), x, ts
+    return fn, reporting_evaluations(as_prediction_fn(model, path), callback), x, ts
 
 
 def time_grid(sampler: str, path, steps: int, grid: str | None = None, rho: float = 7.0,
@@ -96,6 +102,6 @@ def check_sampler(path, name: str, steps: int, grid: str | None = None, rho: flo
     check_path(name, options, path, time_grid(name, path, steps, grid, rho, eps))
 
 
-__all__ = ["sample", "prepare", "SampleResult", "SAMPLERS", "GRIDS", "COMMON_OPTIONS", "get_sampler",
-           "sampler_options", "check_options", "check_path", "check_sampler", "make_grid",
-           "time_grid"]
+__all__ = ["sample", "prepare", "SampleResult", "SAMPLERS", "DEFAULT_SAMPLER", "GRIDS",
+           "COMMON_OPTIONS", "get_sampler", "sampler_options", "check_options", "check_path",
+           "check_sampler", "make_grid", "time_grid"]

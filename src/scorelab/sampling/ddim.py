@@ -15,18 +15,19 @@ from __future__ import annotations
 import torch
 
 from scorelab.util.checks import number
-from scorelab.sampling._util import after_step, randn_like
+from scorelab.sampling.common import after_step, per_sample_times, randn_like
 from scorelab.sampling.registry import register
+from scorelab.paths.sde import transition_kernel
 
 
 @register("ddim", grid="uniform", rules={"eta": number(0)})
 def ddim(model, path, x, ts, *, generator=None, callback=None, eta: float = 0.0):
     alphas, sigmas = path.alpha_sigma(ts)
-    times = ts[:, None].expand(len(ts), x.shape[0])
+    times = per_sample_times(ts, x.shape[0])
     for i in range(len(ts) - 1):
         a_t, s_t, a_s, s_s = alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1]
         pred = model(x, times[i])
-        c = eta * (s_s / s_t) * torch.sqrt((s_t * s_t - (a_t / a_s) ** 2 * s_s * s_s).clamp(min=0))
+        c = eta * (s_s / s_t) * torch.sqrt(transition_kernel(a_s, s_s, a_t, s_t)[1])
         x = a_s * pred.x0 + torch.sqrt((s_s * s_s - c * c).clamp(min=0)) * pred.eps
         if eta > 0:
             x = x + c * randn_like(x, generator)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from scorelab.util.checks import boolean, integer
-from scorelab.sampling._util import after_step
+from scorelab.sampling.common import after_step, per_sample_times
 from scorelab.sampling.registry import register
 
 
@@ -32,7 +32,7 @@ def dpm_solver_pp(model, path, x, ts, *, generator=None, callback=None, order: i
                   lower_order_final: bool = True):
     alphas, sigmas = path.alpha_sigma(ts)
     lams = torch.log(alphas) - torch.log(sigmas)
-    times = ts[:, None].expand(len(ts), x.shape[0])
+    times = per_sample_times(ts, x.shape[0])
     n = len(ts) - 1
     history: list[torch.Tensor] = []        # x0_hat at the latest grid points, newest last
     for i in range(n):

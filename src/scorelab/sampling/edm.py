@@ -18,7 +18,7 @@ import math
 import torch
 
 from scorelab.util.checks import number
-from scorelab.sampling._util import after_step, randn_like
+from scorelab.sampling.common import after_step, randn_like
 from scorelab.sampling.registry import register
 
 

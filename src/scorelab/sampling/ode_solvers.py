@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from scorelab.util.checks import number, one_of
-from scorelab.sampling._util import after_step
+from scorelab.sampling.common import after_step, per_sample_times
 from scorelab.sampling.registry import register
 
 METHODS = ("rk45", "euler", "heun")
@@ -47,7 +47,8 @@ def solve_scipy(fn, x, t0: float, t1: float, rtol: float, atol: float):
                     method="RK45")
     if not sol.success:
         raise RuntimeError(f"probability-flow ODE solver failed: {sol.message}")
-    return torch.from_numpy(np.ascontiguousarray(sol.y[:, -1])).to(device, dtype).reshape(shape), sol.nfev
+    x1 = torch.from_numpy(np.ascontiguousarray(sol.y[:, -1])).to(device, dtype).reshape(shape)
+    return x1, sol.nfev
 
 
 def solve_torchdiffeq(fn, x, t0: float, t1: float, rtol: float, atol: float):
@@ -109,8 +110,7 @@ def probability_flow(model, path, x, ts, *, generator=None, callback=None,
             nfe, start = nfe + n, end
             x = after_step(callback, end - 1, x)
         return x, nfe
-    batch = x.shape[0]
-    times = ts[:, None].expand(len(ts), batch)
+    times = per_sample_times(ts, x.shape[0])
     hs = ts[1:] - ts[:-1]
     nfe = 0
     for i in range(len(hs)):

@@ -34,9 +34,9 @@ from __future__ import annotations
 import torch
 
 from scorelab.util.checks import boolean, integer, number, one_of
-from scorelab.sampling._util import after_step, randn_like, tweedie_denoise
+from scorelab.sampling.common import after_step, per_sample_times, randn_like, tweedie_denoise
 from scorelab.sampling.registry import register
-from scorelab.paths.sde import batch_broadcast
+from scorelab.paths.sde import batch_broadcast, transition_kernel
 
 
 def euler_maruyama_step(ctx, x, i):
@@ -54,8 +54,7 @@ def reverse_diffusion_step(ctx, x, i):
 
 def ancestral_step(ctx, x, i):
     a_t, s_t, a_s, s_s = ctx.alphas[i], ctx.sigmas[i], ctx.alphas[i + 1], ctx.sigmas[i + 1]
-    a = a_t / a_s
-    var_ts = (s_t * s_t - a * a * s_s * s_s).clamp(min=0)
+    a, var_ts = transition_kernel(a_s, s_s, a_t, s_t)
     x0 = ctx.model(x, ctx.t(i)).x0
     x_mean = (a * s_s * s_s / (s_t * s_t)) * x + (a_s * var_ts / (s_t * s_t)) * x0
     std = torch.sqrt(var_ts * s_s * s_s / (s_t * s_t))
@@ -102,7 +101,8 @@ DIFFUSIONS = ("sde", "sigma", "constant")
 def reverse_diffusion_g2(path, ts, diffusion: str = "sde", scale: float = 1.0):
     """g~(t)^2 of the marginal-preserving reverse SDE on the grid ``ts`` (see the module doc)."""
     if diffusion == "sde":
-        g2 = path.drift_diffusion(torch.zeros(len(ts), 1, dtype=ts.dtype, device=ts.device), ts)[1] ** 2
+        zeros = torch.zeros(len(ts), 1, dtype=ts.dtype, device=ts.device)
+        g2 = path.drift_diffusion(zeros, ts)[1] ** 2
     elif diffusion == "sigma":
         g2 = 2 * path.alpha_sigma(ts)[1]
     else:
@@ -118,7 +118,7 @@ class _Context:
         self.rsde = path.reverse(lambda x, t: model(x, t).score)
         self.ts = ts
         self.g2 = reverse_diffusion_g2(path, ts, diffusion, scale)
-        self._times = ts[:, None].expand(len(ts), x.shape[0])      # row i: t_i per sample
+        self._times = per_sample_times(ts, x.shape[0])
         self.dts = ts[:-1] - ts[1:]
         self.sqrt_dts = self.dts.sqrt()
         self.alphas, self.sigmas = path.alpha_sigma(ts)
@@ -151,12 +151,12 @@ def _check_pc_path(options, path, ts):
     if predictor == "reverse_diffusion" and path.alpha_vanishes:
         raise ValueError("sampler predictor=reverse_diffusion needs alpha(T) > 0 (its step "
                          "divides by alpha); on this path use predictor=ancestral, or "
-                         "euler_maruyama with diffusion=sigma (sampler=sde_sigma)")
+                         "euler_maruyama with diffusion=sigma")
     if predictor == "euler_maruyama":
         g2 = reverse_diffusion_g2(path, ts, options.get("diffusion", "sde"))
         if not torch.isfinite(g2[:-1]).all():
             raise ValueError("sampler diffusion=sde: the path's g(t) is infinite at t = T "
-                             "(alpha(T) = 0); use sampler.diffusion=sigma or constant")
+                             "(alpha(T) = 0); use diffusion=sigma or constant")
 
 
 @register("pc", grid="uniform", combined=_check_pc, path_check=_check_pc_path,

@@ -8,6 +8,7 @@ sampler whether it can run on a given SDE / path (e.g. from alpha(T) = 0)."""
 from __future__ import annotations
 
 import inspect
+from types import MappingProxyType
 
 from scorelab.util.checks import Rule, check_values, integer, number, one_of, optional
 from scorelab.sampling.grids import GRIDS
@@ -25,6 +26,11 @@ COMMON_RULES: dict[str, Rule] = {
     "rho": number(0, lo_open=True),
     "eps": optional(number(0)),                         # None: path.sampling_eps
 }
+# The sampler wherever none is named: ``sample()``, ``controlled_sample``,
+# ``DiffusionModule.sample`` and a checkpoint whose stored sampler cannot run here. EDM's Heun
+# on its Karras grid, 18 steps (2 NFE a step): it runs on every path, alpha(T) = 0 included,
+# with no option that depends on the path. Read-only: ``dict(DEFAULT_SAMPLER)`` for a copy.
+DEFAULT_SAMPLER = MappingProxyType({"name": "edm", "steps": 18})
 _ARGS = {"model", "path", "x", "ts", "generator", "callback"}
 
 

@@ -12,7 +12,7 @@ from scorelab.util.checks import check_value, one_of
 from scorelab.models.conditioning import check_p_uncond, drop_labels
 from scorelab.util.errors import NonFiniteLossError
 from scorelab.training.losses import DenoisingLoss
-from scorelab.sampling import SampleResult, sample
+from scorelab.sampling import DEFAULT_SAMPLER, SampleResult, sample
 from scorelab.models.score import ScoreModel
 from scorelab.util.speed import fused_optimizer
 
@@ -99,7 +99,7 @@ class DiffusionModule(L.LightningModule):
         self.is_image = bool(is_image)
         self.conditional = conditional
         self.warmup_steps = int(warmup_steps)
-        self.sampler = dict(sampler or {"name": "pc", "steps": 500})
+        self.sampler = dict(sampler or DEFAULT_SAMPLER)
         self.config = config or {}
         self.fused_optimizer = fused_optimizer
         self._guarded_optimizer = None     # a fused optimiser that skips non-finite steps
@@ -208,8 +208,8 @@ class DiffusionModule(L.LightningModule):
             checkpoint["scorelab"]["latent"] = self.latent.describe()
 
     def set_guidance(self, guidance) -> None:
-        """Guide ``sample()`` with a ``scorelab.guidance.predictions`` object (None: no guidance). Kept
-        out of the module's state (a guide's weights are not this model's)."""
+        """Guide ``sample()`` with a ``scorelab.guidance.predictions`` object (None: no
+        guidance). Kept out of the module's state (a guide's weights are not this model's)."""
         self.guidance = guidance
 
     def guided_prediction_fn(self, y: torch.Tensor | None):

@@ -16,7 +16,7 @@ x_t = alpha x0 + sigma z; they differ in how the noise level is drawn.
                               matching (Lipman et al. 2023, Eq. 9) for any head: u_hat is the
                               velocity its prediction implies. It is DSM weighted by
                               (alpha' sigma - alpha sigma')^2 / alpha^2 on eps_hat, and the
-                              velocity head's own MSE (``loss=flow_matching``).
+                              velocity head's own MSE (flow matching).
   The noise level is drawn by ``time_sampling``:
       "uniform":     t ~ U(eps, T) (Score SDE);
       "log_normal":  EDM's sigma = sigma(t) / alpha(t) with ln sigma ~ N(p_mean, p_std^2)
@@ -41,7 +41,6 @@ import torch
 from torch import Tensor
 
 from scorelab.util.checks import check_values, number, one_of
-from scorelab.util.errors import ConfigError
 from scorelab.models.prediction import Prediction
 from scorelab.paths.sde import ForwardPath, batch_broadcast
 from scorelab.models.score import ScoreModel
@@ -49,8 +48,9 @@ from scorelab.models.score import ScoreModel
 _REDUCE = ("mean", "sum")
 
 
-class IncompatibleError(ConfigError):
-    """A combination of components that cannot work together."""
+class IncompatibleError(ValueError):
+    """A combination of components that cannot work together (the command line names the
+    overrides that chose them)."""
 
 
 class DenoisingLoss(abc.ABC):
@@ -162,13 +162,12 @@ class DDPMLoss(DenoisingLoss):
     def check(self, path, head=None):
         if not hasattr(path, "discrete_alpha_sigma"):
             raise IncompatibleError(
-                f"loss=ddpm needs the discrete DDPM chain of sde=vp, but sde is "
-                f"{type(path).__name__}; use loss=dsm (any SDE) or loss=smld (VE)")
+                f"DDPMLoss needs the discrete DDPM chain of a VPSDE, but the path is "
+                f"{type(path).__name__} (DSMLoss trains on any path, SMLDLoss on a VESDE)")
         if head is not None and head.name == "velocity":
             raise IncompatibleError(
-                "loss=ddpm draws step 0 at t = 0, where VP's sigma' is infinite and the "
-                "velocity target with it; use loss=dsm or loss=flow_matching with "
-                "head=velocity")
+                "DDPMLoss draws step 0 at t = 0, where VP's sigma' is infinite and the "
+                "velocity head's target with it (DSMLoss trains the velocity head)")
 
     def draw(self, path, n, device, generator, dtype=torch.float32):
         i = torch.randint(0, path.N, (n,), generator=generator, device=device)
@@ -182,8 +181,8 @@ class SMLDLoss(DenoisingLoss):
     def check(self, path, head=None):
         if not hasattr(path, "discrete_sigmas"):
             raise IncompatibleError(
-                f"loss=smld needs the geometric noise levels of sde=ve, but sde is "
-                f"{type(path).__name__}; use loss=dsm (any SDE) or loss=ddpm (VP)")
+                f"SMLDLoss needs the geometric noise levels of a VESDE, but the path is "
+                f"{type(path).__name__} (DSMLoss trains on any path, DDPMLoss on a VPSDE)")
 
     def draw(self, path, n, device, generator, dtype=torch.float32):
         i = torch.randint(0, path.N, (n,), generator=generator, device=device)

@@ -13,6 +13,10 @@ class NonFiniteLossError(ScorelabError, FloatingPointError):
     """The training loss became NaN or infinite."""
 
 
+class DivergedError(ScorelabError, FloatingPointError):
+    """The training loss, still finite, grew far beyond its first value (divergence)."""
+
+
 class Interrupted(ScorelabError):
     """A run stopped by a signal (SIGTERM, SIGUSR1: pre-emption) after saving what it had;
     the process exits with 128 + the signal number, as if killed by it."""

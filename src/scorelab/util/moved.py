@@ -34,14 +34,14 @@ MOVED_MODULES = {
     "scorelab.visualize": "scorelab.util.visualize",
     "scorelab.summarize": "scorelab.cli.summarize",
 }
-# old callbacks module, split by concern
+# old callbacks module, split by concern (0.1's FID / bits-per-dim callbacks have no heir with
+# their arguments: the metric registry's one ``scorelab.metrics.callbacks.Metrics`` replaced
+# them; checkpoints never instantiate callbacks)
 MOVED_NAMES = {
     "scorelab.callbacks.EMA": "scorelab.training.callbacks.EMA",
     "scorelab.callbacks.Checkpoint": "scorelab.training.callbacks.Checkpoint",
     "scorelab.callbacks.SampleGrid": "scorelab.training.callbacks.SampleGrid",
     "scorelab.callbacks.RandomStates": "scorelab.training.callbacks.RandomStates",
-    "scorelab.callbacks.FIDCallback": "scorelab.metrics.callbacks.FIDCallback",
-    "scorelab.callbacks.BitsPerDimCallback": "scorelab.metrics.callbacks.BitsPerDimCallback",
 }
 _OLD = re.compile(r"^(scorelab\.[A-Za-z0-9_.]+)\.([A-Za-z0-9_]+)$")
 

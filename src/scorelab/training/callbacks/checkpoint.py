@@ -41,7 +41,9 @@ class Checkpoint(ModelCheckpoint):
     def _save_last(self, trainer) -> None:
         # recorded as Lightning's own last checkpoint, which it then replaces in place
         self.last_model_path = str(self.last_path)
-        trainer.save_checkpoint(self.last_model_path)
+        # the whole training state (weights_only=False): what resume needs; saying so also
+        # keeps Lightning from logging that it defaulted to it
+        trainer.save_checkpoint(self.last_model_path, weights_only=self.save_weights_only)
 
     def setup(self, trainer, pl_module, stage):
         super().setup(trainer, pl_module, stage)
@@ -83,6 +85,13 @@ class Checkpoint(ModelCheckpoint):
             self._save_last(trainer)
             self._stopped_at = trainer.global_step
 
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        super().on_save_checkpoint(trainer, pl_module, checkpoint)
+        if "fit_loop" in checkpoint.get("loops", {}) and resumable_loop_state(
+                checkpoint["loops"]["fit_loop"]):
+            checkpoint["epoch"] = checkpoint["loops"]["fit_loop"]["epoch_progress"][
+                "current"]["completed"]
+
     def on_exception(self, trainer, pl_module, exception):
         if (isinstance(exception, SIGTERMException) and self.dirpath
                 and self._stopped_at != trainer.global_step):
@@ -90,3 +99,40 @@ class Checkpoint(ModelCheckpoint):
                 if isinstance(cb, EMA):
                     cb.restore_raw(pl_module)
             self._save_last(trainer)
+
+
+def resumable_loop_state(fit_loop: dict) -> bool:
+    """Rewrite the state of a fit loop that stopped training (``max_steps`` reached, or
+    ``trainer.should_stop``) so that a run resumed from it goes on where it stopped; True
+    if it did.
+
+    Lightning closes the epoch in progress when training stops, but restores such a state
+    as if it had stopped elsewhere: an epoch stopped before its end counts as finished, so
+    the resumed run (``resume=true trainer.max_steps=<more>``) starts the next epoch and
+    skips the rest of this one; an epoch stopped at its end leaves its batch count in
+    place, so the resumed run's next epoch ends one batch after it begins. Rewritten as
+    Lightning's own checkpoints say it (one saved after a mid-epoch batch; a new epoch
+    with no batch done), the resumed run draws the batches that follow
+    (``ResumableLoader``) and ends exactly as a run that went to the new ``max_steps`` at
+    once."""
+    epochs, batches = fit_loop["epoch_progress"], fit_loop["epoch_loop.batch_progress"]
+    if (epochs["current"]["processed"] != epochs["current"]["ready"]      # epoch not closed
+            or batches["current"]["completed"] == 0):                       # or no batch in it
+        return False
+    if batches["is_last_batch"]:
+        # closed at its end: the next epoch starts with none of its batches done
+        batches["current"] = {k: 0 for k in batches["current"]}
+        batches["is_last_batch"] = False
+        for counts in (epochs["current"], epochs["total"]):
+            counts["completed"] = counts["processed"]    # (a save from on_train_epoch_end)
+        return True
+    for counts in (epochs["current"], epochs["total"]):
+        # reopened: this epoch is in progress, as in a save from on_train_batch_end
+        counts["processed"] = counts["completed"] = counts["ready"] - 1
+    if batches["current"]["completed"] == batches["current"]["processed"]:
+        # (in on_train_batch_end the last batch is processed, not yet completed, and not
+        # yet counted as stepped: a restart from there counts it)
+        batches["current"]["completed"] -= 1
+        batches["total"]["completed"] -= 1
+        fit_loop["epoch_loop.state_dict"]["_batches_that_stepped"] -= 1
+    return True
