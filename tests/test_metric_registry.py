@@ -336,3 +336,22 @@ def test_reference_keeps_the_real_features_and_labels_for_kid_and_prdc(tmp_path)
                     "count", 30)
     with pytest.raises(ValueError, match="holds only mu and sigma; KID / PRDC"):
         reference_statistics(data, "toy", ex, tmp_path / "musigma.npz", keep_features=True)
+
+
+def test_loggers_get_the_scalar_metrics_only(monkeypatch):
+    """Per-class lists stay in metrics.json: TensorBoard's log_metrics refuses a list."""
+    from types import SimpleNamespace
+
+    from scorelab.metrics.callbacks import MetricCallback
+
+    logged = []
+    logger = SimpleNamespace(log_metrics=lambda m, step: logged.append((m, step)))
+    trainer = SimpleNamespace(sanity_checking=False, global_step=7, world_size=1,
+                              is_global_zero=True, loggers=[logger],
+                              state=SimpleNamespace(fn=None))
+    cb = MetricCallback(every_n_steps=7)
+    monkeypatch.setattr(cb, "compute", lambda *a: {"fid": 1.5, "per_class_fid": [1.0, 2.0],
+                                                   "nfe": 35, "exact": True}, raising=False)
+    cb.on_validation_epoch_end(trainer, SimpleNamespace())
+    assert logged == [({"metrics/fid": 1.5, "metrics/nfe": 35}, 7)]
+    assert cb.history[0]["per_class_fid"] == [1.0, 2.0]

@@ -34,7 +34,7 @@ def fake_scontrol(tmp_path):
 def test_sigusr1_under_slurm_stops_and_requeues_through_scontrol(tmp_path, monkeypatch):
     from lightning.pytorch.plugins.environments import SLURMEnvironment
 
-    from scorelab.cli.train import cluster_plugins, stop_signals_as_sigterm
+    from scorelab.cli.preemption import cluster_plugins, stop_signals_as_sigterm
     monkeypatch.delenv("SLURM_NTASKS", raising=False)
     assert cluster_plugins() == []                  # not under SLURM: Lightning's default
     bin_dir, log = fake_scontrol(tmp_path)

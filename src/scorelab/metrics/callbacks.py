@@ -46,8 +46,12 @@ class MetricCallback(L.Callback):
             values = self.compute(trainer, pl_module, gather)
         self.history.append({"step": step, **values})
         if trainer.is_global_zero:
+            # loggers take scalars only (TensorBoard refuses the per-class lists, which stay
+            # in metrics.json); bool is an int but no metric
+            scalars = {f"metrics/{k}": v for k, v in values.items()
+                       if isinstance(v, (int, float)) and not isinstance(v, bool)}
             for logger in trainer.loggers:
-                logger.log_metrics({f"metrics/{k}": v for k, v in values.items()}, step=step)
+                logger.log_metrics(scalars, step=step)
 
 
 def _stopped_early(values: dict, done: int, wanted: int, settings: dict) -> dict:
