@@ -51,8 +51,9 @@ def build(name: str, gpu: bool):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         # warm-up only: the plain loop builds the schedule without a trainer, so it cannot
         # know the run's length; the schedule's shape costs nothing per step either way
+        # (no Hydra run here: the run directory is only named, nothing is written there)
         cfg = compose("train", overrides=[f"backbone={name}", "~callbacks", "~logger", "~hydra",
-                                          "optim.lr_decay=none"])
+                                          "optim.lr_decay=none", "paths.output_dir=unused"])
     shape = tuple(cfg.backbone.get("data_shape") or (1, 28, 28))
     module = build_module(cfg, shape, num_classes=0)
     return module, shape
