@@ -19,6 +19,7 @@ they land in metrics.json, the logger (``metrics/<key>``) and the sweep summary 
 
 from __future__ import annotations
 
+import abc
 from typing import Any, ClassVar
 
 from torch import Tensor
@@ -66,7 +67,7 @@ class Metric:
         return None
 
 
-class SampleMetric(Metric):
+class SampleMetric(Metric, abc.ABC):
     """A statistic of sample features against the real data's.
 
     Class attributes say what it needs: ``needs_logits`` (the extractor's class logits),
@@ -95,9 +96,9 @@ class SampleMetric(Metric):
         this metric's extractor) by default. Returns (reference, where it came from)."""
         return cache(self.needs_real_features)
 
+    @abc.abstractmethod
     def compute(self, fake: dict[str, Tensor], real: dict | None) -> dict:
         """``fake``: {"features", "logits"[, "labels"]} of every sample, in index order."""
-        raise NotImplementedError
 
 
 class HeldoutMetric(Metric):
