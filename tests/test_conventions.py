@@ -92,6 +92,19 @@ def test_extras_print_the_config_tree_and_reject_a_bad_warning_pattern(tmp_path,
         apply_extras(cfg)
 
 
+@pytest.mark.parametrize("script", ["sample", "evaluate"])
+def test_sample_and_evaluate_take_the_same_extras(script):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from conftest import CONF
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        default = compose(script, overrides=["ckpt=x"])
+        off = compose(script, overrides=["ckpt=x", "extras=none"])
+    assert default.extras.print_config and default.extras.ignore_warnings
+    assert not off.extras.print_config and list(off.extras.ignore_warnings) == []
+
+
 def test_help_states_how_to_start_from_a_checkpoint():
     from scorelab.conf import CONF_DIR
     text = (CONF_DIR / "hydra/help/train.yaml").read_text()

@@ -30,7 +30,7 @@ log = logging.getLogger("scorelab")
 
 def make(cfg: DictConfig, group: str, /, **kwargs):
     """instantiate(cfg[group]) with errors that name the config group (``group`` may be a
-    dotted key, e.g. "callbacks.fid")."""
+    dotted key, e.g. "callbacks.metrics")."""
     node = OmegaConf.select(cfg, group)
     if node is None:
         raise ConfigError(f"config group {group!r} is missing")

@@ -16,7 +16,7 @@ to metrics.json with the settings of every number, and printed as a table.
     and compared with the dataset's cached reference; class accuracy for conditional (or
     classifier-guided) models.
 * ``evaluate.py -m guidance.scale=1,2,3,5 ...`` sweeps a guidance scale, one run directory each.
-* samples (``num_samples`` > 0 without fid / is): writes samples.png / samples.npz.
+* samples (``num_samples`` > 0 without any sample metric): writes samples.png / samples.npz.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from scorelab.metrics.registry import SampleMetric
 from scorelab.util.checks import integer, optional
 from scorelab.cli.build import build_datamodule, check_config_values, make, pick_device
 from scorelab.cli.common import log, optimized, output_dir, reports_errors, write_json
+from scorelab.cli.extras import apply_extras
 from scorelab.cli.latent import latent_datamodule
 from scorelab.cli.sample import draw_samples, load_guided, resolve_sampler, save_sample_files
 from scorelab.util.errors import ConfigError, Interrupted
@@ -110,6 +111,7 @@ def _table(metrics: dict) -> str:
 def main(cfg: DictConfig) -> dict:
     # SIGTERM / SIGUSR1: stop within one chunk of samples or examples; metrics.json keeps
     # the metrics that finished and the partial_* values of the one that was stopped.
+    apply_extras(cfg)
     with stop_on_signals():
         return _main(cfg)
 

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from scorelab.cli.build import LoadedCheckpoint, pick_device, plain, sampler_settings
 from scorelab.cli.common import log, output_dir, reports_errors, write_json
+from scorelab.cli.extras import apply_extras
 from scorelab.cli.guide import build_guidance
 from scorelab.cli.task import (check_task, constraint_for, draw_controlled, observations,
                                task_settings)
@@ -118,6 +119,7 @@ def _controlled(cfg, task, loaded, settings, device, out) -> dict:
 
 @reports_errors
 def main(cfg: DictConfig) -> dict:
+    apply_extras(cfg)
     with stop_on_signals():
         return _main(cfg)
 

@@ -250,9 +250,10 @@ def finish(run: Run) -> dict | float:
         metrics["started_from"] = run.started_from
     if run.latent is not None:
         metrics["latent"] = latent_summary(run.latent)
-    for cb in run.callbacks:        # the metric callbacks' values at the end (FID, bits/dim)
+    for cb in run.callbacks:        # the metric callbacks' last values and their settings
         if isinstance(cb, MetricCallback) and cb.history:
             metrics.update({k: v for k, v in cb.history[-1].items() if k != "step"})
+            metrics.update(getattr(cb, "settings", {}))
     write_json(fresh_path(out / "metrics.json", trainer.global_step), metrics)
     close_loggers(run.loggers)
     log.info("run directory: %s", out)

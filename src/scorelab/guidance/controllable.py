@@ -14,7 +14,7 @@ last bit, for inpainting).
 
 RePaint (``n_resample`` > 1): the grid is walked in segments of ``jump_length`` steps; each
 segment is sampled (with projection) ``n_resample`` times, re-noising the result back to the
-segment's start with the forward kernel x_t = a x_s + s_ts xi (``SDE.transition``) in
+segment's start with the forward kernel x_t = a x_s + s_ts xi (``ForwardPath.transition``) in
 between, which lets the generated part harmonise with the known part.
 """
 

@@ -114,12 +114,16 @@ class Metrics(MetricCallback):
     def prepare(self, datamodule) -> None:
         """Build the extractors and load (or compute and cache) the references: missing
         weights or statistics stop a run here, before any training or sampling.
-        Conditional models also get class accuracy (on the first metric's features, when
-        they have logits)."""
+        Class accuracy comes along on the first metric's features and feature options (the
+        same extractor, so no second one is built); it is reported for conditional models
+        whose features have logits."""
         self.datamodule = datamodule
         metrics, implicit = dict(self.sample_metrics), ()
         if metrics and "accuracy" not in metrics:
-            metrics["accuracy"] = ClassAccuracy(features=next(iter(metrics.values())).features)
+            first = next(iter(metrics.values()))
+            spec = {"name": first.features} if isinstance(first.features, str) else \
+                dict(first.features or {})
+            metrics["accuracy"] = ClassAccuracy(features={**spec, **first.feature_options()})
             implicit = ("accuracy",)
         self.evaluation = SampleEvaluation(metrics, datamodule, implicit)
         self.evaluation.references()

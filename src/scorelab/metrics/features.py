@@ -66,12 +66,17 @@ class DigitFeatures:
     def __init__(self, device="cpu", shape=None):
         self.net = load_digit_classifier().to(device)
         # Cached reference statistics are tied to these exact weights.
-        self.tag = "digits-" + hashlib.sha256(WEIGHTS.read_bytes()).hexdigest()[:8]
+        self.tag = "digits-" + file_digest(WEIGHTS)
 
     @torch.no_grad()
     def __call__(self, x: Tensor) -> tuple[Tensor, Tensor]:
         feats, logits = self.net.features_and_logits(to_uint8(x).to(self.net.fc.weight.device))
         return feats.double().cpu(), logits.double().cpu()
+
+
+def file_digest(path) -> str:
+    """The first 8 hex digits of a weights file's SHA-256: the tag of cached statistics."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:8]
 
 
 def inception_weights(path: str | None = None) -> str:
@@ -80,7 +85,7 @@ def inception_weights(path: str | None = None) -> str:
     cached = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
     if path:
         if not Path(path).is_file():
-            raise FeatureWeightsMissing(f"metrics.fid.inception_weights={path}: no such file")
+            raise FeatureWeightsMissing(f"Inception weights {path}: no such file")
         return str(path)
     if cached.is_file():
         return str(cached)
@@ -93,8 +98,8 @@ def inception_weights(path: str | None = None) -> str:
         raise FeatureWeightsMissing(
             f"FID Inception weights are not cached and could not be downloaded "
             f"({type(e).__name__}: {e}). Put {INCEPTION_FILE} (from {URL_INCEPTION_V3}) at "
-            f"{cached}, or pass metrics.fid.inception_weights=PATH; digit data can use "
-            f"metrics.fid.features=digits offline") from None
+            f"{cached}, or pass features.weights=PATH (every metric) with features=inception; "
+            f"digit data can use features=digits offline") from None
     finally:
         socket.setdefaulttimeout(old)
     return str(cached)
@@ -111,6 +116,8 @@ class InceptionFeatures:
             "inception-v3-compat", ["2048", "logits_unbiased"],
             feature_extractor_weights_path=inception_weights(weights)).to(device)
         self.device = device
+        if weights:         # another file may hold other weights: its own cached statistics
+            self.tag = f"inception-{file_digest(weights)}"
 
     @torch.no_grad()
     def __call__(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -176,8 +183,7 @@ class NetworkFeatures:
         self.name, self.size, self.device = name, size, device
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-        digest = hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:8]
-        self.tag = f"{name}-{arch}-{size}-{digest}"
+        self.tag = f"{name}-{arch}-{size}-{file_digest(weights)}"
         with torch.no_grad():
             self.dim = self._features(torch.zeros(1, 3, size, size)).shape[1]
 

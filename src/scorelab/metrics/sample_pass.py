@@ -77,8 +77,15 @@ class SampleEvaluation:
         return key
 
     def _cache(self, key: str):
-        """``cache(keep_features, reference_file=None)`` for the extractor ``key``."""
+        """``cache(keep_features, reference_file=None)`` for the extractor ``key``. The
+        dataset is featurised at most once per extractor: if any metric on it needs the real
+        features (KID, PRDC), the first computation keeps them for all."""
+        anyone = any(getattr(m, "needs_real_features", False)
+                     for name, m in self.metrics.items() if self._key_of[name] == key)
+
         def cache(keep_features: bool, reference_file=None):
+            if reference_file is None:
+                keep_features = keep_features or anyone
             have = self._references.get((key, True, reference_file))
             if have is None:
                 have = self._references.get((key, keep_features, reference_file))

@@ -7,7 +7,8 @@ From t to s < t on the grid, with x0_hat and eps_hat the model's prediction at (
 
 On VP (alpha^2 + sigma^2 = 1) this is DDIM's sigma_t(eta); eta = 0 is deterministic (the
 probability-flow ODE's first-order exponential integrator), eta = 1 the ancestral sampler.
-The step needs alpha_t only through alpha_t / alpha_s, so it starts from alpha(T) = 0 too.
+The step needs alpha_t only through alpha_t / alpha_s, so it starts from alpha(T) = 0 too;
+a step to t = 0 (sigma_s = 0, ``final="zero"``) gives alpha_s x0_hat.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from scorelab.sampling.registry import register
 from scorelab.paths.sde import transition_kernel
 
 
-@register("ddim", grid="uniform", rules={"eta": number(0)})
+@register("ddim", grid="uniform", rules={"eta": number(0)}, to_zero=True)
 def ddim(model, path, x, ts, *, generator=None, callback=None, eta: float = 0.0):
     alphas, sigmas = path.alpha_sigma(ts)
     times = per_sample_times(ts, x.shape[0])

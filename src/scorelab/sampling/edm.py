@@ -8,7 +8,8 @@ before each step, gamma = min(s_churn / steps, sqrt(2) - 1) for s in [s_tmin, s_
 
 On a path with alpha(T) = 0 the first level is s = inf: there dy/ds = eps_hat and the first
 step is Euler's limit y = x0_hat + s_1 eps_hat (1 NFE; Heun's correction would weigh the
-slopes by the infinite step), without churn; the later steps are EDM's.
+slopes by the infinite step), without churn; the later steps are EDM's. A step to level 0
+(t = 0, ``final="zero"``) is Euler's alone, as in Alg. 2: it returns the denoiser's output.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from scorelab.sampling.common import after_step, randn_like
 from scorelab.sampling.registry import register
 
 
-@register("edm", grid="karras",
+@register("edm", grid="karras", to_zero=True,
           rules={"s_churn": number(0), "s_tmin": number(0), "s_tmax": number(0),
                  "s_noise": number(0)})
 def edm_heun(model, path, x, ts, *, generator=None, callback=None, s_churn: float = 0.0,
@@ -47,6 +48,7 @@ def edm_heun(model, path, x, ts, *, generator=None, callback=None, s_churn: floa
 
     y = x / alphas[0]
     infinite = (~torch.isfinite(levels)).tolist()      # once, not a host sync per step
+    zero = (levels == 0).tolist()
     nfe = 0
     for i in range(n):
         if infinite[i]:
@@ -61,9 +63,11 @@ def edm_heun(model, path, x, ts, *, generator=None, callback=None, s_churn: floa
             y_hat = y + torch.sqrt((hat[i] ** 2 - levels[i] ** 2).clamp(min=0)) * s_noise \
                 * randn_like(y, generator)
         d = (y_hat - denoise(y_hat, t_hat[i], a_hat[i])) / hat[i]
-        y_next = y_hat + (levels[i + 1] - hat[i]) * d
-        d2 = (y_next - denoise(y_next, ts[i + 1], alphas[i + 1])) / levels[i + 1]
-        y = y_hat + (levels[i + 1] - hat[i]) * 0.5 * (d + d2)
-        nfe += 2
+        y = y_hat + (levels[i + 1] - hat[i]) * d
+        nfe += 1
+        if not zero[i + 1]:
+            d2 = (y - denoise(y, ts[i + 1], alphas[i + 1])) / levels[i + 1]
+            y = y_hat + (levels[i + 1] - hat[i]) * 0.5 * (d + d2)
+            nfe += 1
         y = after_step(callback, i, alphas[i + 1] * y) / alphas[i + 1]
     return alphas[-1] * y, nfe

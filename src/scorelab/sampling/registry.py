@@ -11,20 +11,27 @@ import inspect
 from types import MappingProxyType
 
 from scorelab.util.checks import Rule, check_values, integer, number, one_of, optional
-from scorelab.sampling.grids import GRIDS
+from scorelab.sampling.grids import FINALS, GRIDS, is_grid_file
 
 SAMPLERS: dict = {}
 DEFAULT_GRIDS: dict = {}
 RULES: dict = {}            # name -> {option: Rule}
 COMBINED: dict = {}         # name -> check(options with defaults filled in) or None
 PATH_CHECKS: dict = {}      # name -> check(options with defaults, path, ts) or None
+TO_ZERO: dict = {}          # name -> whether its last step can end at t = 0 (final="zero")
 # Options that every sampler takes through ``sample()`` (they shape the time grid).
-COMMON_OPTIONS = ("grid", "rho", "eps")
+COMMON_OPTIONS = ("grid", "rho", "eps", "shift", "final")
 COMMON_RULES: dict[str, Rule] = {
     "steps": integer(1),
-    "grid": optional(one_of(GRIDS, "time grid")),       # None: the sampler's own grid
+    # None: the sampler's own grid; a file: scripts/optimize_grid.py's output
+    "grid": optional(Rule(lambda v: v in GRIDS or is_grid_file(v),
+                          f"one of {', '.join(GRIDS)} or a grid file",
+                          lambda v: f"unknown time grid {v!r} (and no such grid file); known: "
+                                    f"{', '.join(GRIDS)}")),
     "rho": number(0, lo_open=True),
     "eps": optional(number(0)),                         # None: path.sampling_eps
+    "shift": number(0, lo_open=True),
+    "final": one_of(FINALS, "final"),
 }
 # The sampler wherever none is named: ``sample()``, ``controlled_sample``,
 # ``DiffusionModule.sample`` and a checkpoint whose stored sampler cannot run here. EDM's Heun
@@ -35,10 +42,11 @@ _ARGS = {"model", "path", "x", "ts", "generator", "callback"}
 
 
 def register(name: str, grid: str = "uniform", rules: dict[str, Rule] | None = None,
-             combined=None, path_check=None):
+             combined=None, path_check=None, to_zero: bool = False):
     """Register a sampler. ``rules``: allowed values of its own options; ``combined``:
     ``check(options) -> None`` raising ValueError for combinations no single rule sees;
-    ``path_check``: ``check(options, path, ts) -> None`` for what the path must allow."""
+    ``path_check``: ``check(options, path, ts) -> None`` for what the path must allow;
+    ``to_zero``: its last step can end at t = 0, where sigma = 0 (``final="zero"``)."""
     def wrap(fn):
         if name in SAMPLERS:
             raise ValueError(f"sampler {name!r} registered twice")
@@ -47,6 +55,7 @@ def register(name: str, grid: str = "uniform", rules: dict[str, Rule] | None = N
         RULES[name] = dict(rules or {})
         COMBINED[name] = combined
         PATH_CHECKS[name] = path_check
+        TO_ZERO[name] = to_zero
         return fn
     return wrap
 
@@ -80,6 +89,9 @@ def check_options(name: str, options: dict) -> None:
         raise ValueError(f"sampler {name!r} has no option(s) {', '.join(unknown)}; its "
                          f"options are: {', '.join(sampler_options(name) + list(COMMON_OPTIONS))}")
     check_values("sampler", options, {**COMMON_RULES, **RULES[name]})
+    if options.get("final") == "zero" and not TO_ZERO[name]:
+        raise ValueError(f"sampler.final: sampler {name!r} cannot step to t = 0 (sigma = 0); "
+                         f"final=zero is for {', '.join(k for k, v in TO_ZERO.items() if v)}")
     if COMBINED[name] is not None:
         COMBINED[name]({**_defaults(name), **options})
 

@@ -3,6 +3,7 @@ paths stored in the configs of checkpoints written before the move still instant
 
 from __future__ import annotations
 
+import importlib
 import re
 
 # old module -> new module (classes and functions kept their names)
@@ -48,13 +49,21 @@ _OLD = re.compile(r"^(scorelab\.[A-Za-z0-9_.]+)\.([A-Za-z0-9_]+)$")
 
 def current_target(target: str) -> str:
     """The dotted path ``target`` (``module.name``) written by scorelab 0.1, at its home now;
-    any other string unchanged."""
+    a path that resolves today (``scorelab.paths.VPSDE``, the package's export, was also
+    0.1's module ``scorelab.paths``) and any other string unchanged."""
     if target in MOVED_NAMES:
         return MOVED_NAMES[target]
     m = _OLD.match(target)
-    if m and m.group(1) in MOVED_MODULES:
+    if m and m.group(1) in MOVED_MODULES and not _resolves(m.group(1), m.group(2)):
         return f"{MOVED_MODULES[m.group(1)]}.{m.group(2)}"
     return target
+
+
+def _resolves(module: str, name: str) -> bool:
+    try:
+        return hasattr(importlib.import_module(module), name)
+    except ImportError:
+        return False
 
 
 def upgrade_targets(node):
