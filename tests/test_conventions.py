@@ -132,6 +132,8 @@ def test_debug_runs_end_with_checkpoint_grid_and_metrics(tmp_path, debug, caplog
     train([f"debug={debug}", "trainer.max_steps=4"], out)
     m = end_of_run(out)
     assert m["steps"] == (1 if debug == "fdr" else 4)
+    # the mixture's exact metric comes with every gmm run, its settings beside it
+    assert m["energy"] >= 0 and m["sample_settings"]["num_samples"] == 500
     assert "weights_only` was not set" not in caplog.text
 
 

@@ -16,7 +16,9 @@ DATA = ROOT / "tests" / "data"
 
 def test_old_targets_map_to_new_homes():
     assert current_target("scorelab.sde.VPSDE") == "scorelab.paths.sde.VPSDE"
-    assert current_target("scorelab.paths.LinearPath") == "scorelab.paths.interpolants.LinearPath"
+    # 0.1's module scorelab.paths is today's package, which exports its classes: kept
+    for target in ("scorelab.paths.LinearPath", "scorelab.paths.VPSDE", "scorelab.paths.VESDE"):
+        assert current_target(target) == target
     assert current_target("scorelab.callbacks.EMA") == "scorelab.training.callbacks.EMA"
     assert current_target("scorelab.data.latent.LatentDataModule") == \
         "scorelab.latent.datamodule.LatentDataModule"

@@ -104,7 +104,10 @@ def test_nfe_counts(gmm, path):
     assert nfe("pc", 10, corrector="langevin", n_steps=2, **pc) == 31
     assert nfe("ode", 10, method="heun") == 20
     assert nfe("ddim", 10) == 10 and nfe("dpm_solver", 10) == 10
-    assert nfe("edm", 10) == 20 - path.alpha_vanishes     # from alpha = 0: one Euler step
+    # from alpha = 0: one Euler step; Heun's correction only where the level shrinks <= 4x
+    assert nfe("edm", 10, max_ratio=float("inf")) == 20 - path.alpha_vanishes
+    assert nfe("edm", 30) == 60 - path.alpha_vanishes
+    assert nfe("edm", 3, max_ratio=1.0) == 3 and nfe("unipc", 10) == 10
 
 
 # Deterministic samplers: (sampler, options, order of convergence in the step count).

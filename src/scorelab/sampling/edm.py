@@ -8,8 +8,16 @@ before each step, gamma = min(s_churn / steps, sqrt(2) - 1) for s in [s_tmin, s_
 
 On a path with alpha(T) = 0 the first level is s = inf: there dy/ds = eps_hat and the first
 step is Euler's limit y = x0_hat + s_1 eps_hat (1 NFE; Heun's correction would weigh the
-slopes by the infinite step), without churn; the later steps are EDM's. A step to level 0
-(t = 0, ``final="zero"``) is Euler's alone, as in Alg. 2: it returns the denoiser's output.
+slopes by the infinite step), without churn; the later steps are EDM's.
+
+Heun's correction only where the step shrinks the level by at most ``max_ratio`` (s_hat /
+s_next <= 4 by default; a step to level 0, ``final="zero"``, never: Alg. 2's last step);
+larger steps are Euler's. The correction evaluates the model at the step's end, and a network
+without EDM's preconditioning (c_out -> 0 as s -> 0) answers the Euler step's off-manifold
+point there with eps_hat ~ (x - x0_hat) / s_next: the trapezoid then multiplies the
+network's error by s_hat / s_next. At few steps that ratio reaches 20-1000 (2 steps on the
+flow default: levels 1 -> 0.001, FID 875 with the correction, 23 without); at 18 steps no
+step exceeds 2, so the rule changes nothing there.
 """
 
 from __future__ import annotations
@@ -25,9 +33,10 @@ from scorelab.sampling.registry import register
 
 @register("edm", grid="karras", to_zero=True,
           rules={"s_churn": number(0), "s_tmin": number(0), "s_tmax": number(0),
-                 "s_noise": number(0)})
+                 "s_noise": number(0), "max_ratio": number(1)})
 def edm_heun(model, path, x, ts, *, generator=None, callback=None, s_churn: float = 0.0,
-             s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0):
+             s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
+             max_ratio: float = 4.0):
     batch = x.shape[0]
     alphas, sigmas = path.alpha_sigma(ts)
     levels = sigmas / alphas                                # VE-equivalent noise levels
@@ -48,7 +57,8 @@ def edm_heun(model, path, x, ts, *, generator=None, callback=None, s_churn: floa
 
     y = x / alphas[0]
     infinite = (~torch.isfinite(levels)).tolist()      # once, not a host sync per step
-    zero = (levels == 0).tolist()
+    # Heun's correction where the step shrinks the level by at most max_ratio (never to 0)
+    heun = ((levels[1:] > 0) & (hat <= max_ratio * levels[1:])).tolist()
     nfe = 0
     for i in range(n):
         if infinite[i]:
@@ -65,7 +75,7 @@ def edm_heun(model, path, x, ts, *, generator=None, callback=None, s_churn: floa
         d = (y_hat - denoise(y_hat, t_hat[i], a_hat[i])) / hat[i]
         y = y_hat + (levels[i + 1] - hat[i]) * d
         nfe += 1
-        if not zero[i + 1]:
+        if heun[i]:
             d2 = (y - denoise(y, ts[i + 1], alphas[i + 1])) / levels[i + 1]
             y = y_hat + (levels[i + 1] - hat[i]) * 0.5 * (d + d2)
             nfe += 1
