@@ -4,7 +4,9 @@ import re
 import subprocess
 import sys
 
-from conftest import ROOT
+import pytest
+
+from conftest import ROOT, run
 
 
 def test_train_throughput_prints_a_ratio_per_backbone():
@@ -22,3 +24,35 @@ def test_train_throughput_prints_a_ratio_per_backbone():
         # img/s are printed to 0.1, the ratio to 0.001
         rounding = ratio * (0.05 / plain + 0.05 / lightning) + 5e-4
         assert abs(ratio - lightning / plain) <= rounding
+
+
+@pytest.mark.slow      # (about a minute: a tiny flow model, then both scripts on it)
+def test_sampler_peers_and_optimize_grid_run_on_a_tiny_flow_model(tmp_path):
+    """benchmarks/sampler_peers.py: scorelab samplers and diffusers' schedulers at one
+    budget, a table with a noise level; scripts/optimize_grid.py: a grid file that
+    sample.py reads."""
+    run("train.py", "experiment=digits_fm", "trainer.max_steps=20",
+        "trainer.val_check_interval=10", "backbone.channels=8", "backbone.num_res_blocks=1",
+        "callbacks.progress=null", "num_samples=4", "sampler.steps=2",
+        f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    ckpt = tmp_path / "run/checkpoints/last.ckpt"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/sampler_peers.py"), str(ckpt), "--nfe", "4",
+         "--n", "20", "--batch", "10", "--seeds", "0", "1", "--samplers", "unipc:order=2",
+         "edm", "--peers", "unipc", "--peer-shifts", "3", "--out", str(tmp_path / "peers")],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = (tmp_path / "peers.md").read_text()
+    assert "unipc[order=2]" in table and "diffusers unipc[shift=3]" in table
+    assert re.search(r"NFE 4: best scorelab .* best peer .*: (ahead|tie|behind)", proc.stdout)
+    grid = tmp_path / "grid.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/optimize_grid.py"), str(ckpt), "--nfe", "4",
+         "--starts", "16", "--check", "16", "--sweeps", "1", "--reference",
+         "unipc:order=3,steps=10", "--out", str(grid)], capture_output=True, text=True,
+        timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert re.search(r"NFE 4 \(4 steps\): error [0-9.]+ -> [0-9.]+; fresh starts", proc.stdout)
+    run("sample.py", f"ckpt={ckpt}", "sampler=unipc", "sampler.steps=4",
+        f"sampler.grid={grid}", "num_samples=4", f"hydra.run.dir={tmp_path / 's'}",
+        cwd=tmp_path)

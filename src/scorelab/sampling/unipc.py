@@ -12,8 +12,8 @@ D_k = (m_{i-k} - m_i) / r_k:
              as one more difference D_p = m_{i+1} - m_i (r_p = 1), coefficients (B c),
 
 with phi(h) = e^{-h} - 1 and (B a), (B c) solving R (B a) = g on the first p - 1 and all p
-conditions, R_{jk} = r_k^{j-1}, g_j = j! phi_{j+1}(-h) h^j (phi_{j+1} the exponential
-integrator's phi functions, phi_1 = (e^{z} - 1)/z). The corrected x_{i+1} is the next step's
+conditions, R_{jk} = r_k^{j-1}, g_j = j! (-h) phi_{j+1}(-h) (the exponential integrator's
+phi functions: phi_1(z) = (e^z - 1)/z, phi_{k+1}(z) = (phi_k(z) - 1/k!)/z). The corrected x_{i+1} is the next step's
 start; its evaluation m_{i+1} is reused by the next predictor, so UniPC-p costs one NFE a
 step and has order p + 1 (UniP-p alone: order p). B(h) (``variant``) enters where the
 reference implementation takes the small-h value of a coefficient instead of solving: the
@@ -58,7 +58,7 @@ def unipc_coefficients(h: float, rs: list[float], variant: str) -> list[float]:
             return [-1.0]
         # UniP-2 / UniC-1: the reference's coefficient 1/2
         return [0.5 * (hh if variant == "bh1" else math.expm1(hh))]
-    # g_j = j! h phi_{j+1}(-h), by the recursion phi_{k+1}(z) = (phi_k(z) - 1/k!) / z
+    # g_j = j! (-h) phi_{j+1}(-h), by the recursion of the phi functions
     h_phi = math.expm1(hh) / hh - 1.0
     g, factorial = [], 1.0
     for j in range(1, q + 1):
