@@ -180,7 +180,7 @@ def test_grid_files_give_one_grid_per_step_count(tmp_path):
     with pytest.raises(ValueError, match="has no 4-step grid; it has step counts 2, 3"):
         load_grid_file(file, path, 4)
     save_grid_file(file, {2: [1.0, 0.0, 0.3]})
-    with pytest.raises(ValueError, match="must be 3 strictly decreasing times"):
+    with pytest.raises(ValueError, match="must be 3 strictly decreasing times from T=1.0"):
         load_grid_file(file, path, 2)
     with pytest.raises(ValueError, match="unknown time grid 'nofile.json'"):
         check_sampler(path, "unipc", 2, grid="nofile.json")

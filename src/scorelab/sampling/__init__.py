@@ -20,7 +20,7 @@ from torch import Tensor
 
 from scorelab.sampling import ddim, dpm_solver, edm, ode_solvers, pc, unipc  # noqa: F401
 from scorelab.sampling.grids import GRIDS, make_grid
-from scorelab.models.prediction import as_prediction_fn
+from scorelab.models.prediction import Prediction, as_prediction_fn
 from scorelab.sampling.common import reporting_evaluations
 from scorelab.sampling.registry import (COMMON_OPTIONS, DEFAULT_GRIDS, DEFAULT_SAMPLER, SAMPLERS,
                                         check_options, check_path, get_sampler, sampler_options)
@@ -115,8 +115,6 @@ def check_sampler(path, name: str, steps: int, grid: str | None = None, rho: flo
 def nfe_of(path, sampler: str, steps: int, **options) -> int:
     """The NFE per sample of a sampler setting on ``path`` (fixed-step samplers: it does not
     depend on the model), counted on a model-free prediction (x0_hat = 0, one sample)."""
-    from scorelab.models.prediction import Prediction
-
     x = path.prior_sampling((1, 1), generator=torch.Generator().manual_seed(0))
     return sample(lambda y, t: Prediction.from_x0(path, y, t, torch.zeros_like(y)), path, None,
                   sampler, steps, x_init=x, **options).nfe
@@ -139,6 +137,7 @@ def steps_for_nfe(path, sampler: str, budget: int, **options) -> int | None:
     return best
 
 
-__all__ = ["sample", "prepare", "nfe_of", "steps_for_nfe", "SampleResult", "SAMPLERS", "DEFAULT_SAMPLER", "GRIDS",
+__all__ = ["sample", "prepare", "nfe_of", "steps_for_nfe", "SampleResult", "SAMPLERS",
+           "DEFAULT_SAMPLER", "GRIDS",
            "COMMON_OPTIONS", "get_sampler", "sampler_options", "check_options", "check_path",
            "check_sampler", "make_grid", "time_grid"]

@@ -105,7 +105,7 @@ def _rule_grid(name: str, path, steps: int, eps: float, rho: float) -> Tensor:
 
 def load_grid_file(file, path, steps: int) -> Tensor:
     """The ``steps``-step grid of a grid file (float64), checked: steps + 1 times, strictly
-    decreasing, in [0, T]."""
+    decreasing from T (where the prior is drawn) to an end in [0, T)."""
     try:
         grids = json.loads(Path(file).read_text())["grids"]
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -115,9 +115,9 @@ def load_grid_file(file, path, steps: int) -> Tensor:
                          f"{', '.join(sorted(grids, key=int))}")
     ts = torch.tensor(grids[str(steps)], dtype=torch.float64)
     if ts.dim() != 1 or len(ts) != steps + 1 or not bool((ts[1:] < ts[:-1]).all()) \
-            or ts[-1] < 0 or ts[0] > float(path.T) + 1e-9:
+            or ts[-1] < 0 or abs(float(ts[0]) - float(path.T)) > 1e-6:
         raise ValueError(f"grid file {file}: the {steps}-step grid must be {steps + 1} "
-                         f"strictly decreasing times in [0, T={float(path.T)}]")
+                         f"strictly decreasing times from T={float(path.T)} to >= 0")
     return ts
 
 
