@@ -40,11 +40,10 @@ DEFAULT_SAMPLERS = ["ddim:50", "dpm_solver:20", "edm:18",
                     "pc:250:predictor=euler_maruyama,corrector=none,denoise=true"]
 
 
-def parse_spec(spec: str) -> dict:
-    """``name:steps[:k=v,...]`` -> a validated sampler settings dict."""
-    name, steps, *rest = spec.split(":")
-    settings = {"name": name, "steps": int(steps)}
-    for item in (rest[0].split(",") if rest and rest[0] else []):
+def parse_options(text: str) -> dict:
+    """``k=v,...`` -> {k: v} with ints, floats and true / false read as such."""
+    options = {}
+    for item in filter(None, text.split(",")):
         key, value = item.split("=", 1)
         for cast in (int, float):
             try:
@@ -52,9 +51,16 @@ def parse_spec(spec: str) -> dict:
                 break
             except ValueError:
                 continue
-        settings[key] = {"true": True, "false": False}.get(value, value) \
+        options[key] = {"true": True, "false": False}.get(value, value) \
             if isinstance(value, str) else value
-    return sampler_settings(settings)
+    return options
+
+
+def parse_spec(spec: str) -> dict:
+    """``name:steps[:k=v,...]`` -> a validated sampler settings dict."""
+    name, steps, *rest = spec.split(":")
+    return sampler_settings({"name": name, "steps": int(steps),
+                             **parse_options(rest[0] if rest else "")})
 
 
 def features_and_reference(loaded: LoadedCheckpoint):

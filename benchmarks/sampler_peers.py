@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sampler_gap import features_and_reference  # noqa: E402  (one FID set-up)
+from sampler_gap import features_and_reference, parse_options  # noqa: E402  (one FID set-up)
 from scorelab.cli.build import LoadedCheckpoint, sampler_settings  # noqa: E402
 from scorelab.metrics.evaluation import sample_features, sample_metrics  # noqa: E402
 from scorelab.paths.interpolants import LinearPath  # noqa: E402
@@ -52,18 +52,7 @@ PEERS = ["euler", "heun", "dpm2m", "unipc"]
 def parse_spec(spec: str) -> dict:
     """``name[:k=v,...]`` -> sampler settings without steps."""
     name, _, rest = spec.partition(":")
-    settings = {"name": name}
-    for item in filter(None, rest.split(",")):
-        key, value = item.split("=", 1)
-        for cast in (int, float):
-            try:
-                value = cast(value)
-                break
-            except ValueError:
-                continue
-        settings[key] = {"true": True, "false": False}.get(value, value) \
-            if isinstance(value, str) else value
-    return settings
+    return {"name": name, **parse_options(rest)}
 
 
 def label(settings: dict) -> str:
