@@ -178,14 +178,14 @@ def controlled_sample(model, path, constraint: Constraint, shape,
                       steps: int = DEFAULT_SAMPLER["steps"],
                       generator: torch.Generator | None = None, device=None,
                       jump_length: int = 1, n_resample: int = 1, grid: str | None = None,
-                      rho: float = 7.0, eps: float | None = None, callback=None,
-                      **options) -> SampleResult:
+                      rho: float = 7.0, eps: float | None = None, shift: float = 1.0,
+                      final: str = "eps", callback=None, **options) -> SampleResult:
     """Samples that agree with ``constraint`` (projection method; RePaint if
     ``n_resample`` > 1), with any registered sampler. Arguments as ``sampling.sample``;
     NFE counts every evaluation, resampling included."""
     check_resampling(jump_length, n_resample)
     fn, model, x, ts = prepare(model, path, shape, sampler, steps, generator, None, device,
-                               grid, rho, eps, options, callback)
+                               grid, rho, eps, options, callback, shift, final)
     project = _Projecting(constraint, path, generator, callback)
     n = len(ts) - 1
     if n_resample == 1:
