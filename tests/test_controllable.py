@@ -107,7 +107,7 @@ def test_every_sampler_inpaints_images_with_known_pixels_bit_exact(sampler):
     cov = 0.05 * torch.eye(16)
     obs = torch.rand((n,) + shape) * 2 - 1
     hole = named_mask("centre_square", 4, 4)
-    steps = {"pc": 50, "ode": 20, "ddim": 20, "dpm_solver": 10, "edm": 10}[sampler]
+    steps = {"pc": 50, "ode": 20, "ddim": 20, "dpm_solver": 10, "edm": 10, "unipc": 10}[sampler]
     res = run(path, mu, cov, inpainting(obs, hole[None, None]), sampler, steps,
               shape=(n,) + shape)
     assert torch.isfinite(res.x).all()
