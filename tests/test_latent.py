@@ -149,7 +149,7 @@ def test_every_sampler_runs_unchanged_on_latents(tmp_path, path, one_thread):
         torch.testing.assert_close(res.x, space.decode(u), rtol=0, atol=0, equal_nan=True,
                                    msg=option)
         ran.append(option)
-    assert len(ran) == (9 if path == "linear" else 12), ran     # all that run on the path
+    assert len(ran) == (10 if path == "linear" else 13), ran    # all that run on the path
 
 
 def test_cfg_runs_unchanged_on_latents(tmp_path, one_thread):
