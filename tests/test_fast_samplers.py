@@ -216,7 +216,8 @@ def test_an_optimised_grid_beats_the_default_and_runs_from_its_file(tmp_path):
     fit = path.prior_sampling((128, 2), generator=torch.Generator().manual_seed(0))
     fresh = path.prior_sampling((128, 2), generator=torch.Generator().manual_seed(1))
     ref_fit, ref_fresh = fine(fit), fine(fresh)
-    assert steps_for_nfe(path, "unipc", 4) == 4 and nfe_of(path, "edm", 3) == 6
+    assert steps_for_nfe(path, "unipc", 4) == 4
+    assert nfe_of(path, "edm", 3, max_ratio=float("inf")) == 6
     init = time_grid("unipc", path, 4)
     ts, before, after = optimise_grid(model, path, fit, ref_fit, "unipc", init, sweeps=4)
     assert after < 0.8 * before
