@@ -168,7 +168,7 @@ def test_missing_inception_weights_say_where_to_put_them(tmp_path, monkeypatch):
     with pytest.raises(FeatureWeightsMissing, match=r"Put weights-inception-2015-12-05-"
                                                     r"6726825d.pth .* at .*hub/checkpoints"):
         inception_weights()
-    with pytest.raises(FeatureWeightsMissing, match="inception_weights=/no/such: no such file"):
+    with pytest.raises(FeatureWeightsMissing, match="Inception weights /no/such: no such file"):
         inception_weights("/no/such")
 
 
