@@ -121,9 +121,7 @@ class Metrics(MetricCallback):
         metrics, implicit = dict(self.sample_metrics), ()
         if metrics and "accuracy" not in metrics:
             first = next(iter(metrics.values()))
-            spec = {"name": first.features} if isinstance(first.features, str) else \
-                dict(first.features or {})
-            metrics["accuracy"] = ClassAccuracy(features={**spec, **first.feature_options()})
+            metrics["accuracy"] = ClassAccuracy(features=first.extractor_spec())
             implicit = ("accuracy",)
         self.evaluation = SampleEvaluation(metrics, datamodule, implicit)
         self.evaluation.references()

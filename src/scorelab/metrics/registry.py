@@ -91,6 +91,12 @@ class SampleMetric(Metric, abc.ABC):
         """Options added to the extractor spec (e.g. FID's ``inception_weights``)."""
         return {}
 
+    def extractor_spec(self) -> dict:
+        """``features`` (a name or {name, **options}) as a dict, with ``feature_options``."""
+        spec = {"name": self.features} if isinstance(self.features, str) else \
+            dict(self.features or {})
+        return {**spec, **self.feature_options()}
+
     def reference(self, data, extractor, cache) -> tuple[dict | None, str | None]:
         """The real data's side, from ``cache(keep_features)`` (the dataset's reference on
         this metric's extractor) by default. Returns (reference, where it came from)."""

@@ -58,10 +58,7 @@ class SampleEvaluation:
             log.info("metrics.%s skipped: %s", name, reason)
 
     def _extractor_for(self, metric: SampleMetric) -> str:
-        spec = metric.features
-        spec = {"name": spec} if isinstance(spec, str) else dict(spec or {})
-        spec = feature_spec({**spec, **metric.feature_options()}, self.data.name,
-                            self.data.is_image)
+        spec = feature_spec(metric.extractor_spec(), self.data.name, self.data.is_image)
         ident = json.dumps(spec, sort_keys=True, default=str)
         for key, known in self._specs.items():
             if known == ident:
