@@ -7,7 +7,8 @@ equal NFE, from the same initial noise: FID for every NFE budget, with its noise
 A scorelab spec is ``name[:key=value,...]`` (``unipc:order=3,grid=logsnr``,
 ``dpm_solver:order=2,shift=3``); for each budget the script takes the most steps whose NFE
 fits it (EDM's Heun: 2 a step, 1 for a step from alpha = 0 or to t = 0) and skips a spec
-that cannot meet the budget exactly. Peers are diffusers' schedulers on the same network:
+that cannot meet the budget exactly; a grid file (``grid=FILE`` from
+``scripts/optimize_grid.py``) offers only its own step counts. Peers are diffusers' schedulers on the same network:
 on the linear path ``euler`` (FlowMatchEulerDiscrete), ``heun`` (FlowMatchHeunDiscrete),
 ``dpm2m`` and ``unipc`` (DPMSolverMultistep / UniPCMultistep with flow sigmas), each with
 the shifts ``--peer-shifts``; on a VP SDE the DDPM-discretised schedule of the model's own
@@ -18,7 +19,8 @@ Chunk k of every sampler, scorelab's and the peers', starts from the prior drawn
 generator seeded with (seed, k). FID uses the dataset's feature extractor against the whole
 dataset's statistics (as ``evaluate.py``); with two or more ``--seeds`` the table gives the
 mean and, as the noise level, half the spread between seeds. ``--out`` writes OUT.md, OUT.png
-and OUT.json.
+and OUT.json; with ``--merge`` they also keep OUT.json's rows this run did not redo, so a
+table can be built over several invocations.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from scorelab.metrics.evaluation import sample_features, sample_metrics  # noqa:
 from scorelab.paths.interpolants import LinearPath  # noqa: E402
 from scorelab.paths.sde import VPSDE  # noqa: E402
 from scorelab.sampling import steps_for_nfe  # noqa: E402
+from scorelab.sampling.grids import is_grid_file  # noqa: E402
 
 NFES = [4, 6, 8, 10, 15, 20]
 SAMPLERS = ["ode:method=euler", "ode:method=heun", "edm", "dpm_solver:order=2",
@@ -56,8 +59,18 @@ def parse_spec(spec: str) -> dict:
 
 
 def label(settings: dict) -> str:
-    extra = ",".join(f"{k}={v}" for k, v in settings.items() if k not in ("name", "steps"))
+    """``name[k=v,...]``; a grid file shows as ``grid=optimised(<file stem>)``."""
+    def value(k, v):
+        return f"optimised({Path(v).stem})" if k == "grid" and is_grid_file(v) else v
+    extra = ",".join(f"{k}={value(k, v)}" for k, v in settings.items()
+                     if k not in ("name", "steps"))
     return settings["name"] + (f"[{extra}]" if extra else "")
+
+
+def merge(old: list[dict], new: list[dict]) -> list[dict]:
+    """``old`` rows that ``new`` did not re-run (same sampler and budget), then ``new``."""
+    done = {(r["sampler"], r["nfe_budget"]) for r in new}
+    return [r for r in old if (r["sampler"], r["nfe_budget"]) not in done] + new
 
 
 class Peer:
@@ -148,6 +161,13 @@ def fid_rows(loaded, runs, n, batch, seeds, extractor, reference):
     return rows
 
 
+def verdict(ours: dict, peer: dict) -> str:
+    """ahead / tie / behind on the mean FID: a tie when the gap is within the two rows'
+    summed noise (half the seed spread each)."""
+    gap, noise = peer["fid"] - ours["fid"], ours["fid_noise"] + peer["fid_noise"]
+    return "tie" if abs(gap) <= noise else ("ahead" if gap > 0 else "behind")
+
+
 def table(rows, budgets) -> str:
     names = list(dict.fromkeys(r["sampler"] for r in rows))
     cell = {(r["sampler"], r["nfe_budget"]): r for r in rows}
@@ -198,7 +218,12 @@ def main():
     p.add_argument("--peer-shifts", type=float, nargs="+", default=[1.0, 3.0],
                    help="flow_shift of the peers on a flow path")
     p.add_argument("--out", type=Path, default=None, help="stem of OUT.md / .png / .json")
+    p.add_argument("--merge", action="store_true",
+                   help="keep OUT.json's rows that this run does not redo: the table and plot "
+                        "then show every run so far")
     args = p.parse_args()
+    if args.merge and args.out is None:
+        p.error("--merge needs --out (the OUT.json to merge into)")
     torch.set_grad_enabled(False)
     loaded = LoadedCheckpoint(args.ckpt, use_ema=True)
     module = loaded.module
@@ -231,26 +256,25 @@ def main():
                                                       "shift": shift},
                                  lambda m, g, peer=peer, steps=steps: peer.draw(steps, m, g)))
     rows = fid_rows(loaded, runs, args.n, args.batch, args.seeds, extractor, reference)
-    print(table(rows, args.nfe))
-    for b in args.nfe:
+    if args.merge and Path(f"{args.out}.json").exists():
+        rows = merge(json.loads(Path(f"{args.out}.json").read_text()), rows)
+    budgets = sorted({r["nfe_budget"] for r in rows})
+    print(table(rows, budgets))
+    for b in budgets:
         mine = [r for r in rows if r["nfe_budget"] == b]
         ours = min((r for r in mine if not r["sampler"].startswith("diffusers")),
                    key=lambda r: r["fid"], default=None)
         peer = min((r for r in mine if r["sampler"].startswith("diffusers")),
                    key=lambda r: r["fid"], default=None)
         if ours and peer:
-            verdict = "ahead" if ours["fid"] < peer["fid"] else (
-                "tie" if ours["fid"] - peer["fid"] <= ours["fid_noise"] + peer["fid_noise"]
-                else "behind")
             print(f"NFE {b}: best scorelab {ours['sampler']} {ours['fid']:.2f}, best peer "
-                  f"{peer['sampler']} {peer['fid']:.2f}: {verdict}")
+                  f"{peer['sampler']} {peer['fid']:.2f}: {verdict(ours, peer)}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        Path(f"{args.out}.md").write_text(table(rows, args.nfe))
+        Path(f"{args.out}.md").write_text(table(rows, budgets))
         Path(f"{args.out}.json").write_text(json.dumps(rows, indent=1, default=str))
         plot(rows, Path(f"{args.out}.png"))
         print(f"wrote {args.out}.md, .png and .json")
-
 
 if __name__ == "__main__":
     main()

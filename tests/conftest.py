@@ -60,10 +60,11 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def compose_train(overrides, tmp_path):
-    """train.py's config with ``overrides``, its Hydra output directory ``tmp_path`` (set
-    as for a real run, so that ``${hydra:runtime.output_dir}`` resolves), without the
-    ``hydra`` node the task never sees."""
+def compose_config(name, overrides, tmp_path):
+    """The ``name`` command's config (train, sample, evaluate) with ``overrides``, its Hydra
+    output directory ``tmp_path`` (set as for a real run, so that
+    ``${hydra:runtime.output_dir}`` resolves), without the ``hydra`` node the task never
+    sees."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
@@ -71,13 +72,39 @@ def compose_train(overrides, tmp_path):
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+        cfg = compose(name, overrides=overrides, return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(tmp_path)
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         del cfg["hydra"]             # as in a real run: the task sees no hydra node
     return cfg
+
+
+def compose_train(overrides, tmp_path):
+    """train.py's config (``compose_config``)."""
+    return compose_config("train", overrides, tmp_path)
+
+
+def refused_at_start(command, overrides, needle, tmp_path, capsys):
+    """The ``command``'s entry point (train, sample, evaluate), in-process, on the composed
+    ``overrides``: it exits with status 2 and one ``scorelab: error:`` line holding
+    ``needle``, and writes nothing into the run directory (a child process per case costs
+    seconds of imports; tests that run the commands themselves cover the exit path)."""
+    import importlib
+
+    main = importlib.import_module(f"scorelab.cli.{command}").main
+    cfg = compose_config(command, list(overrides), tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(cfg)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err[-2000:]
+    lines = [ln for ln in err.splitlines() if ln.startswith("scorelab: error:")]
+    assert len(lines) == 1 and needle in lines[0], err[-2000:]
+    assert "Traceback" not in err
+    for produced in ("checkpoints", "csv", "samples.png", "samples.npz", "metrics.json",
+                     "config.yaml"):
+        assert not (tmp_path / produced).exists(), produced
 
 
 def options(group):

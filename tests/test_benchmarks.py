@@ -56,3 +56,35 @@ def test_sampler_peers_and_optimize_grid_run_on_a_tiny_flow_model(tmp_path):
     run("sample.py", f"ckpt={ckpt}", "sampler=unipc", "sampler.steps=4",
         f"sampler.grid={grid}", "num_samples=4", f"hydra.run.dir={tmp_path / 's'}",
         cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/sampler_peers.py"), str(ckpt), "--nfe", "4",
+         "--n", "20", "--batch", "10", "--seeds", "0", "1", "--samplers",
+         f"unipc:order=2,grid={grid}", "--peers", "--out", str(tmp_path / "peers"), "--merge"],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = (tmp_path / "peers.md").read_text()
+    assert "unipc[order=2,grid=optimised(grid)]" in table and "diffusers unipc[shift=3]" in table
+
+
+def test_sampler_peers_merges_rows_labels_grid_files_and_calls_ties_by_the_noise(tmp_path):
+    """A table built over several invocations keeps the rows a later run does not redo; a
+    grid file is labelled as optimised; ahead / behind need a gap beyond the summed noise."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from sampler_peers import label, merge, verdict
+
+    from scorelab.sampling.grids import save_grid_file
+
+    old = [{"sampler": "a", "nfe_budget": 4, "fid": 9.0}, {"sampler": "a", "nfe_budget": 6,
+                                                          "fid": 7.0}]
+    new = [{"sampler": "a", "nfe_budget": 6, "fid": 6.0}, {"sampler": "b", "nfe_budget": 6,
+                                                          "fid": 5.0}]
+    assert merge(old, new) == [old[0]] + new
+    grid = tmp_path / "mine.json"
+    save_grid_file(grid, {2: [1.0, 0.5, 0.0]})
+    assert label({"name": "unipc", "order": 2, "grid": str(grid)}) == \
+        "unipc[order=2,grid=optimised(mine)]"
+    assert label({"name": "edm", "steps": 9}) == "edm"
+    row = lambda fid, noise: {"fid": fid, "fid_noise": noise}  # noqa: E731
+    assert verdict(row(5.0, 0.1), row(5.15, 0.1)) == "tie"
+    assert verdict(row(5.0, 0.1), row(5.3, 0.1)) == "ahead"
+    assert verdict(row(5.3, 0.1), row(5.0, 0.1)) == "behind"

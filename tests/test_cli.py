@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run
+from conftest import refused_at_start, run
 
 TINY = ["experiment=digits_ve_eps", "backbone.channels=8", "trainer.max_steps=50",
         "trainer.val_check_interval=30", "sampler.steps=20", "num_samples=16",
@@ -180,24 +180,13 @@ def test_existing_run_is_never_overwritten_and_resume_continues(trained):
     assert resumed["steps"] == 70
 
 
+# refused by Hydra while composing (unknown group option or key) or, for the contrast, a
+# valid combination: through the real command line
 @pytest.mark.parametrize("overrides,needle", [
     (["sde=foo"], "Could not find 'sde/foo'"),
     (["path.beta_mn=0.2"], "beta_mn"),
-    (["loss=ddpm", "sde=ve"], "loss=ddpm with path=ve, head=velocity: DDPMLoss needs the discrete"),
     (["sampler.stepz=3"], "stepz"),
-    (["sampler=pc", "+sampler.eta=0.1"], "sampler 'pc' has no option(s) eta"),
-    (["data=mnist", "data.root=nowhere"], "data=mnist: no MNIST files"),
-    (["data=digits", "backbone=ddpmpp_mnist"], "built for inputs [1, 28, 28]"),
-    (["speed.compile=yes"], "speed.compile must be true, false or auto"),
-    (["noise_label=log_sigma", "backbone=ncsnpp_mnist"], "noise_label=log_sigma is a log"),
-    (["noise_label=foo"], "noise_label: unknown noise label 'foo'"),
-    (["head=edm", "head.sigma_data=0"], "head.sigma_data: must be a number > 0"),
-    (["loss.time_sampling=beta"], "loss.time_sampling: unknown time sampling 'beta'"),
-    (["optim.lr_decay=step"], "optim.lr_decay: unknown learning-rate decay 'step'"),
-    (["path=linear", "head=eps"], "head=eps, path=linear, noise_label=sde: the eps head cannot"),
-    (["path=linear", "sampler=pc_vp"], "the path's g(t) is infinite at t = T"),
-    (["path=linear", "sampler=pc"], "predictor=reverse_diffusion needs alpha(T) > 0"),
-    (["sde=ve", "path=linear"], "path=linear and sde=ve disagree"),
+    (["loss=ddpm", "sde=ve"], "loss=ddpm with path=ve, head=velocity: DDPMLoss needs the discrete"),
     (["conditional=true", "data=gmm", "backbone=mlp", "data.n_samples=500", "trainer.max_steps=1"],
      None),
 ])
@@ -211,6 +200,27 @@ def test_bad_config_fails_at_startup_with_one_message(tmp_path, overrides, needl
     assert needle in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+# composed, then refused by train.py's checks before any training: the same entry point
+# in-process (the command line's exit status and one line are the test above's)
+@pytest.mark.parametrize("overrides,needle", [
+    (["sampler=pc", "+sampler.eta=0.1"], "sampler 'pc' has no option(s) eta"),
+    (["data=mnist", "data.root=nowhere"], "data=mnist: no MNIST files"),
+    (["data=digits", "backbone=ddpmpp_mnist"], "built for inputs [1, 28, 28]"),
+    (["speed.compile=yes"], "speed.compile must be true, false or auto"),
+    (["noise_label=log_sigma", "backbone=ncsnpp_mnist"], "noise_label=log_sigma is a log"),
+    (["noise_label=foo"], "noise_label: unknown noise label 'foo'"),
+    (["head=edm", "head.sigma_data=0"], "head.sigma_data: must be a number > 0"),
+    (["loss.time_sampling=beta"], "loss.time_sampling: unknown time sampling 'beta'"),
+    (["optim.lr_decay=step"], "optim.lr_decay: unknown learning-rate decay 'step'"),
+    (["path=linear", "head=eps"], "head=eps, path=linear, noise_label=sde: the eps head cannot"),
+    (["path=linear", "sampler=pc_vp"], "the path's g(t) is infinite at t = T"),
+    (["path=linear", "sampler=pc"], "predictor=reverse_diffusion needs alpha(T) > 0"),
+    (["sde=ve", "path=linear"], "path=linear and sde=ve disagree"),
+])
+def test_bad_config_is_refused_before_training(tmp_path, capsys, overrides, needle):
+    refused_at_start("train", overrides, needle, tmp_path, capsys)
 
 
 FM = ["experiment=digits_fm", "backbone.channels=8", "trainer.max_steps=40",
@@ -253,6 +263,7 @@ DIT = ["experiment=digits_ve_eps", "backbone=dit_digits", "conditional=true",
        "num_samples=10", "callbacks.sample_grid=null", "callbacks.progress.refresh_rate=50"]
 
 
+@pytest.mark.slow       # (DiT forward, conditioning and save/load are test_nets's in-process tests)
 def test_dit_preset_trains_conditionally_and_samples(tmp_path):
     run("train.py", *DIT, f"hydra.run.dir={tmp_path / 'dit'}", cwd=tmp_path)
     ckpt = tmp_path / "dit/checkpoints/last.ckpt"
@@ -287,15 +298,13 @@ def test_missing_checkpoint_and_nan_loss(tmp_path):
     assert not list((tmp_path / "t").glob("checkpoints/*.ckpt"))
 
 
-def test_training_without_ema(tmp_path):
+def test_training_without_ema(tmp_path, capsys):
     out = tmp_path / "noema"
     run("train.py", "experiment=gmm_vp_eps", "callbacks.ema=null", "trainer.max_steps=20",
         "sampler.steps=10", "num_samples=100", f"hydra.run.dir={out}", cwd=tmp_path)
     assert json.loads((out / "metrics.json").read_text())["samples_from"] == "raw"
     ckpt = out / "checkpoints/last.ckpt"
-    proc = run("sample.py", f"ckpt={ckpt}", f"hydra.run.dir={tmp_path / 's'}", cwd=tmp_path,
-               check=False)
-    assert proc.returncode == 2 and "use_ema=false" in proc.stderr
+    refused_at_start("sample", [f"ckpt={ckpt}"], "use_ema=false", tmp_path / "s", capsys)
     run("sample.py", f"ckpt={ckpt}", "use_ema=false", "num_samples=50",
         f"hydra.run.dir={tmp_path / 's2'}", cwd=tmp_path)
     assert np.load(tmp_path / "s2/samples.npz")["samples"].shape == (50, 2)

@@ -43,4 +43,6 @@ def test_checkpoint_from_before_the_move_loads_and_samples_as_before():
     # wrote to samples.npz
     expected = np.load(DATA / "legacy_v0_gmm_vp_eps_ddim10.npy")
     assert nfe == 10
-    np.testing.assert_allclose(x.numpy(), expected, rtol=0, atol=1e-5)
+    # the samples reach |x| ~ 200, where float32's spacing is 1.5e-5: a relative tolerance,
+    # so that another torch version's kernels (summation order) still pass
+    np.testing.assert_allclose(x.numpy(), expected, rtol=1e-5, atol=1e-5)

@@ -303,6 +303,7 @@ def test_tensorboard_logger_shows_losses_and_samples(tmp_path):
     assert b"train/loss_step" in events and b"val/loss" in events and b"samples" in events
 
 
+@pytest.mark.slow       # (a 2-job x 2-process sweep; DDP training runs in test_cli's default tests)
 def test_sweep_with_ddp_jobs_does_not_relaunch_the_sweep(tmp_path):
     """-m with trainer=ddp: each job's second process joins that job (its log in the job's
     directory) instead of starting the sweep again."""

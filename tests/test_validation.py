@@ -3,7 +3,7 @@ with one line naming the key (exit status 2), before any training; the rules the
 
 import pytest
 
-from conftest import run
+from conftest import refused_at_start, run
 from scorelab.metrics import build_metric
 from scorelab.metrics.callbacks import Metrics
 from scorelab.util.checks import check_value, integer, number, one_of, optional
@@ -23,12 +23,16 @@ from scorelab.sampling.registry import _defaults
     (["optim.optimizer.lr=-1"], "optim.optimizer.lr"),
     (["trainer.max_steps=0"], "trainer.max_steps"),
 ])
-def test_bad_value_stops_train_before_training(tmp_path, overrides, key):
-    proc = run("train.py", *overrides, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
-               check=False)
+def test_bad_value_stops_train_before_training(tmp_path, capsys, overrides, key):
+    refused_at_start("train", overrides, key, tmp_path, capsys)
+
+
+def test_bad_value_exits_with_status_2_and_one_line(tmp_path):
+    proc = run("train.py", "trainer.max_steps=0", f"hydra.run.dir={tmp_path / 'run'}",
+               cwd=tmp_path, check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("scorelab: error:")]
-    assert len(lines) == 1 and key in lines[0], proc.stderr[-2000:]
+    assert len(lines) == 1 and "trainer.max_steps" in lines[0], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     for produced in ("checkpoints", "csv", "samples.png", "metrics.json", "config.yaml"):
         assert not (tmp_path / "run" / produced).exists(), produced

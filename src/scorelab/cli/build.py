@@ -24,6 +24,7 @@ from scorelab.training.diffusion_module import LR_DECAY_RULE, DiffusionModule
 from scorelab.util.checks import Rule, check_value, integer, optional, positive
 from scorelab.util.errors import ConfigError, ScorelabError
 from scorelab.util.moved import upgrade_config, upgrade_targets
+from scorelab.util.speed import check_switches
 
 log = logging.getLogger("scorelab")
 
@@ -124,6 +125,10 @@ def check_training_config(cfg: DictConfig) -> None:
     [0, 1) fail now rather than in the first training step)."""
     check_config_values(cfg, TRAIN_RULES)
     check_path_choice()
+    try:                  # the switches' values (their "auto" is resolved with the Trainer)
+        check_switches(cfg.get("speed") or {}, gpu=False)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     trainer = cfg.get("trainer") or {}
     if trainer.get("max_steps", -1) == -1 and trainer.get("max_epochs", None) == -1:
         raise ConfigError("trainer.max_steps=-1 with trainer.max_epochs=-1 never stops; "

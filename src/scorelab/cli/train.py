@@ -44,7 +44,7 @@ from scorelab.cli.sample import draw_samples
 from scorelab.util.errors import ConfigError, Interrupted
 from scorelab.guidance.predictions import describe
 from scorelab.latent.space import latent_summary
-from scorelab.util.speed import apply_speed, check_switches, resolve_precision, uses_gpu
+from scorelab.util.speed import apply_speed, resolve_precision, uses_gpu
 from scorelab.cli.summarize import job_status
 from scorelab.util.visualize import save_samples
 
@@ -268,7 +268,6 @@ def _apply_speed(cfg, module, trainer_args) -> dict:
     speed = cfg.get("speed") or {}
     gpu = uses_gpu(trainer_args.get("accelerator", "auto"))
     try:
-        check_switches(speed, gpu)
         return apply_speed(getattr(module.model, "backbone", module.model),
                            speed.get("compile", "auto"), speed.get("channels_last", "auto"),
                            gpu=gpu)
