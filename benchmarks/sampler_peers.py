@@ -130,10 +130,12 @@ class Peer:
         predict = module.guided_prediction_fn(None)
         scheduler = self.make()
         scheduler.set_timesteps(steps)
-        x = x * scheduler.init_noise_sigma
+        # the flow-matching schedulers start at unit scale and take the input unscaled
+        x = x * getattr(scheduler, "init_noise_sigma", 1.0)
+        scale = getattr(scheduler, "scale_model_input", lambda x, step: x)
         nfe = 0
         for step in scheduler.timesteps:
-            x_in = scheduler.scale_model_input(x, step)
+            x_in = scale(x, step)
             t = torch.full((n,), float(self.t_of(float(step))))
             pred = predict(x_in, t)
             out = pred.velocity if self.flow else pred.v

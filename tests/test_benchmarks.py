@@ -39,11 +39,13 @@ def test_sampler_peers_and_optimize_grid_run_on_a_tiny_flow_model(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks/sampler_peers.py"), str(ckpt), "--nfe", "4",
          "--n", "20", "--batch", "10", "--seeds", "0", "1", "--samplers", "unipc:order=2",
-         "edm", "--peers", "unipc", "--peer-shifts", "3", "--out", str(tmp_path / "peers")],
+         "edm", "--peers", "unipc", "euler", "--peer-shifts", "3", "--out",
+         str(tmp_path / "peers")],
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = (tmp_path / "peers.md").read_text()
     assert "unipc[order=2]" in table and "diffusers unipc[shift=3]" in table
+    assert "diffusers euler[shift=3]" in table
     assert re.search(r"NFE 4: best scorelab .* best peer .*: (ahead|tie|behind)", proc.stdout)
     grid = tmp_path / "grid.json"
     proc = subprocess.run(
