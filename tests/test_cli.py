@@ -180,8 +180,9 @@ def test_existing_run_is_never_overwritten_and_resume_continues(trained):
     assert resumed["steps"] == 70
 
 
-# refused by Hydra while composing (unknown group option or key) or, for the contrast, a
-# valid combination: through the real command line
+# through the real command line: refused by Hydra while composing (an unknown group option
+# or key), by one of scorelab's checks (the path every check below takes to the user), or,
+# for the contrast, a valid combination
 @pytest.mark.parametrize("overrides,needle", [
     (["sde=foo"], "Could not find 'sde/foo'"),
     (["path.beta_mn=0.2"], "beta_mn"),
