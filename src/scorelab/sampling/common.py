@@ -44,3 +44,14 @@ def reporting_evaluations(model, callback):
         evaluated()
         return out
     return counted
+
+
+def heun_corrections(start_levels: Tensor, end_levels: Tensor, max_ratio: float) -> list[bool]:
+    """Which steps take Heun's correction: those that shrink the noise level sigma / alpha by
+    at most ``max_ratio`` and do not end at level 0. The correction evaluates the model at the
+    step's end, where a network's error in x0_hat enters the slope divided by that level:
+    after a step from level s to s' << s the trapezoid multiplies it by ~s / s' (EDM's Heun
+    at 2 steps on a flow model: 1 -> 0.001, FID 875 with the correction, 23 without), so
+    larger steps stay Euler's (Karras et al. 2022, Alg. 2, already skips the step to 0)."""
+    return ((end_levels > 0) & (start_levels <= max_ratio * end_levels)).tolist()
+

@@ -12,13 +12,10 @@ slopes by the infinite step), without churn; the later steps are EDM's.
 
 Heun's correction only where the step shrinks the level by at most ``max_ratio`` (s_hat /
 s_next <= 4 by default; a step to level 0, ``final="zero"``, never: Alg. 2's last step);
-larger steps are Euler's. The correction evaluates the model at the step's end, and a network
-without EDM's preconditioning (c_out -> 0 as s -> 0) answers the Euler step's off-manifold
-point there with eps_hat ~ (x - x0_hat) / s_next: the trapezoid then multiplies the
-network's error by s_hat / s_next. At few steps that ratio reaches 20-1000 (2 steps on the
-flow default: levels 1 -> 0.001, FID 875 with the correction, 23 without). At 18 steps no
-step of the VP, VE or flow grids exceeds 4, so the rule changes nothing there; on sub-VP,
-whose last levels fall fastest, the last two steps become Euler's.
+larger steps are Euler's (``common.heun_corrections`` says why: 2 steps on the flow default
+gave FID 875 with the correction, 23 without). At 18 steps no step of the VP, VE or flow
+grids exceeds 4, so the rule changes nothing there; on sub-VP, whose last levels fall
+fastest, the last two steps become Euler's.
 """
 
 from __future__ import annotations
@@ -28,7 +25,7 @@ import math
 import torch
 
 from scorelab.util.checks import number
-from scorelab.sampling.common import after_step, randn_like
+from scorelab.sampling.common import after_step, heun_corrections, randn_like
 from scorelab.sampling.registry import register
 
 
@@ -58,8 +55,7 @@ def edm_heun(model, path, x, ts, *, generator=None, callback=None, s_churn: floa
 
     y = x / alphas[0]
     infinite = (~torch.isfinite(levels)).tolist()      # once, not a host sync per step
-    # Heun's correction where the step shrinks the level by at most max_ratio (never to 0)
-    heun = ((levels[1:] > 0) & (hat <= max_ratio * levels[1:])).tolist()
+    heun = heun_corrections(hat, levels[1:], max_ratio)
     nfe = 0
     for i in range(n):
         if infinite[i]:
