@@ -8,12 +8,13 @@ A scorelab spec is ``name[:key=value,...]`` (``unipc:order=3,grid=logsnr``,
 ``dpm_solver:order=2,shift=3``); for each budget the script takes the most steps whose NFE
 fits it (EDM's Heun: 2 a step, 1 for a step from alpha = 0 or to t = 0) and skips a spec
 that cannot meet the budget exactly; a grid file (``grid=FILE`` from
-``scripts/optimize_grid.py``) offers only its own step counts. Peers are diffusers' schedulers on the same network:
-on the linear path ``euler`` (FlowMatchEulerDiscrete), ``heun`` (FlowMatchHeunDiscrete),
-``dpm2m`` and ``unipc`` (DPMSolverMultistep / UniPCMultistep with flow sigmas), each with
-the shifts ``--peer-shifts``; on a VP SDE the DDPM-discretised schedule of the model's own
-path (alphas_cumprod_k = alpha((k + 1) / N)^2, so timestep k is t = (k + 1) / N), with
-``euler`` and ``heun`` the k-diffusion-style Euler / Heun discrete schedulers.
+``scripts/optimize_grid.py``) offers only its own step counts. Peers are diffusers'
+schedulers on the same network: on the linear path ``euler`` (FlowMatchEulerDiscrete),
+``heun`` (FlowMatchHeunDiscrete), ``dpm2m`` and ``unipc`` (DPMSolverMultistep /
+UniPCMultistep with flow sigmas), each with the shifts ``--peer-shifts``; on a VP SDE the
+DDPM-discretised schedule of the model's own path (alphas_cumprod_k = alpha((k + 1) / N)^2,
+so timestep k is t = (k + 1) / N), with ``euler`` and ``heun`` the k-diffusion-style Euler /
+Heun discrete schedulers.
 
 Chunk k of every sampler, scorelab's and the peers', starts from the prior drawn by the
 generator seeded with (seed, k). FID uses the dataset's feature extractor against the whole
@@ -277,6 +278,7 @@ def main():
         Path(f"{args.out}.json").write_text(json.dumps(rows, indent=1, default=str))
         plot(rows, Path(f"{args.out}.png"))
         print(f"wrote {args.out}.md, .png and .json")
+
 
 if __name__ == "__main__":
     main()

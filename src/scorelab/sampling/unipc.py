@@ -13,12 +13,12 @@ D_k = (m_{i-k} - m_i) / r_k:
 
 with phi(h) = e^{-h} - 1 and (B a), (B c) solving R (B a) = g on the first p - 1 and all p
 conditions, R_{jk} = r_k^{j-1}, g_j = j! (-h) phi_{j+1}(-h) (the exponential integrator's
-phi functions: phi_1(z) = (e^z - 1)/z, phi_{k+1}(z) = (phi_k(z) - 1/k!)/z). The corrected x_{i+1} is the next step's
-start; its evaluation m_{i+1} is reused by the next predictor, so UniPC-p costs one NFE a
-step and has order p + 1 (UniP-p alone: order p). B(h) (``variant``) enters where the
-reference implementation takes the small-h value of a coefficient instead of solving: the
-order-2 predictor and the order-1 corrector use a = c = 1/2 with B(h) = -h ("bh1") or
-e^{-h} - 1 ("bh2", the default of diffusers' ``UniPCMultistepScheduler``).
+phi functions: phi_1(z) = (e^z - 1)/z, phi_{k+1}(z) = (phi_k(z) - 1/k!)/z). The corrected
+x_{i+1} is the next step's start; its evaluation m_{i+1} is reused by the next predictor, so
+UniPC-p costs one NFE a step and has order p + 1 (UniP-p alone: order p). B(h) (``variant``)
+enters where the reference implementation takes the small-h value of a coefficient instead
+of solving: the order-2 predictor and the order-1 corrector use a = c = 1/2 with B(h) = -h
+("bh1") or e^{-h} - 1 ("bh2", the default of diffusers' ``UniPCMultistepScheduler``).
 
 The first steps use the orders their history allows; ``lower_order_final`` lowers the order
 of the last steps to the steps left (for every step count, as diffusers' UniPC does). No
