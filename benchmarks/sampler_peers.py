@@ -1,8 +1,10 @@
-"""scorelab's training-free samplers against diffusers' schedulers on one checkpoint, at
-equal NFE, from the same initial noise: FID for every NFE budget, with its noise level.
+"""scorelab's training-free samplers against diffusers' schedulers and k-diffusion's samplers
+on one checkpoint, at equal NFE, from the same initial noise: FID for every NFE budget, with
+its noise level.
 
     python benchmarks/sampler_peers.py CKPT [--nfe 4 6 8 10 15 20] [--n 500] [--seeds 0 1]
-        [--samplers SPEC ...] [--peers NAME ...] [--out docs/sampler_peers_<model>]
+        [--samplers SPEC ...] [--peers NAME ...] [--kd-peers NAME ...]
+        [--out docs/sampler_peers_<model>]
 
 A scorelab spec is ``name[:key=value,...]`` (``unipc:order=3,grid=logsnr``,
 ``dpm_solver:order=2,shift=3``); for each budget the script takes the most steps whose NFE
@@ -14,7 +16,13 @@ schedulers on the same network: on the linear path ``euler`` (FlowMatchEulerDisc
 UniPCMultistep with flow sigmas), each with the shifts ``--peer-shifts``; on a VP SDE the
 DDPM-discretised schedule of the model's own path (alphas_cumprod_k = alpha((k + 1) / N)^2,
 so timestep k is t = (k + 1) / N), with ``euler`` and ``heun`` the k-diffusion-style Euler /
-Heun discrete schedulers.
+Heun discrete schedulers. On a VP or VE SDE the k-diffusion peers ``--kd-peers`` (default:
+all of ``KD_PEERS`` when k-diffusion is installed) run k-diffusion's own samplers on its Karras
+sigmas (rho 7) between the path's sigma/alpha at T and at eps, on the network as a denoiser
+D(x / alpha, sigma / alpha) = x0_hat, the continuous t found from sigma by the path's log-SNR
+inverse (``ve_denoiser``); their noise comes from the same generator. k-diffusion's package ``__init__`` imports
+its whole training stack (clip, wandb, kornia, ... some pinned to numpy < 2), so the script
+loads only its sampling module: ``pip install --no-deps k-diffusion torchsde trampoline``.
 
 Chunk k of every sampler, scorelab's and the peers', starts from the prior drawn by the
 generator seeded with (seed, k). FID uses the dataset's feature extractor against the whole
@@ -27,6 +35,7 @@ table can be built over several invocations.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 import time
@@ -41,7 +50,8 @@ from sampler_gap import features_and_reference, parse_options  # noqa: E402  (on
 from scorelab.cli.build import LoadedCheckpoint, sampler_settings  # noqa: E402
 from scorelab.metrics.evaluation import sample_features, sample_metrics  # noqa: E402
 from scorelab.paths.interpolants import LinearPath  # noqa: E402
-from scorelab.paths.sde import VPSDE  # noqa: E402
+from scorelab.models.prediction import Prediction  # noqa: E402
+from scorelab.paths.sde import VESDE, VPSDE  # noqa: E402
 from scorelab.sampling import steps_for_nfe  # noqa: E402
 from scorelab.sampling.grids import is_grid_file  # noqa: E402
 
@@ -51,6 +61,12 @@ SAMPLERS = ["ode:method=euler", "ode:method=heun", "edm", "dpm_solver:order=2",
             "unipc:order=2,grid=uniform,shift=3", "unipc:order=3,final=zero",
             "dpm_solver:order=2,grid=uniform,shift=3"]
 PEERS = ["euler", "heun", "dpm2m", "unipc"]
+KD_PEERS = ["euler", "heun", "lms", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde"]
+PEER_LIBRARIES = ("diffusers", "k-diffusion")
+
+
+def is_peer(name: str) -> bool:
+    return name.startswith(PEER_LIBRARIES)
 
 
 def parse_spec(spec: str) -> dict:
@@ -118,6 +134,7 @@ class Peer:
         return len(scheduler.timesteps)
 
     def steps_for(self, budget: int):
+        """The most steps whose NFE is exactly ``budget`` (None: no step count hits it)."""
         best = None
         for steps in range(1, budget + 1):
             if self.nfe(steps) == budget:
@@ -143,6 +160,87 @@ class Peer:
             x = scheduler.step(out, step, x).prev_sample
             nfe += 1
         return x, nfe
+
+
+def kdiffusion_sampling():
+    """k-diffusion's ``sampling`` module without running its package ``__init__``, or None
+    when k-diffusion is not installed."""
+    import importlib
+    import importlib.util
+    import types
+
+    if "k_diffusion.sampling" in sys.modules:
+        return sys.modules["k_diffusion.sampling"]
+    spec = importlib.util.find_spec("k_diffusion")      # finds, does not import
+    if spec is None:
+        return None
+    package = types.ModuleType("k_diffusion")
+    package.__path__ = list(spec.submodule_search_locations)
+    sys.modules["k_diffusion"] = package
+    return importlib.import_module("k_diffusion.sampling")
+
+
+def ve_denoiser(path, predict):
+    """k-diffusion's D(x, sigma) from a scorelab prediction on ``path``: x = x_t / alpha_t is
+    the VE-scaled state at sigma = sigma_t / alpha_t, so D(x, sigma) = x0_hat(alpha_t x, t)
+    with t from the path's inverse of log(alpha / sigma) = -log sigma."""
+    def denoise(x, sigma):
+        t = path.t_from_log_snr(-sigma.to(torch.float64).log()).to(x.dtype)
+        alpha = path.alpha_sigma(t)[0].reshape((-1,) + (1,) * (x.dim() - 1))
+        return predict(alpha * x, t).x0
+    return denoise
+
+
+class KDiffusionPeer:
+    """One of k-diffusion's samplers (``sample_<name>``) on the module's network (EMA)."""
+
+    def __init__(self, name: str, module, sampling):
+        self.name, self.module, self.path, self.K = name, module, module.model.path, sampling
+        self.fn = getattr(sampling, f"sample_{name}", None)
+        if self.fn is None:
+            raise SystemExit(f"k-diffusion has no sampler sample_{name}; --kd-peers takes "
+                             f"{', '.join(KD_PEERS)} or any other sample_* name")
+        if not isinstance(self.path, (VPSDE, VESDE)):
+            raise SystemExit(f"k-diffusion's samplers are compared on VP and VE SDEs, not on "
+                             f"{type(self.path).__name__}: --kd-peers with no names")
+        self.label = f"k-diffusion {name}[karras]"
+        ends = torch.tensor([self.path.T, self.path.sampling_eps], dtype=torch.float64)
+        alpha, sigma = self.path.alpha_sigma(ends)
+        self.sigma_max, self.sigma_min = (sigma / alpha).tolist()
+        self.alpha_T = float(alpha[0])
+        self.stochastic = "noise_sampler" in inspect.signature(self.fn).parameters
+
+    def run(self, predict, x, steps: int, generator) -> tuple[torch.Tensor, int]:
+        sigmas = self.K.get_sigmas_karras(steps, self.sigma_min, self.sigma_max, rho=7.0)
+        nfe = 0
+        denoise = ve_denoiser(self.path, predict)
+
+        def counted(x, sigma):
+            nonlocal nfe
+            nfe += 1
+            return denoise(x, sigma)
+        extra = {}
+        if self.stochastic:
+            extra["noise_sampler"] = lambda s, s_next: torch.randn(x.shape, generator=generator,
+                                                                   dtype=x.dtype)
+        out = self.fn(counted, x / self.alpha_T, sigmas, disable=True, **extra)
+        return out, nfe
+
+    def nfe(self, steps: int) -> int:
+        path = self.path
+        x = path.prior_sampling((1, 1), generator=torch.Generator().manual_seed(0))
+        try:
+            return self.run(lambda y, t: Prediction.from_x0(path, y, t, torch.zeros_like(y)),
+                            x, steps, torch.Generator().manual_seed(0))[1]
+        except UnboundLocalError:   # k-diffusion's SDE samplers fail on a one-step schedule
+            return 0
+
+    steps_for = Peer.steps_for
+
+    @torch.no_grad()
+    def draw(self, steps: int, n: int, generator) -> tuple[torch.Tensor, int]:
+        x = self.path.prior_sampling((n,) + self.module.data_shape, generator=generator)
+        return self.run(self.module.guided_prediction_fn(None), x, steps, generator)
 
 
 def fid_rows(loaded, runs, n, batch, seeds, extractor, reference):
@@ -200,7 +298,7 @@ def plot(rows, file: Path) -> None:
     for name in dict.fromkeys(r["sampler"] for r in rows):
         mine = sorted((r for r in rows if r["sampler"] == name), key=lambda r: r["nfe"])
         ax.plot([r["nfe"] for r in mine], [r["fid"] for r in mine], marker="o",
-                linestyle="--" if name.startswith("diffusers") else "-", label=name)
+                linestyle="--" if is_peer(name) else "-", label=name)
     ax.set_xlabel("NFE")
     ax.set_ylabel("FID")
     ax.set_yscale("log")
@@ -218,6 +316,9 @@ def main():
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--samplers", nargs="*", default=SAMPLERS)
     p.add_argument("--peers", nargs="*", default=PEERS)
+    p.add_argument("--kd-peers", nargs="*", default=None,
+                   help="k-diffusion samplers on a VP / VE SDE (default: KD_PEERS when "
+                        "k-diffusion is installed, none otherwise)")
     p.add_argument("--peer-shifts", type=float, nargs="+", default=[1.0, 3.0],
                    help="flow_shift of the peers on a flow path")
     p.add_argument("--out", type=Path, default=None, help="stem of OUT.md / .png / .json")
@@ -258,6 +359,25 @@ def main():
                     runs.append((peer.label, budget, {"scheduler": name, "steps": steps,
                                                       "shift": shift},
                                  lambda m, g, peer=peer, steps=steps: peer.draw(steps, m, g)))
+    sampling = kdiffusion_sampling()
+    kd_peers = args.kd_peers
+    if kd_peers is None:
+        kd_peers = KD_PEERS if sampling and isinstance(path, (VPSDE, VESDE)) else []
+        if not kd_peers:
+            print("k-diffusion's peers: " + ("not installed (pip install --no-deps "
+                  "k-diffusion torchsde trampoline)" if sampling is None else
+                  f"none on {type(path).__name__}"), flush=True)
+    elif kd_peers and sampling is None:
+        p.error("--kd-peers needs k-diffusion: pip install --no-deps k-diffusion torchsde "
+                "trampoline")
+    for name in kd_peers:
+        peer = KDiffusionPeer(name, module, sampling)
+        for budget in args.nfe:
+            steps = peer.steps_for(budget)
+            if steps is not None:
+                runs.append((peer.label, budget, {"k-diffusion": name, "steps": steps,
+                                                  "sigmas": "karras", "rho": 7.0},
+                             lambda m, g, peer=peer, steps=steps: peer.draw(steps, m, g)))
     rows = fid_rows(loaded, runs, args.n, args.batch, args.seeds, extractor, reference)
     if args.merge and Path(f"{args.out}.json").exists():
         rows = merge(json.loads(Path(f"{args.out}.json").read_text()), rows)
@@ -265,9 +385,9 @@ def main():
     print(table(rows, budgets))
     for b in budgets:
         mine = [r for r in rows if r["nfe_budget"] == b]
-        ours = min((r for r in mine if not r["sampler"].startswith("diffusers")),
+        ours = min((r for r in mine if not is_peer(r["sampler"])),
                    key=lambda r: r["fid"], default=None)
-        peer = min((r for r in mine if r["sampler"].startswith("diffusers")),
+        peer = min((r for r in mine if is_peer(r["sampler"])),
                    key=lambda r: r["fid"], default=None)
         if ours and peer:
             print(f"NFE {b}: best scorelab {ours['sampler']} {ours['fid']:.2f}, best peer "

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import ROOT, run
 
@@ -90,3 +91,25 @@ def test_sampler_peers_merges_rows_labels_grid_files_and_calls_ties_by_the_noise
     assert verdict(row(5.0, 0.1), row(5.15, 0.1)) == "tie"
     assert verdict(row(5.0, 0.1), row(5.3, 0.1)) == "ahead"
     assert verdict(row(5.3, 0.1), row(5.0, 0.1)) == "behind"
+
+
+@pytest.mark.parametrize("path_name", ["vp", "ve"])
+def test_kdiffusion_peers_see_the_network_as_the_exact_ve_denoiser(path_name):
+    """k-diffusion's samplers run in VE coordinates (x / alpha, sigma / alpha): wrapped by
+    ``ve_denoiser``, the mixture's exact prediction on a VP or VE path is the mixture's own
+    denoiser at alpha = 1, sigma / alpha (a closed form independent of the path)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from sampler_peers import is_peer, ve_denoiser
+
+    from scorelab.models.mixture import GaussianMixture
+    from scorelab.paths.sde import VESDE, VPSDE
+
+    path = VPSDE() if path_name == "vp" else VESDE()
+    mixture = GaussianMixture.ring(dim=2, n_components=4)
+    denoise = ve_denoiser(path, mixture.prediction_fn(path))
+    sigma = torch.tensor([0.02, 0.3, 1.0, 5.0, 40.0])
+    x = torch.randn(5, 2, generator=torch.Generator().manual_seed(0)) * (1 + sigma[:, None])
+    want = mixture.noised_denoiser(x, torch.ones(5), sigma)
+    torch.testing.assert_close(denoise(x, sigma), want, rtol=1e-4, atol=1e-5)
+    assert is_peer("k-diffusion dpmpp_2m[karras]") and is_peer("diffusers unipc")
+    assert not is_peer("unipc[order=2]")

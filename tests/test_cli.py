@@ -56,10 +56,10 @@ def test_sample_writes_grid_and_npz(trained):
     # default: the checkpoint's own sampler (pc, Euler–Maruyama), only the steps overridden
     out2 = trained / "sample_ckpt_sampler"
     run("sample.py", f"ckpt={trained / 'train/checkpoints/last.ckpt'}", "num_samples=4",
-        "sampler.steps=7", f"hydra.run.dir={out2}", cwd=trained)
+        "sampler.steps=11", f"hydra.run.dir={out2}", cwd=trained)
     info = json.loads((out2 / "sampling.json").read_text())
-    assert info["sampler"]["name"] == "pc" and info["sampler"]["steps"] == 7
-    assert info["nfe_per_sample"] == 8
+    assert info["sampler"]["name"] == "pc" and info["sampler"]["steps"] == 11
+    assert info["nfe_per_sample"] == 12
 
 
 EVAL = ["metrics=[fid,is,kid,prdc,bpd]", "metrics.bpd.num_examples=5", "metrics.bpd.chunk=2",

@@ -78,7 +78,8 @@ def test_default_sampler_runs_controlled_generation_on_every_path(path):
 
 
 @pytest.mark.parametrize("sampler,options", [("ode", {"method": "rk45"}), ("edm", {}),
-                                             ("pc", {"corrector": "langevin"})])
+                                             ("pc", {"predictor": "ancestral",
+                                                     "corrector": "langevin"})])
 def test_sampling_progress_counts_evaluations(sampler, options):
     """The bar moves by one per model evaluation (the adaptive solver's NFE, not its one
     grid step); after the batches its total is the NFE they took."""

@@ -21,7 +21,7 @@ from torch import Tensor
 from scorelab.sampling import ddim, dpm_solver, edm, ode_solvers, pc, unipc  # noqa: F401
 from scorelab.sampling.grids import GRIDS, make_grid
 from scorelab.models.prediction import Prediction, as_prediction_fn
-from scorelab.sampling.common import reporting_evaluations
+from scorelab.sampling.common import TooFewSteps, reporting_evaluations
 from scorelab.sampling.registry import (COMMON_OPTIONS, DEFAULT_GRIDS, DEFAULT_SAMPLER, SAMPLERS,
                                         check_options, check_path, get_sampler, sampler_options)
 
@@ -85,8 +85,7 @@ def prepare(model, path, shape, sampler: str, steps: int, generator=None, x_init
         if device is None and generator is not None:
             device = generator.device
         x = path.prior_sampling(shape, generator=generator, device=device)
-    ts = time_grid(sampler, path, steps, grid, rho, eps, x.device, shift, final)
-    check_path(sampler, options, path, ts)
+    ts = checked_grid(sampler, path, steps, options, grid, rho, eps, x.device, shift, final)
     return fn, reporting_evaluations(as_prediction_fn(model, path), callback), x, ts
 
 
@@ -100,6 +99,25 @@ def time_grid(sampler: str, path, steps: int, grid: str | None = None, rho: floa
                      shift=shift, final=final)
 
 
+def checked_grid(sampler: str, path, steps: int, options: dict, grid=None, rho: float = 7.0,
+                 eps=None, device=None, shift: float = 1.0, final: str = "eps") -> Tensor:
+    """``time_grid``, after ``check_path`` on it; a step count too small for a fixed-step
+    sampler (``TooFewSteps``) is refused with the fewest sane count of the same grid."""
+    ts = time_grid(sampler, path, steps, grid, rho, eps, device, shift, final)
+    try:
+        check_path(sampler, options, path, ts)
+    except TooFewSteps as e:
+        for more in range(steps + 1, 4 * steps + 100):
+            try:
+                check_path(sampler, options, path,
+                           time_grid(sampler, path, more, grid, rho, eps, device, shift, final))
+            except ValueError:      # still too few, or a grid file without this count
+                continue
+            raise TooFewSteps(f"{e}; use sampler.steps>={more} on this grid") from None
+        raise
+    return ts
+
+
 def check_sampler(path, name: str, steps: int, grid: str | None = None, rho: float = 7.0,
                   eps: float | None = None, shift: float = 1.0, final: str = "eps",
                   **options) -> None:
@@ -108,8 +126,7 @@ def check_sampler(path, name: str, steps: int, grid: str | None = None, rho: flo
     without a model (start-up)."""
     check_options(name, {"steps": steps, "grid": grid, "rho": rho, "eps": eps,
                          "shift": shift, "final": final, **options})
-    check_path(name, options, path, time_grid(name, path, steps, grid, rho, eps, None, shift,
-                                              final))
+    checked_grid(name, path, steps, options, grid, rho, eps, None, shift, final)
 
 
 def nfe_of(path, sampler: str, steps: int, **options) -> int:

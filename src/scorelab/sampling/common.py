@@ -55,3 +55,58 @@ def heun_corrections(start_levels: Tensor, end_levels: Tensor, max_ratio: float)
     larger steps stay Euler's (Karras et al. 2022, Alg. 2, already skips the step to 0)."""
     return ((end_levels > 0) & (start_levels <= max_ratio * end_levels)).tolist()
 
+
+
+class TooFewSteps(ValueError):
+    """A fixed-step sampler leaves the prior's noise in the sample on this grid
+    (``leftover_noise``); the sampling entry points add the fewest sane step count of the
+    same grid to the message."""
+
+
+def euler_stiffness(path, ts: Tensor, g2: Tensor | None = None) -> Tensor:
+    """z_i = k(t_i) (t_i - t_{i+1}) of each explicit step of the PF-ODE (``g2`` None) or of
+    the reverse SDE dx = [u - g~^2 s / 2] dt + g~ dW (``g2`` = g~^2 on the grid).
+
+    On a direction the data does not vary in (a pixel that is always black), the exact
+    prediction is eps_hat = (x - alpha c) / sigma, so the drift's slope there is
+    k = sigma' / sigma + g~^2 / (2 sigma^2), the stiffest the field gets. An Euler step
+    multiplies a deviation along it by 1 - z where the exact flow multiplies it by
+    sigma(t_{i+1}) / sigma(t_i) < 1: for z > 2 it grows (explicit Euler's stability limit on
+    the real axis; Heun's 1 - z + z^2 / 2 has the same limit). On VE, k = log(sigma_max /
+    sigma_min) ~ 8.5 on the ODE and twice that on the reverse SDE."""
+    ts = ts.to(torch.float64)
+    _, sigma = path.alpha_sigma(ts[:-1])
+    _, d_sigma = path.derivatives(ts[:-1])
+    k = d_sigma / sigma
+    if g2 is not None:
+        k = k + g2.to(torch.float64)[:-1] / (2 * sigma * sigma)
+    return k * (ts[:-1] - ts[1:])
+
+
+def leftover_noise(path, ts: Tensor, g2: Tensor | None = None) -> float:
+    """Std, in data units, of what explicit steps in t (``euler_stiffness``) leave of the
+    prior's noise along a direction the data does not vary in, with the exact prediction:
+    the prior's sigma(T) and, on the reverse SDE, each step's injected g~^2 dt, times the
+    factors (1 - z) of the steps after it, divided by the final alpha. The exact flow leaves
+    sigma(eps) / alpha(eps); 1 or more is noise as large as the data."""
+    z = euler_stiffness(path, ts, g2)
+    alpha, sigma = path.alpha_sigma(ts.to(torch.float64))
+    dts = ts.to(torch.float64)[:-1] - ts.to(torch.float64)[1:]
+    var = sigma[0] ** 2
+    for i in range(len(z)):
+        var = var * (1 - z[i]) ** 2 + (0 if g2 is None else g2[i].double() * dts[i])
+    return float(var.sqrt() / alpha[-1])
+
+
+def check_leftover_noise(what: str, path, ts: Tensor, g2: Tensor | None = None) -> None:
+    """Raise ``TooFewSteps`` when ``leftover_noise`` is 1 or more (a count that leaves the
+    prior's noise in the sample), naming the stiffest step."""
+    left = leftover_noise(path, ts, g2)
+    if left >= 0.5:
+        z = euler_stiffness(path, ts, g2)
+        i = int(z.argmax())
+        raise TooFewSteps(f"{what} with {len(ts) - 1} steps leaves noise of std {left:.3g} (in "
+                          f"data units) where the data does not vary: its explicit steps in t "
+                          f"shrink the noise by |1 - k dt| a step, not by the exact ratio "
+                          f"(k dt = {float(z[i]):.3g} at step {i + 1}, t {float(ts[i]):.4g} -> "
+                          f"{float(ts[i + 1]):.4g}; past 2 it grows)")

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from scorelab.util.checks import number, one_of
-from scorelab.sampling.common import after_step, heun_corrections, per_sample_times
+from scorelab.sampling.common import (after_step, check_leftover_noise, heun_corrections,
+                                      per_sample_times)
 from scorelab.sampling.registry import register
 
 METHODS = ("rk45", "euler", "heun")
@@ -95,7 +96,15 @@ def solve_ode(fn, x, t0: float, t1: float, rtol: float, atol: float,
     return SOLVERS[solver](fn, x, float(t0), float(t1), rtol, atol)
 
 
-@register("ode", grid="uniform",
+def _check_ode_path(options, path, ts):
+    """Fixed steps (euler, heun) that do not leave the prior's noise in the sample
+    (``leftover_noise``: on VE below 6 uniform steps; VP, sub-VP and the linear path at any
+    count)."""
+    if options["method"] != "rk45":
+        check_leftover_noise(f"sampler ode (method={options['method']})", path, ts)
+
+
+@register("ode", grid="uniform", path_check=_check_ode_path,
           rules={"method": one_of(METHODS, "method"), "solver": one_of(SOLVERS, "solver"),
                  "rtol": number(0, lo_open=True), "atol": number(0, lo_open=True),
                  "max_ratio": number(1)})

@@ -34,7 +34,8 @@ from __future__ import annotations
 import torch
 
 from scorelab.util.checks import boolean, integer, number, one_of
-from scorelab.sampling.common import after_step, per_sample_times, randn_like, tweedie_denoise
+from scorelab.sampling.common import (after_step, check_leftover_noise, per_sample_times,
+                                      randn_like, tweedie_denoise)
 from scorelab.sampling.registry import register
 from scorelab.paths.sde import batch_broadcast, transition_kernel
 
@@ -146,17 +147,21 @@ def _check_pc(options):
 
 
 def _check_pc_path(options, path, ts):
-    """What the path must allow: finite g~ on the grid; reverse_diffusion needs alpha > 0."""
+    """What the path must allow: finite g~ on the grid; reverse_diffusion needs alpha > 0;
+    Euler–Maruyama steps that do not leave the prior's noise in the sample
+    (``leftover_noise``; reverse_diffusion and ancestral steps shrink it at any step size)."""
     predictor = options.get("predictor", "euler_maruyama")
     if predictor == "reverse_diffusion" and path.alpha_vanishes:
         raise ValueError("sampler predictor=reverse_diffusion needs alpha(T) > 0 (its step "
                          "divides by alpha); on this path use predictor=ancestral, or "
                          "euler_maruyama with diffusion=sigma")
     if predictor == "euler_maruyama":
-        g2 = reverse_diffusion_g2(path, ts, options.get("diffusion", "sde"))
+        g2 = reverse_diffusion_g2(path, ts, options.get("diffusion", "sde"),
+                                  options.get("diffusion_scale", 1.0))
         if not torch.isfinite(g2[:-1]).all():
             raise ValueError("sampler diffusion=sde: the path's g(t) is infinite at t = T "
                              "(alpha(T) = 0); use diffusion=sigma or constant")
+        check_leftover_noise("sampler pc (predictor=euler_maruyama)", path, ts, g2)
 
 
 @register("pc", grid="uniform", combined=_check_pc, path_check=_check_pc_path,
@@ -172,7 +177,8 @@ def predictor_corrector(model, path, x, ts, *, generator=None, callback=None,
     """Alg. 1 of Score SDE: at each grid time a corrector then a predictor step.
     ``denoise``: finish with the noise-free Tweedie step x0_hat(x, eps) (+1 NFE).
     ``diffusion``, ``diffusion_scale``: g~^2 of the euler_maruyama predictor."""
-    _check_pc_path(dict(predictor=predictor, diffusion=diffusion), path, ts)
+    _check_pc_path(dict(predictor=predictor, diffusion=diffusion,
+                        diffusion_scale=diffusion_scale), path, ts)
     predict, correct = PREDICTORS[predictor], CORRECTORS[corrector]
     ctx = _Context(model, path, x, ts, generator, snr, n_steps, diffusion, diffusion_scale)
     nfe = 0
