@@ -20,9 +20,10 @@ Heun discrete schedulers. On a VP or VE SDE the k-diffusion peers ``--kd-peers``
 all of ``KD_PEERS`` when k-diffusion is installed) run k-diffusion's own samplers on its Karras
 sigmas (rho 7) between the path's sigma/alpha at T and at eps, on the network as a denoiser
 D(x / alpha, sigma / alpha) = x0_hat, the continuous t found from sigma by the path's log-SNR
-inverse (``ve_denoiser``); their noise comes from the same generator. k-diffusion's package ``__init__`` imports
-its whole training stack (clip, wandb, kornia, ... some pinned to numpy < 2), so the script
-loads only its sampling module: ``pip install --no-deps k-diffusion torchsde trampoline``.
+inverse (``ve_denoiser``); their noise comes from the same generator. k-diffusion's package
+``__init__`` imports its whole training stack (clip, wandb, kornia, ... some pinned to
+numpy < 2), so the script loads only its sampling module: ``pip install --no-deps k-diffusion
+torchsde trampoline``.
 
 Chunk k of every sampler, scorelab's and the peers', starts from the prior drawn by the
 generator seeded with (seed, k). FID uses the dataset's feature extractor against the whole

@@ -1,0 +1,79 @@
+"""Text conditioning's building blocks: the word tokenizer, the text encoder and
+cross-attention (masking, batching, the identity at initialisation)."""
+
+import pytest
+import torch
+
+from scorelab.models.text import (PAD, START, UNKNOWN, TextEncoder, WordTokenizer,
+                                  null_captions)
+from scorelab.nets.attention import CrossAttention, masked_mean
+
+CAPTIONS = ["a 3 on the left and a 7 on the right", "seven right, three left",
+            "the left digit is 4, the right one 9"]
+
+
+def test_tokenizer_builds_its_vocabulary_counts_unknown_words_and_cuts_to_the_context():
+    tok = WordTokenizer.from_captions(CAPTIONS, context=8)
+    assert tok.vocab == sorted(tok.vocab) and "seven" in tok.vocab and "," not in tok.vocab
+    ids, unknown, cut = tok.encode(["Seven right, three LEFT!", "a 5 on the left", ""])
+    assert ids.shape == (3, 8) and (ids[:, 0] == START).all()
+    assert tok.decode(ids[0]) == "seven right three left"
+    assert ids[1, 2] == UNKNOWN and unknown == 1 and cut == 0       # "5" is not in CAPTIONS
+    assert torch.equal(ids[2], null_captions(1, 8)[0])              # the empty caption
+    long, _, cut = tok.encode(["a 3 on the left and a 7 on the right"])
+    assert cut == 1 and (long != PAD).sum() == 8
+    again = WordTokenizer.from_state_dict(tok.state_dict())
+    assert torch.equal(again.encode(CAPTIONS)[0], tok.encode(CAPTIONS)[0])
+    with pytest.raises(ValueError, match="context must be at least 2"):
+        WordTokenizer(["a"], context=1)
+
+
+def test_text_encoder_ignores_padding_and_encodes_a_batch_as_one_by_one():
+    torch.manual_seed(0)
+    tok = WordTokenizer.from_captions(CAPTIONS, context=12)
+    enc = TextEncoder(len(tok), context=12, dim=32, depth=2, heads=4).eval()
+    ids, _, _ = tok.encode(CAPTIONS)
+    tokens, mask, pooled = enc(ids)
+    assert tokens.shape == (3, 12, 32) and torch.equal(mask, ids != PAD)
+    # other ids under the mask: the real tokens and the pooled vector do not move
+    noisy = torch.where(mask, ids, torch.randint(3, len(tok), ids.shape))
+    tokens2, _, pooled2 = enc(noisy, mask)
+    torch.testing.assert_close(tokens2[mask], tokens[mask])
+    torch.testing.assert_close(pooled2, pooled)
+    for i, caption in enumerate(CAPTIONS):
+        one = enc(tok.encode([caption])[0])
+        torch.testing.assert_close(one[0][0][mask[i]], tokens[i][mask[i]], rtol=1e-5,
+                                   atol=1e-5)
+        torch.testing.assert_close(one[2][0], pooled[i], rtol=1e-5, atol=1e-5)
+    # one word changed: the encoding changes
+    other = enc(tok.encode(["seven right, seven left"])[0])[2]
+    assert (other - pooled[1]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="its context is 12"):
+        enc(ids[:, :8])
+
+
+@pytest.mark.parametrize("image", [False, True])
+def test_cross_attention_starts_as_the_identity_and_never_sees_masked_tokens(image):
+    torch.manual_seed(0)
+    block = CrossAttention(16, 8, heads=4, norm="group" if image else "layer")
+    h = torch.randn(3, 16, 4, 4) if image else torch.randn(3, 5, 16)
+    context = torch.randn(3, 6, 8)
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 0, 0, 0, 0, 0], [1] * 6]).bool()
+    torch.testing.assert_close(block(h, context, mask), h)     # zero-initialised output
+    torch.nn.init.normal_(block.out.weight)
+    out = block(h, context, mask)
+    assert (out - h).abs().max() > 1e-3
+    masked_changed = torch.where(mask[..., None], context, torch.randn(3, 6, 8) * 100)
+    torch.testing.assert_close(block(h, masked_changed, mask), out)
+    real_changed = context.clone()
+    real_changed[1, 0] += 1
+    assert (block(h, real_changed, mask)[1] - out[1]).abs().max() > 1e-4
+    for i in range(3):      # one row at a time, as in the batch
+        torch.testing.assert_close(block(h[i:i + 1], context[i:i + 1], mask[i:i + 1])[0],
+                                   out[i], rtol=1e-5, atol=1e-5)
+
+
+def test_masked_mean_averages_the_real_tokens():
+    tokens = torch.arange(12.0).reshape(1, 4, 3)
+    mask = torch.tensor([[True, False, True, False]])
+    torch.testing.assert_close(masked_mean(tokens, mask), (tokens[0, 0] + tokens[0, 2])[None] / 2)
