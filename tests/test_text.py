@@ -77,3 +77,62 @@ def test_masked_mean_averages_the_real_tokens():
     tokens = torch.arange(12.0).reshape(1, 4, 3)
     mask = torch.tensor([[True, False, True, False]])
     torch.testing.assert_close(masked_mean(tokens, mask), (tokens[0, 0] + tokens[0, 2])[None] / 2)
+
+
+def test_dit_with_text_starts_silent_then_reads_each_caption_as_in_a_batch():
+    """DiT with captions: at initialisation the text changes nothing (zero-initialised
+    cross-attention and pooled projection); once trained-like weights are in, a word
+    changes the output, y = None is the empty caption, and a batch of mixed-length
+    captions gives what each caption gives alone."""
+    from scorelab.nets.dit import DiT
+
+    torch.manual_seed(0)
+    tok = WordTokenizer.from_captions(CAPTIONS, context=12)
+    net = DiT((1, 8, 16), patch=4, hidden=32, depth=2, heads=4,
+              text=dict(vocab_size=len(tok), context=12, dim=16, depth=1, heads=2)).eval()
+    x, t = torch.randn(3, 1, 8, 16), torch.rand(3)
+    ids = tok.encode(CAPTIONS)[0]
+    silent = net(x, t, None)
+    torch.testing.assert_close(net(x, t, ids), silent)
+    for p in net.parameters():          # stand-in for training: every weight nonzero
+        torch.nn.init.normal_(p, std=0.05) if p.requires_grad else None
+    out = net(x, t, ids)
+    torch.testing.assert_close(net(x, t, null_captions(3, 12)), net(x, t, None))
+    changed = tok.encode(["seven right, seven left"])[0]
+    assert (net(x[1:2], t[1:2], changed) - out[1:2]).abs().max() > 1e-4
+    for i in range(3):
+        torch.testing.assert_close(net(x[i:i + 1], t[i:i + 1], ids[i:i + 1])[0], out[i],
+                                   rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="class labels or on text, not both"):
+        DiT((1, 8, 16), patch=4, hidden=32, depth=1, heads=4, num_classes=10,
+            text=dict(vocab_size=5, context=4, dim=8, depth=1, heads=2))
+
+
+def test_unet_with_text_cross_attends_where_asked_and_keeps_its_class_form():
+    """The UNet with captions: cross-attention at the chosen resolutions and in the middle,
+    silent at initialisation; a word changes the output once the weights are nonzero; a
+    batch equals its captions one by one. Without text its state_dict keys are those of
+    before (class-conditional checkpoints load unchanged)."""
+    from scorelab.nets.unet import UNet
+
+    torch.manual_seed(0)
+    tok = WordTokenizer.from_captions(CAPTIONS, context=12)
+    kw = dict(channels=8, channel_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,),
+              dropout=0.0)
+    net = UNet((1, 8, 8), text=dict(vocab_size=len(tok), context=12, dim=16, depth=1,
+                                    heads=2), cross_attention_resolutions=(8, 4), **kw).eval()
+    crosses = [m for m in net.modules() if isinstance(m, CrossAttention)]
+    assert len(crosses) == 1 + 2 + 1 + 1        # encoder 8 and 4, middle, decoder 4 and 8
+    x, t = torch.randn(3, 1, 8, 8), torch.rand(3)
+    ids = tok.encode(CAPTIONS)[0]
+    torch.testing.assert_close(net(x, t, ids), net(x, t, None))
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    out = net(x, t, ids)
+    changed = tok.encode(["seven right, seven left"])[0]
+    assert (net(x[1:2], t[1:2], changed) - out[1:2]).abs().max() > 1e-3
+    for i in range(3):
+        torch.testing.assert_close(net(x[i:i + 1], t[i:i + 1], ids[i:i + 1])[0], out[i],
+                                   rtol=1e-5, atol=1e-5)
+    plain = UNet((1, 8, 8), num_classes=10, **kw)
+    assert not any("cross" in k or "text" in k for k in plain.state_dict())

@@ -93,7 +93,7 @@ class TextEncoder(nn.Module):
     def __init__(self, vocab_size: int, context: int = 16, dim: int = 64, depth: int = 2,
                  heads: int = 4):
         super().__init__()
-        self.context = context
+        self.context, self.dim = context, dim
         self.token = nn.Embedding(vocab_size, dim)
         self.position = nn.Parameter(torch.randn(context, dim) * 0.02)
         layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, batch_first=True,

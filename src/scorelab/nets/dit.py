@@ -7,6 +7,11 @@
             h = h + gate2 * MLP(LN(h) * (1 + scale2) + shift2)
     out     = Linear(LN(h) * (1 + scale) + shift) -> unpatchify   (zero-init final layer)
 
+With ``text`` (a caption's token ids as y), a ``TextEncoder`` turns the ids into tokens and a
+pooled vector: each block cross-attends to the tokens after its self-attention (PixArt-alpha,
+Chen et al. 2023, Sec. 2.3) and the pooled vector joins c; both start at zero, so the text
+network starts as the unconditional one. y = None is the empty caption.
+
 The position embedding is the fixed 2-D sin-cos table (a frozen parameter, not trained).
 With ``learn_sigma`` the output has 2C channels (DiT's learned-variance interpolation
 v); ``ScoreModel`` hands the first C to the head. The network knows nothing of SDEs or heads.
@@ -18,7 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from scorelab.nets.layers import class_embedding, sinusoidal_embedding
+from scorelab.models.text import TextEncoder, null_captions
+from scorelab.nets.attention import CrossAttention
+from scorelab.nets.layers import class_embedding, sinusoidal_embedding, zero_init
 
 
 def sincos_2d(dim: int, h: int, w: int) -> Tensor:
@@ -58,19 +65,23 @@ class SelfAttention(nn.Module):
 
 
 class DiTBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, context_dim: int = 0):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = SelfAttention(dim, heads)
+        self.cross = CrossAttention(dim, context_dim, heads) if context_dim else None
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"),
                                  nn.Linear(hidden, dim))
         self.adaLN = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
-    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+    def forward(self, x: Tensor, c: Tensor, tokens: Tensor | None = None,
+                mask: Tensor | None = None) -> Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN(c).chunk(6, dim=1)
         x = x + gate1[:, None] * self.attn(modulate(self.norm1(x), shift1, scale1))
+        if self.cross is not None:
+            x = self.cross(x, tokens, mask)
         return x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
 
 
@@ -97,12 +108,16 @@ class DiT(nn.Module):
         num_classes: 0 for unconditional, else the number of classes (+1 null label).
         learn_sigma: output 2C channels (mean-side C first, then DiT's variance channels).
         freq_dim: width of the sinusoidal noise-label features.
+        text: ``TextEncoder`` options (vocab_size, context, dim, depth, heads) for captions
+            as y; None (default) for none.
     """
 
     def __init__(self, data_shape, patch: int = 2, hidden: int = 384, depth: int = 12,
                  heads: int = 6, mlp_ratio: float = 4.0, num_classes: int = 0,
-                 learn_sigma: bool = False, freq_dim: int = 256):
+                 learn_sigma: bool = False, freq_dim: int = 256, text: dict | None = None):
         super().__init__()
+        if text and num_classes:
+            raise ValueError("DiT conditions on class labels or on text, not both")
         if len(data_shape) != 3:
             raise ValueError(f"DiT needs image-like data shaped (C, H, W); got "
                              f"{tuple(data_shape)} (the MLP takes vector data)")
@@ -121,7 +136,11 @@ class DiT(nn.Module):
         self.t_embed = nn.Sequential(nn.Linear(freq_dim, hidden), nn.SiLU(),
                                      nn.Linear(hidden, hidden))
         self.y_embed = class_embedding(num_classes, hidden)
-        self.blocks = nn.ModuleList(DiTBlock(hidden, heads, mlp_ratio) for _ in range(depth))
+        self.text = TextEncoder(**text) if text else None
+        context_dim = self.text.dim if self.text is not None else 0
+        self.text_proj = nn.Linear(context_dim, hidden) if context_dim else None
+        self.blocks = nn.ModuleList(DiTBlock(hidden, heads, mlp_ratio, context_dim)
+                                    for _ in range(depth))
         self.final = FinalLayer(hidden, patch, self.out_channels)
         self._init_weights()
 
@@ -144,6 +163,11 @@ class DiT(nn.Module):
         for layer in (self.final.adaLN[-1], self.final.linear):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+        # text starts silent: the cross-attention outputs and the pooled projection at zero
+        if self.text is not None:
+            zero_init(self.text_proj)
+            for block in self.blocks:
+                zero_init(block.cross.out)
 
     def unpatchify(self, tokens: Tensor) -> Tensor:
         """[B, T, p*p*C_out] -> [B, C_out, H, W]."""
@@ -156,7 +180,12 @@ class DiT(nn.Module):
         c = self.t_embed(sinusoidal_embedding(noise_label, self.freq_dim))
         if self.y_embed is not None:
             c = c + self.y_embed(y, x.shape[0], x.device)               # [B, D]
+        tokens = mask = None
+        if self.text is not None:
+            ids = null_captions(x.shape[0], self.text.context, x.device) if y is None else y
+            tokens, mask, pooled = self.text(ids)
+            c = c + self.text_proj(pooled)
         for block in self.blocks:
-            h = block(h, c)
+            h = block(h, c, tokens, mask)
         return self.unpatchify(self.final(h, c))                        # [B, C_out, H, W]
 

@@ -20,6 +20,12 @@ to the noise embedding through ``ClassEmbedding``, which owns the null label
 (``scorelab.models.conditioning``). The network knows nothing of SDEs or heads; the
 optional division of the output by sigma (``scale_by_sigma``, NCSN++ on VE) is applied by
 ``ScoreModel``, which knows sigma(t).
+
+With ``text`` (a caption's token ids as y), a ``TextEncoder`` turns the ids into tokens and a
+pooled vector: cross-attention to the tokens follows the self-attention at
+``cross_attention_resolutions`` (default: the attention resolutions) and in the middle, as in
+LDM's UNet (Rombach et al. 2022, Sec. 3.3), and the pooled vector joins the noise embedding;
+both start at zero. y = None is the empty caption.
 """
 
 from __future__ import annotations
@@ -30,8 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from scorelab.models.text import TextEncoder, null_captions
+from scorelab.nets.attention import CrossAttention
 from scorelab.nets.layers import (class_embedding, group_norm, sinusoidal_embedding,
-                                  variance_scaling_)
+                                  variance_scaling_, zero_init)
 from scorelab.nets.resample import Downsample, Upsample, downsample, upsample
 
 _RESBLOCKS = ("ddpm", "biggan")
@@ -173,6 +181,10 @@ class UNet(nn.Module):
         progressive_combine: "sum" or "cat" for the input_skip combination.
         scale_by_sigma: the score is this output divided by sigma(t) (read by ScoreModel).
         attn_heads: heads of the attention layers.
+        text: ``TextEncoder`` options (vocab_size, context, dim, depth, heads) for captions
+            as y; None (default) for none.
+        cross_attention_resolutions: spatial sizes with cross-attention to the text (default:
+            ``attn_resolutions``).
     """
 
     def __init__(self, data_shape, channels: int = 128, channel_mult=(1, 2, 2, 2),
@@ -183,8 +195,11 @@ class UNet(nn.Module):
                  resample_with_conv: bool = True, fir: bool = False,
                  fir_kernel=(1, 3, 3, 1), progressive: str = "none",
                  progressive_input: str = "none", progressive_combine: str = "sum",
-                 scale_by_sigma: bool = False, attn_heads: int = 1):
+                 scale_by_sigma: bool = False, attn_heads: int = 1, text: dict | None = None,
+                 cross_attention_resolutions=None):
         super().__init__()
+        if text and num_classes:
+            raise ValueError("the UNet conditions on class labels or on text, not both")
         cin, H, W = self._check(data_shape, channel_mult, resblock, progressive,
                                 progressive_input, progressive_combine)
         self.data_shape = tuple(data_shape)
@@ -198,6 +213,16 @@ class UNet(nn.Module):
         attn = {int(r) for r in attn_resolutions}
         emb_dim = 4 * nf
         self.embed = NoiseEmbedding(nf, embedding, fourier_scale, num_classes)
+        self.text = TextEncoder(**text) if text else None
+        context_dim = self.text.dim if self.text is not None else 0
+        self.text_proj = zero_init(nn.Linear(context_dim, emb_dim)) if context_dim else None
+        cross_res = attn if cross_attention_resolutions is None \
+            else {int(r) for r in cross_attention_resolutions}
+
+        def cross(ch, res):
+            if context_dim and res in cross_res:
+                return CrossAttention(ch, context_dim, attn_heads, norm="group")
+            return None
 
         def block(a, b, resample=None):
             return ResBlock(a, b, emb_dim, dropout, skip_rescale, init_scale, resample,
@@ -215,10 +240,12 @@ class UNet(nn.Module):
         for level, mult in enumerate(channel_mult):
             stage = nn.Module()
             stage.blocks, stage.attn = nn.ModuleList(), nn.ModuleList()
+            stage.cross = nn.ModuleList()
             for _ in range(num_res_blocks):
                 stage.blocks.append(block(ch, nf * mult))
                 ch = nf * mult
                 stage.attn.append(attention(ch) if res in attn else nn.Identity())
+                stage.cross.append(cross(ch, res) or nn.Identity())
                 skips.append(ch)
             if level < levels - 1:
                 stage.downsample = block(ch, ch, "down") if resblock == "biggan" \
@@ -235,6 +262,8 @@ class UNet(nn.Module):
             self.down.append(stage)
 
         self.mid = nn.ModuleList([block(ch, ch), attention(ch), block(ch, ch)])
+        self.mid_cross = CrossAttention(ch, context_dim, attn_heads, norm="group") \
+            if context_dim else None
 
         self.up = nn.ModuleList()
         pyramid_ch = 0
@@ -245,6 +274,7 @@ class UNet(nn.Module):
                 stage.blocks.append(block(ch + skips.pop(), nf * mult))
                 ch = nf * mult
             stage.attn = attention(ch) if res in attn else nn.Identity()
+            stage.cross = cross(ch, res)
             if progressive != "none":
                 top = level == levels - 1
                 if progressive == "output_skip":
@@ -291,21 +321,30 @@ class UNet(nn.Module):
         self.channels_last = True
         return self.to(memory_format=torch.channels_last)
 
-    def _stage_blocks(self, stage, h, emb, hs):
-        for blk, att in zip(stage.blocks, stage.attn):
+    def _stage_blocks(self, stage, h, emb, hs, text):
+        for blk, att, cross in zip(stage.blocks, stage.attn, stage.cross):
             h = att(blk(h, emb))
+            if text is not None and not isinstance(cross, nn.Identity):
+                h = cross(h, *text)
             hs.append(h)
         return h
 
     def forward(self, x: Tensor, noise_label: Tensor, y: Tensor | None = None) -> Tensor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        text = None
+        if self.text is not None:
+            ids = null_captions(x.shape[0], self.text.context, x.device) if y is None else y
+            tokens, mask, pooled = self.text(ids)
+            text, y = (tokens, mask), None
         emb = self.embed(noise_label, y)                  # [B, 4 nf]
+        if text is not None:
+            emb = emb + self.text_proj(pooled)
         pyramid = x
         hs = [self.conv_in(x)]                            # [B, nf, H, W]
         h = hs[-1]
         for stage in self.down:
-            h = self._stage_blocks(stage, h, emb, hs)
+            h = self._stage_blocks(stage, h, emb, hs, text)
             if not hasattr(stage, "downsample"):
                 continue
             h = stage.downsample(h, emb) if self.resblock == "biggan" else stage.downsample(h)
@@ -320,6 +359,8 @@ class UNet(nn.Module):
 
         h = self.mid[0](h, emb)                           # [B, nf * mult[-1], H/f, W/f]
         h = self.mid[1](h)
+        if text is not None:
+            h = self.mid_cross(h, *text)
         h = self.mid[2](h, emb)
 
         pyramid = None
@@ -327,6 +368,8 @@ class UNet(nn.Module):
             for blk in stage.blocks:
                 h = blk(torch.cat([h, hs.pop()], dim=1), emb)
             h = stage.attn(h)
+            if text is not None and stage.cross is not None:
+                h = stage.cross(h, *text)
             if self.progressive == "output_skip":
                 out = stage.pyramid_conv(F.silu(stage.pyramid_norm(h)))
                 pyramid = out if pyramid is None else \
