@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from scorelab.models.text import (PAD, START, UNKNOWN, TextEncoder, WordTokenizer,
-                                  null_captions)
-from scorelab.nets.attention import CrossAttention, masked_mean
+                                  masked_mean, null_captions)
+from scorelab.nets.attention import CrossAttention
 
 CAPTIONS = ["a 3 on the left and a 7 on the right", "seven right, three left",
             "the left digit is 4, the right one 9"]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
 
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from scorelab.data import DiffusionDataModule
@@ -17,6 +18,7 @@ from scorelab.latent.space import LatentSpace
 from scorelab.models.classifier import NoisyClassifier
 from scorelab.models.conditioning import check_p_uncond
 from scorelab.models.score import ScoreModel
+from scorelab.models.text import WordTokenizer
 from scorelab.sampling import DEFAULT_SAMPLER, check_options, check_sampler, get_sampler
 from scorelab.training.auxiliary_module import AutoencoderModule, ClassifierModule
 from scorelab.training.callbacks.divergence import FACTOR_RULE as DIVERGENCE_FACTOR_RULE
@@ -181,15 +183,29 @@ def backbone_classes(cfg: DictConfig, num_classes: int) -> int:
     return int(preset)
 
 
+def text_options(cfg: DictConfig, tokenizer: dict) -> dict:
+    """The backbone's ``text`` (``TextEncoder`` options) for a captioned dataset's tokenizer
+    (``WordTokenizer.state_dict()``) and the ``text_encoder`` group."""
+    enc = cfg.get("text_encoder") or {}
+    if enc.get("name", "scorelab") != "scorelab":
+        raise ConfigError(f"text_encoder={enc.get('name')}: only text_encoder=scorelab is "
+                          f"available so far")
+    return {"vocab_size": len(WordTokenizer.from_state_dict(tokenizer)),
+            "context": int(tokenizer["context"]), "dim": int(enc.get("dim", 64)),
+            "depth": int(enc.get("depth", 2)), "heads": int(enc.get("heads", 4))}
+
+
 def build_module(cfg: DictConfig, data_shape, num_classes: int,
                  is_image: bool = True, strict_sampler: bool = True,
-                 latent=None) -> DiffusionModule:
-    """The DiffusionModule of a config, for data of the given shape and classes; with a
+                 latent=None, tokenizer: dict | None = None) -> DiffusionModule:
+    """The DiffusionModule of a config, for data of the given shape and classes (or, with
+    ``tokenizer``, the state of a captioned dataset's ``WordTokenizer``: captions); with a
     ``LatentSpace`` (``autoencoder`` group) on its latents, the backbone built for the latent
     shape. ``strict_sampler=False`` (loading a checkpoint): a stored sampler this version does
     not know falls back to the default pc sampler with a warning instead of failing."""
-    if cfg.conditional and num_classes <= 0:
-        raise ConfigError("conditional=true needs a dataset with class labels")
+    text = cfg.conditional and tokenizer is not None
+    if cfg.conditional and num_classes <= 0 and not text:
+        raise ConfigError("conditional=true needs a dataset with class labels or captions")
     if latent is not None and tuple(latent.data_shape) != tuple(data_shape):
         raise ConfigError(f"the autoencoder takes images {list(latent.data_shape)} but the "
                           f"data has {list(data_shape)}")
@@ -197,8 +213,15 @@ def build_module(cfg: DictConfig, data_shape, num_classes: int,
     check_backbone_shape(cfg, model_shape)
     path = make(cfg, "path")
     head = make(cfg, "head")
-    backbone = make(cfg, "backbone", data_shape=model_shape,
-                    num_classes=backbone_classes(cfg, num_classes))
+    if text:
+        if "text" not in inspect.signature(get_class(cfg.backbone._target_)).parameters:
+            raise ConfigError(f"{chosen('backbone')} takes no captions: conditional=true on "
+                              f"captioned data needs backbone=dit or a unet")
+        backbone = make(cfg, "backbone", data_shape=model_shape, num_classes=0,
+                        text=text_options(cfg, tokenizer))
+    else:
+        backbone = make(cfg, "backbone", data_shape=model_shape,
+                        num_classes=backbone_classes(cfg, num_classes))
     loss = make(cfg, "loss")
     try:
         loss.check(path, head)
@@ -232,7 +255,7 @@ def build_module(cfg: DictConfig, data_shape, num_classes: int,
         model, loss, data_shape=model_shape, num_classes=num_classes, is_image=is_image,
         conditional=cfg.conditional, p_uncond=p_uncond if cfg.conditional else 0.0,
         sampler=sampler, fused_optimizer=(cfg.get("speed") or {}).get("fused_optimizer", "auto"),
-        latent=latent, **training_arguments(cfg))
+        latent=latent, tokenizer=tokenizer if text else None, **training_arguments(cfg))
 
 
 def training_arguments(cfg: DictConfig) -> dict:
@@ -278,7 +301,7 @@ def build_autoencoder_module(cfg: DictConfig, data_shape, num_classes: int,
 
 
 def build_any_module(cfg: DictConfig, data_shape, num_classes: int, is_image: bool = True,
-                     strict_sampler: bool = True, latent=None):
+                     strict_sampler: bool = True, latent=None, tokenizer: dict | None = None):
     """The module ``cfg.model`` names (``MODELS``): a DiffusionModule (on ``latent``'s
     latents when given), or the ``AuxiliaryModule`` of a classifier or an autoencoder."""
     kind = cfg.get("model", "diffusion")
@@ -290,7 +313,8 @@ def build_any_module(cfg: DictConfig, data_shape, num_classes: int, is_image: bo
         return build_classifier_module(cfg, data_shape, num_classes, is_image)
     if kind == "autoencoder":
         return build_autoencoder_module(cfg, data_shape, num_classes, is_image)
-    return build_module(cfg, data_shape, num_classes, is_image, strict_sampler, latent)
+    return build_module(cfg, data_shape, num_classes, is_image, strict_sampler, latent,
+                        tokenizer)
 
 
 def state_mismatch(module: torch.nn.Module, state: dict) -> str | None:
@@ -350,8 +374,10 @@ class LoadedCheckpoint:
         latent = None
         if "latent" in meta:
             latent = latent_from_checkpoint(upgrade_targets(meta["latent"]), self.data_shape)
+        self.tokenizer = meta.get("tokenizer")
         self.module = build_any_module(self.cfg, self.data_shape, self.num_classes,
-                                       self.is_image, strict_sampler=False, latent=latent)
+                                       self.is_image, strict_sampler=False, latent=latent,
+                                       tokenizer=self.tokenizer)
         mismatch = state_mismatch(self.module, state)
         if mismatch:
             raise ConfigError(f"ckpt={path}: its weights do not fit the network its config "

@@ -7,6 +7,7 @@ originals.png."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ from scorelab.cli.guide import build_guidance
 from scorelab.cli.task import (check_task, constraint_for, draw_controlled, observations,
                                task_settings)
 from scorelab.data.base import inverse_scaler
+from scorelab.models.text import WordTokenizer
 from scorelab.util.errors import ConfigError, Interrupted
 from scorelab.guidance.predictions import describe
 from scorelab.util.interrupt import check, requested, stop_on_signals
@@ -45,15 +47,59 @@ def class_labels(n: int, num_classes: int, class_label, device) -> torch.Tensor:
     return torch.full((n,), int(class_label), device=device, dtype=torch.long)
 
 
+def caption_ids(loaded: LoadedCheckpoint, captions: list[str], n: int, device) -> torch.Tensor:
+    """The token ids [n, context] of ``captions`` taken in turn, with the checkpoint's own
+    tokenizer; words it does not know become the unknown token and captions longer than its
+    context are cut, each counted in a warning."""
+    tok = WordTokenizer.from_state_dict(loaded.tokenizer)
+    ids, unknown, cut = tok.encode(captions)
+    if unknown:
+        log.warning("prompts: %d word(s) not in the model's vocabulary read as the unknown "
+                    "token", unknown)
+    if cut:
+        log.warning("prompts: %d prompt(s) longer than the model's %d tokens cut to them", cut,
+                    tok.context)
+    return ids[torch.arange(n) % len(ids)].to(device)
+
+
+def prompt_list(cfg: DictConfig, loaded: LoadedCheckpoint) -> list[str] | None:
+    """The prompts of ``prompt`` / ``prompts=FILE`` (None: none given), checked against the
+    model: prompts need a model trained on captions, class labels one trained on classes."""
+    if cfg.get("prompt") is not None and cfg.get("prompts") is not None:
+        raise ConfigError("give prompt=TEXT or prompts=FILE, not both")
+    captions = None
+    if cfg.get("prompt") is not None:
+        captions = [str(cfg.prompt)]
+    elif cfg.get("prompts") is not None:
+        path = Path(str(cfg.prompts))
+        if not path.is_file():
+            raise ConfigError(f"prompts={cfg.prompts}: no such file")
+        captions = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        if not captions:
+            raise ConfigError(f"prompts={cfg.prompts}: the file holds no prompt")
+    takes = loaded.module.takes_captions
+    if captions is not None and not takes:
+        raise ConfigError("prompt / prompts: this checkpoint was not trained on captions "
+                          "(conditional=true on a captioned dataset such as data=mnist5k_pairs)")
+    if takes and cfg.get("class_label") is not None:
+        raise ConfigError("class_label: this checkpoint is conditioned on captions; give "
+                          "prompt=TEXT or prompts=FILE")
+    return captions
+
+
 def draw_samples(loaded: LoadedCheckpoint, settings: dict, n: int, seed: int, device,
-                 batch_size: int | None = None, class_label=None, desc: str = "sampling"):
+                 batch_size: int | None = None, class_label=None, desc: str = "sampling",
+                 captions: list[str] | None = None):
     """n samples from a loaded checkpoint, in batches, with a progress bar. A conditional
-    model gets class labels (cycling through the classes, or ``class_label``).
+    model gets class labels (cycling through the classes, or ``class_label``); a model on
+    captions gets ``captions`` in turn (none: the empty caption).
     Returns (samples in data space on the CPU, labels or None, NFE per sample, seconds)."""
     module = loaded.module.to(device)
     batch_size = batch_size or n
     labels = class_labels(n, loaded.num_classes, class_label, device) \
         if module.takes_labels else None
+    if captions is not None:
+        labels = caption_ids(loaded, captions, n, device)
     gen = torch.Generator(device=device).manual_seed(seed)
     n_batches = -(-n // batch_size)
     bar = SamplingProgress(n_batches, f"{desc} ({settings['name']})")
@@ -131,12 +177,18 @@ def _main(cfg: DictConfig) -> dict:
     task = task_settings(cfg.get("task"))
     loaded = load_guided(cfg)
     check_task(task, loaded)
+    captions = prompt_list(cfg, loaded)
+    if captions is not None and task["name"] != "generate":
+        raise ConfigError(f"prompt / prompts: task={task['name']} takes no captions yet")
     settings = resolve_sampler(cfg.sampler, loaded.module.sampler, loaded.module.model.path)
     device = pick_device(cfg.device)
     extra = {}
     if task["name"] == "generate":
         x, labels, nfe, seconds = draw_samples(loaded, settings, cfg.num_samples, cfg.seed,
-                                               device, cfg.batch_size, cfg.class_label)
+                                               device, cfg.batch_size, cfg.class_label,
+                                               captions=captions)
+        if captions is not None:
+            extra["prompts"] = [captions[i % len(captions)] for i in range(len(x))]
     else:
         done = _controlled(cfg, task, loaded, settings, device, out)
         x, labels, nfe, seconds, extra = done["x"], done["labels"], done["nfe"], \

@@ -123,7 +123,9 @@ def build(cfg: DictConfig) -> Run:
     dm = build_datamodule(cfg)
     dm.setup("fit")
     latent = build_latent(cfg.get("autoencoder"), dm.shape)
-    module = build_any_module(cfg, dm.shape, dm.num_classes, dm.is_image, latent=latent)
+    tokenizer = getattr(dm, "tokenizer", None)
+    module = build_any_module(cfg, dm.shape, dm.num_classes, dm.is_image, latent=latent,
+                              tokenizer=tokenizer.state_dict() if tokenizer else None)
     if latent is not None:
         dm = latent_datamodule(cfg.autoencoder, dm, latent, estimate=True)
     if not isinstance(module, AuxiliaryModule):

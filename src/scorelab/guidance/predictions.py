@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from scorelab.util.checks import check_values, number
-from scorelab.models.conditioning import null_labels
+from scorelab.models.conditioning import null_like
 from scorelab.models.prediction import Prediction, prediction_fn
 
 
@@ -129,7 +129,7 @@ class ClassifierFree(Guidance):
         if y is None or not conditional:
             raise ValueError("classifier-free guidance needs a conditional model and class labels")
 
-        both_labels = torch.cat([y, null_labels(y.shape[0], y.device)])   # once, not per step
+        both_labels = torch.cat([y, null_like(y)])          # once, not per step
 
         def model(x: Tensor, t: Tensor) -> Prediction:
             w = self.weight(path, t)

@@ -1,4 +1,4 @@
-"""Class conditioning: the null label and label dropout, in one place.
+"""Conditioning: the null condition and its dropout, in one place.
 
 A conditional backbone embeds labels 0..K-1 and one extra *null* label (row K of its
 embedding table) meaning "no class": the unconditional model of classifier-free guidance
@@ -6,6 +6,10 @@ embedding table) meaning "no class": the unconditional model of classifier-free 
 probability ``p_uncond`` (label dropout). Outside the embedding table the null label is
 spelled ``NULL_LABEL`` = -1 (independent of K), and ``y=None`` means "null for the whole
 batch"; ``nets.layers.ClassEmbedding`` maps both to row K.
+
+A caption is a row of token ids [L] (``scorelab.models.text``); its null is the empty caption
+(the start token alone), which a text backbone also reads for ``y=None``. ``null_like`` and
+``drop_labels`` take either form: labels [B] or captions [B, L].
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from scorelab.models.text import null_captions
 from scorelab.util.checks import check_value, number
 
 NULL_LABEL = -1
@@ -23,13 +28,21 @@ def null_labels(n: int, device=None) -> Tensor:
     return torch.full((n,), NULL_LABEL, dtype=torch.long, device=device)
 
 
+def null_like(y: Tensor) -> Tensor:
+    """The null condition for each row of y: ``NULL_LABEL`` for labels [B], the empty
+    caption for captions [B, L]."""
+    if y.dim() == 2:
+        return null_captions(y.shape[0], y.shape[1], y.device)
+    return torch.full_like(y, NULL_LABEL)
+
+
 def drop_labels(y: Tensor, p_uncond: float, generator: torch.Generator | None = None) -> Tensor:
-    """y with each label replaced by ``NULL_LABEL`` independently with probability
+    """y with each label (or caption) replaced by its null independently with probability
     ``p_uncond`` (classifier-free guidance training)."""
     if p_uncond <= 0:
         return y
-    drop = torch.rand(y.shape, generator=generator, device=y.device) < p_uncond
-    return torch.where(drop, torch.full_like(y, NULL_LABEL), y)
+    drop = torch.rand(y.shape[:1], generator=generator, device=y.device) < p_uncond
+    return torch.where(drop.reshape((-1,) + (1,) * (y.dim() - 1)), null_like(y), y)
 
 
 def check_p_uncond(p_uncond: float) -> float:

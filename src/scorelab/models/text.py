@@ -16,8 +16,6 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from scorelab.nets.attention import masked_mean
-
 PAD, START, UNKNOWN = 0, 1, 2
 SPECIAL = ("<pad>", "<start>", "<unk>")
 
@@ -76,6 +74,13 @@ class WordTokenizer:
         return cls(state["vocab"], state["context"])
 
 
+def masked_mean(tokens: Tensor, mask: Tensor) -> Tensor:
+    """The mean of the real tokens [B, L, D] -> [B, D] (the pooled condition)."""
+    w = mask.to(tokens.dtype)[..., None]
+    return (tokens * w).sum(1) / w.sum(1).clamp(min=1)
+
+
+
 def null_captions(n: int, context: int, device=None) -> Tensor:
     """n empty captions (the start token alone): the null text condition."""
     ids = torch.full((n, context), PAD, dtype=torch.long, device=device)
@@ -112,5 +117,5 @@ class TextEncoder(nn.Module):
         return h, mask, masked_mean(h, mask)
 
 
-__all__ = ["WordTokenizer", "TextEncoder", "null_captions", "words", "PAD", "START",
+__all__ = ["WordTokenizer", "TextEncoder", "null_captions", "masked_mean", "words", "PAD", "START",
            "UNKNOWN"]

@@ -62,10 +62,4 @@ class CrossAttention(nn.Module):
         return h + a
 
 
-def masked_mean(tokens: Tensor, mask: Tensor) -> Tensor:
-    """The mean of the real tokens [B, L, D] -> [B, D] (the pooled condition)."""
-    w = mask.to(tokens.dtype)[..., None]
-    return (tokens * w).sum(1) / w.sum(1).clamp(min=1)
-
-
-__all__ = ["CrossAttention", "masked_mean"]
+__all__ = ["CrossAttention"]

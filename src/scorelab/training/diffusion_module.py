@@ -74,6 +74,8 @@ class DiffusionModule(L.LightningModule):
             of its frozen autoencoder, ``data_shape`` is its latent shape, and ``sample()``
             decodes to pixels. Its weights, shift and scale are part of the module's state,
             so a checkpoint samples without the stage-1 file.
+        tokenizer: a captioned dataset's ``WordTokenizer.state_dict()`` (conditional on
+            text: y holds token ids); stored in the checkpoint, so prompts need no data.
     """
 
     NAN_CHECK_EVERY = 50
@@ -83,8 +85,9 @@ class DiffusionModule(L.LightningModule):
                  num_classes: int = 0, is_image: bool = True, conditional: bool = False,
                  warmup_steps: int = 0, sampler: dict | None = None, config: dict | None = None,
                  fused_optimizer: bool | str = "auto", lr_decay: str = "none",
-                 p_uncond: float = 0.0, latent=None):
+                 p_uncond: float = 0.0, latent=None, tokenizer: dict | None = None):
         super().__init__()
+        self.tokenizer = tokenizer
         self.latent = latent
         self.p_uncond = check_p_uncond(p_uncond)
         self.guidance = None       # a ``scorelab.guidance.predictions`` object used by ``sample()``
@@ -198,14 +201,23 @@ class DiffusionModule(L.LightningModule):
 
     @property
     def takes_labels(self) -> bool:
-        """Whether sampling is per class (a conditional model, or a classifier's guidance)."""
-        return self.conditional or self._guidance_needs_labels()
+        """Whether sampling is per class (a class-conditional model, or a classifier's
+        guidance)."""
+        return (self.conditional or self._guidance_needs_labels()) and not self.takes_captions
+
+    @property
+    def takes_captions(self) -> bool:
+        """Whether y is a caption's token ids (conditional on a captioned dataset); without
+        one, samples get the empty caption (the unconditional model)."""
+        return self.conditional and self.tokenizer is not None
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["scorelab"] = {"config": self.config, "data_shape": list(self.pixel_shape),
                                   "num_classes": self.num_classes, "is_image": self.is_image}
         if self.latent is not None:
             checkpoint["scorelab"]["latent"] = self.latent.describe()
+        if self.tokenizer is not None:
+            checkpoint["scorelab"]["tokenizer"] = self.tokenizer
 
     def set_guidance(self, guidance) -> None:
         """Guide ``sample()`` with a ``scorelab.guidance.predictions`` object (None: no
