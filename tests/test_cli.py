@@ -53,7 +53,7 @@ def test_sample_writes_grid_and_npz(trained):
     assert data["samples"].shape == (10, 1, 8, 8) and int(data["nfe"]) == 10  # Heun every step
     assert data["samples"].min() >= 0 and data["samples"].max() <= 1
     assert (out / "samples.png").is_file()
-    # default: the checkpoint's own sampler (pc, Euler–Maruyama), only the steps overridden
+    # default: the checkpoint's own sampler (pc, ancestral), only the steps overridden
     out2 = trained / "sample_ckpt_sampler"
     run("sample.py", f"ckpt={trained / 'train/checkpoints/last.ckpt'}", "num_samples=4",
         "sampler.steps=11", f"hydra.run.dir={out2}", cwd=trained)
