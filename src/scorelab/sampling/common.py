@@ -56,6 +56,9 @@ def heun_corrections(start_levels: Tensor, end_levels: Tensor, max_ratio: float)
     return ((end_levels > 0) & (start_levels <= max_ratio * end_levels)).tolist()
 
 
+# The most prior noise (std, data units) a step count may leave: half the data range [-1, 1].
+LEFTOVER_LIMIT = 0.5
+
 
 class TooFewSteps(ValueError):
     """A fixed-step sampler leaves the prior's noise in the sample on this grid
@@ -87,22 +90,25 @@ def leftover_noise(path, ts: Tensor, g2: Tensor | None = None) -> float:
     """Std, in data units, of what explicit steps in t (``euler_stiffness``) leave of the
     prior's noise along a direction the data does not vary in, with the exact prediction:
     the prior's sigma(T) and, on the reverse SDE, each step's injected g~^2 dt, times the
-    factors (1 - z) of the steps after it, divided by the final alpha. The exact flow leaves
-    sigma(eps) / alpha(eps); 1 or more is noise as large as the data."""
+    factors (1 - z)^2 of the steps after it, divided by the final alpha (the exact flow leaves
+    sigma(eps) / alpha(eps)):
+        var = sigma(T)^2 prod_j (1 - z_j)^2 + sum_i g~_i^2 dt_i prod_{j > i} (1 - z_j)^2."""
     z = euler_stiffness(path, ts, g2)
-    alpha, sigma = path.alpha_sigma(ts.to(torch.float64))
-    dts = ts.to(torch.float64)[:-1] - ts.to(torch.float64)[1:]
-    var = sigma[0] ** 2
-    for i in range(len(z)):
-        var = var * (1 - z[i]) ** 2 + (0 if g2 is None else g2[i].double() * dts[i])
+    ts = ts.to(torch.float64)
+    alpha, sigma = path.alpha_sigma(ts)
+    # after[i] = prod_{j >= i} (1 - z_j)^2, after[n] = 1
+    after = torch.cat([((1 - z) ** 2).flip(0).cumprod(0).flip(0), z.new_ones(1)])
+    var = sigma[0] ** 2 * after[0]
+    if g2 is not None:
+        var = var + (g2.to(torch.float64)[:-1] * (ts[:-1] - ts[1:]) * after[1:]).sum()
     return float(var.sqrt() / alpha[-1])
 
 
 def check_leftover_noise(what: str, path, ts: Tensor, g2: Tensor | None = None) -> None:
-    """Raise ``TooFewSteps`` when ``leftover_noise`` is 1 or more (a count that leaves the
-    prior's noise in the sample), naming the stiffest step."""
+    """Raise ``TooFewSteps`` when ``leftover_noise`` reaches ``LEFTOVER_LIMIT`` (a count
+    that leaves the prior's noise in the sample), naming the stiffest step."""
     left = leftover_noise(path, ts, g2)
-    if left >= 0.5:
+    if left >= LEFTOVER_LIMIT:
         z = euler_stiffness(path, ts, g2)
         i = int(z.argmax())
         raise TooFewSteps(f"{what} with {len(ts) - 1} steps leaves noise of std {left:.3g} (in "
