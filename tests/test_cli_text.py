@@ -27,6 +27,8 @@ def text_ckpt(tmp_path_factory):
 
 def test_a_caption_model_trains_and_samples_from_prompts(text_ckpt):
     root, ckpt = text_ckpt
+    final = json.loads((root / "run/metrics.json").read_text())
+    assert len(final["prompts"]) == 2 and all("left" in c for c in final["prompts"])
     meta = torch.load(ckpt, weights_only=True)["scorelab"]
     assert meta["tokenizer"]["context"] == 16 and "seven" in meta["tokenizer"]["vocab"]
     state = torch.load(ckpt, weights_only=True)["state_dict"]

@@ -232,7 +232,8 @@ def finish(run: Run) -> dict | float:
     else:
         loaded = LoadedCheckpoint(str(last), use_ema=ema)
         loaded.module.set_guidance(run.module.guidance)
-        result = _final_samples(cfg, loaded, out, trainer.global_step)
+        result = _final_samples(cfg, loaded, out, trainer.global_step,
+                                getattr(run.dm, "captions", None))
         log_image(trainer.loggers, "samples", Path(result["samples"]), trainer.global_step)
     losses = run.module.epoch_losses if not run.auxiliary else []
     metrics = {
@@ -350,14 +351,22 @@ def _step_of(ckpt_path) -> int:
     return int(torch.load(ckpt_path, map_location="cpu", weights_only=True)["global_step"])
 
 
-def _final_samples(cfg, loaded: LoadedCheckpoint, out, step: int) -> dict:
-    """A grid of cfg.num_samples samples from the checkpoint's (EMA) weights."""
+def _final_samples(cfg, loaded: LoadedCheckpoint, out, step: int,
+                   data_captions: list[str] | None = None) -> dict:
+    """A grid of cfg.num_samples samples from the checkpoint's (EMA) weights; a model on
+    captions draws the dataset's first captions (listed in the result)."""
     settings = loaded.module.sampler
+    captions = data_captions[:cfg.num_samples] \
+        if data_captions and loaded.module.takes_captions else None
     x, _, nfe, seconds = draw_samples(loaded, settings, cfg.num_samples, cfg.seed,
-                                      pick_device("auto"), desc="final samples")
+                                      pick_device("auto"), desc="final samples",
+                                      captions=captions)
     path = save_samples(x, fresh_path(out / "samples.png", step), loaded.is_image)
     guidance = loaded.module.guidance
-    return {"samples": str(path), "sampler": settings, "nfe": nfe,
-            "guidance": describe(guidance),
-            "sampling_wall_time_s": round(seconds, 2),
-            "samples_from": "ema" if loaded.ema else "raw"}
+    result = {"samples": str(path), "sampler": settings, "nfe": nfe,
+              "guidance": describe(guidance),
+              "sampling_wall_time_s": round(seconds, 2),
+              "samples_from": "ema" if loaded.ema else "raw"}
+    if captions is not None:
+        result["prompts"] = [captions[i % len(captions)] for i in range(len(x))]
+    return result

@@ -147,24 +147,32 @@ def _check_pc(options):
 
 
 def _check_pc_path(options, path, ts):
-    """What the path must allow: finite g~ on the grid; reverse_diffusion needs alpha > 0;
-    Euler–Maruyama steps that do not leave the prior's noise in the sample
-    (``leftover_noise``; reverse_diffusion and ancestral steps shrink it at any step size)."""
+    """What the path must allow on any stretch of grid: finite g~; reverse_diffusion needs
+    alpha > 0."""
     predictor = options.get("predictor", "euler_maruyama")
     if predictor == "reverse_diffusion" and path.alpha_vanishes:
         raise ValueError("sampler predictor=reverse_diffusion needs alpha(T) > 0 (its step "
                          "divides by alpha); on this path use predictor=ancestral, or "
                          "euler_maruyama with diffusion=sigma")
     if predictor == "euler_maruyama":
-        g2 = reverse_diffusion_g2(path, ts, options.get("diffusion", "sde"),
-                                  options.get("diffusion_scale", 1.0))
+        g2 = reverse_diffusion_g2(path, ts, options.get("diffusion", "sde"))
         if not torch.isfinite(g2[:-1]).all():
             raise ValueError("sampler diffusion=sde: the path's g(t) is infinite at t = T "
                              "(alpha(T) = 0); use diffusion=sigma or constant")
+
+
+def _check_pc_grid(options, path, ts):
+    """``_check_pc_path``, and on the whole grid from the prior: Euler–Maruyama steps that do
+    not leave the prior's noise in the sample (``leftover_noise``; reverse_diffusion and
+    ancestral steps shrink it at any step size). RePaint's segments are not checked alone."""
+    _check_pc_path(options, path, ts)
+    if options.get("predictor", "euler_maruyama") == "euler_maruyama":
+        g2 = reverse_diffusion_g2(path, ts, options.get("diffusion", "sde"),
+                                  options.get("diffusion_scale", 1.0))
         check_leftover_noise("sampler pc (predictor=euler_maruyama)", path, ts, g2)
 
 
-@register("pc", grid="uniform", combined=_check_pc, path_check=_check_pc_path,
+@register("pc", grid="uniform", combined=_check_pc, path_check=_check_pc_grid,
           rules={"predictor": one_of(PREDICTORS, "predictor"),
                  "corrector": one_of(CORRECTORS, "corrector"),
                  "snr": number(0, lo_open=True), "n_steps": integer(1), "denoise": boolean(),
@@ -177,8 +185,7 @@ def predictor_corrector(model, path, x, ts, *, generator=None, callback=None,
     """Alg. 1 of Score SDE: at each grid time a corrector then a predictor step.
     ``denoise``: finish with the noise-free Tweedie step x0_hat(x, eps) (+1 NFE).
     ``diffusion``, ``diffusion_scale``: g~^2 of the euler_maruyama predictor."""
-    _check_pc_path(dict(predictor=predictor, diffusion=diffusion,
-                        diffusion_scale=diffusion_scale), path, ts)
+    _check_pc_path(dict(predictor=predictor, diffusion=diffusion), path, ts)
     predict, correct = PREDICTORS[predictor], CORRECTORS[corrector]
     ctx = _Context(model, path, x, ts, generator, snr, n_steps, diffusion, diffusion_scale)
     nfe = 0
