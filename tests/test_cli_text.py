@@ -57,6 +57,9 @@ def test_mismatched_conditions_are_refused_at_start(text_ckpt, tmp_path, capsys)
                      "no such file", tmp_path, capsys)
     refused_at_start("train", ["data=mnist5k_pairs", "data.size=200", "conditional=true",
                                "backbone=mlp"], "takes no captions", tmp_path, capsys)
+    refused_at_start("train", TINY + ["autoencoder=scorelab",
+                                      f"autoencoder.ckpt={tmp_path}/ae.ckpt"],
+                     "captions on latents", tmp_path, capsys)
 
 
 def test_a_prompt_to_a_class_model_is_refused(tmp_path, capsys):

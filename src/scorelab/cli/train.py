@@ -122,8 +122,12 @@ def build(cfg: DictConfig) -> Run:
     torch.set_float32_matmul_precision(cfg.matmul_precision)
     dm = build_datamodule(cfg)
     dm.setup("fit")
-    latent = build_latent(cfg.get("autoencoder"), dm.shape)
     tokenizer = getattr(dm, "tokenizer", None)
+    if tokenizer is not None and cfg.conditional and \
+            (cfg.get("autoencoder") or {}).get("source", "none") != "none":
+        raise ConfigError("captions on latents (conditional=true on captioned data with an "
+                          "autoencoder) are not supported yet: use autoencoder=none")
+    latent = build_latent(cfg.get("autoencoder"), dm.shape)
     module = build_any_module(cfg, dm.shape, dm.num_classes, dm.is_image, latent=latent,
                               tokenizer=tokenizer.state_dict() if tokenizer else None)
     if latent is not None:

