@@ -3,6 +3,8 @@ tiny DiT with cross-attention), sample with prompt= / prompts= under classifier-
 guidance, and the start-up refusals of mismatched conditions."""
 
 import json
+import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -47,6 +49,20 @@ def test_a_caption_model_trains_and_samples_from_prompts(text_ckpt):
     assert x.shape == (3, 1, 28, 56) and np.isfinite(x).all()
 
 
+def test_evaluate_samples_a_caption_model_for_held_out_prompts(text_ckpt):
+    """evaluate.py on a caption model: the prompts of the held-out pairs, caption accuracy
+    implied by any sample metric, the halves' FID against MNIST-5k, CFG as asked."""
+    root, ckpt = text_ckpt
+    run("evaluate.py", f"ckpt={ckpt}", "metrics=[fid,half_fid]", "num_samples=4",
+        "sample_batch_size=2", "sampler=dpm_solver", "sampler.steps=2", "guidance=cfg",
+        "guidance.scale=2", f"hydra.run.dir={root / 'e'}", cwd=root)
+    m = json.loads((root / "e/metrics.json").read_text())
+    assert {"fid", "half_fid", "caption_accuracy", "left_accuracy", "right_accuracy"} <= set(m)
+    settings = m["sample_settings"]
+    assert settings["prompts"]["from"] == "unseen" and settings["features"] == "digit_halves"
+    assert settings["guidance"]["scale"] == 2.0 and 0 <= m["caption_accuracy"] <= 1
+
+
 def test_mismatched_conditions_are_refused_at_start(text_ckpt, tmp_path, capsys):
     _, ckpt = text_ckpt
     refused_at_start("sample", [f"ckpt={ckpt}", "class_label=3"],
@@ -55,6 +71,9 @@ def test_mismatched_conditions_are_refused_at_start(text_ckpt, tmp_path, capsys)
                      "not both", tmp_path, capsys)
     refused_at_start("sample", [f"ckpt={ckpt}", f"prompts={tmp_path}/missing.txt"],
                      "no such file", tmp_path, capsys)
+    refused_at_start("evaluate", [f"ckpt={ckpt}", "prompts=train", "metrics=[fid]",
+                                  "num_samples=4"],
+                     "prompts=train: neither a file nor a split", tmp_path, capsys)
     refused_at_start("train", ["data=mnist5k_pairs", "data.size=200", "conditional=true",
                                "backbone=mlp"], "takes no captions", tmp_path, capsys)
     refused_at_start("train", TINY + ["autoencoder=scorelab",
@@ -70,3 +89,49 @@ def test_a_prompt_to_a_class_model_is_refused(tmp_path, capsys):
         cwd=tmp_path)
     refused_at_start("sample", [f"ckpt={root}/checkpoints/last.ckpt", "prompt=a 3 left"],
                      "not trained on captions", tmp_path / "s", capsys)
+    refused_at_start("evaluate", [f"ckpt={root}/checkpoints/last.ckpt", "prompts=seen"],
+                     "not trained on captions", tmp_path / "e", capsys)
+
+
+def test_a_tiny_random_clip_text_model_end_to_end(tmp_path):
+    """text_encoder=clip: the captions tokenized by CLIP's BPE, the frozen text model's
+    states in cross-attention; the checkpoint holds the tokenizer's files and the unchanged
+    frozen weights, so prompts sample after the model's directory is gone."""
+    from transformers import CLIPTextModel
+
+    from tiny_clip import tiny_clip
+
+    clip = tiny_clip(tmp_path / "clip", context=20)
+    tiny = [o for o in TINY if not o.startswith("text_encoder.")]
+    run("train.py", *tiny, "text_encoder=clip", f"text_encoder.pretrained={clip}",
+        f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    ckpt = tmp_path / "run/checkpoints/last.ckpt"
+    saved = torch.load(ckpt, weights_only=True)
+    tokenizer = saved["scorelab"]["tokenizer"]
+    assert tokenizer["kind"] == "clip" and tokenizer["context"] == 20
+    assert {"vocab.json", "tokenizer.json"} & set(tokenizer["files"])
+    assert tokenizer["empty"][0] != tokenizer["empty"][1]              # start, end of text
+    pretrained = CLIPTextModel.from_pretrained(clip).state_dict()
+    frozen = {k.split(".text.model.", 1)[1]: v for k, v in saved["state_dict"].items()
+              if ".text.model." in k}
+    assert frozen.keys() == pretrained.keys()
+    assert all(torch.equal(frozen[k], pretrained[k]) for k in frozen)
+    shutil.rmtree(clip)
+    run("sample.py", f"ckpt={ckpt}", "prompt=a 4 on the left and a nine on the right",
+        "guidance=cfg", "guidance.scale=3", "num_samples=2", "sampler=dpm_solver",
+        "sampler.steps=2", f"hydra.run.dir={tmp_path / 's'}", cwd=tmp_path)
+    x = np.load(tmp_path / "s/samples.npz")["samples"]
+    assert x.shape == (2, 1, 28, 56) and np.isfinite(x).all()
+
+
+def test_clip_without_a_model_or_the_extra_is_refused_at_start(tmp_path, capsys, monkeypatch):
+    clip = ["data=mnist5k_pairs", "data.size=20", "conditional=true", "backbone=dit",
+            "text_encoder=clip"]
+    refused_at_start("train", clip, "text_encoder=clip needs text_encoder.pretrained",
+                     tmp_path, capsys)
+    refused_at_start("train", clip + [f"text_encoder.pretrained={tmp_path}/no-such-model"],
+                     "not a local directory, and not in the Hugging Face cache", tmp_path,
+                     capsys)
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    refused_at_start("train", clip + [f"text_encoder.pretrained={tmp_path}"],
+                     "pip install 'scorelab[text]'", tmp_path, capsys)

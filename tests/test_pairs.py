@@ -56,5 +56,5 @@ def test_caption_accuracy_of_the_classifier_on_real_canvases():
 
 def test_short_context_is_refused():
     dm = MNIST5kPairsDataModule(size=20, context=4, batch_size=4)
-    with pytest.raises(ValueError, match="data.context=4 is shorter than"):
+    with pytest.raises(ValueError, match="context, 4 tokens .* is shorter than"):
         dm.load()

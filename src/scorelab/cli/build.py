@@ -18,7 +18,8 @@ from scorelab.latent.space import LatentSpace
 from scorelab.models.classifier import NoisyClassifier
 from scorelab.models.conditioning import check_p_uncond
 from scorelab.models.score import ScoreModel
-from scorelab.models.text import WordTokenizer
+from scorelab.models.clip_text import ClipTokenizer
+from scorelab.models.text import WordTokenizer, tokenizer_from_state
 from scorelab.sampling import DEFAULT_SAMPLER, check_options, check_sampler, get_sampler
 from scorelab.training.auxiliary_module import AutoencoderModule, ClassifierModule
 from scorelab.training.callbacks.divergence import FACTOR_RULE as DIVERGENCE_FACTOR_RULE
@@ -154,8 +155,26 @@ def check_path_choice() -> None:
                           f"the path group): give one of them")
 
 
-def build_datamodule(cfg: DictConfig) -> DiffusionDataModule:
-    return make(cfg, "data")
+def build_datamodule(cfg: DictConfig, tokenizer: dict | None = None) -> DiffusionDataModule:
+    """The ``data`` group's DataModule. A captioned dataset feeding a model on captions
+    tokenizes them with the model's tokenizer: ``tokenizer`` (a checkpoint's state), else
+    for text_encoder=clip the pretrained CLIP tokenizer, else its own word tokenizer."""
+    dm = make(cfg, "data")
+    if getattr(dm, "tokenizer", None) is None or not cfg.get("conditional"):
+        return dm
+    enc = cfg.get("text_encoder") or {}
+    if tokenizer is not None:
+        dm.tokenizer = tokenizer_from_state(tokenizer)
+    elif enc.get("name") == "clip":
+        if not enc.get("pretrained"):
+            raise ConfigError("text_encoder=clip needs text_encoder.pretrained: a local "
+                              "directory with a CLIP text model and its tokenizer, or a hub id")
+        try:
+            dm.tokenizer = ClipTokenizer.from_pretrained(
+                str(enc.pretrained), enc.get("context"), bool(enc.get("local_files_only", True)))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    return dm
 
 
 def check_backbone_shape(cfg: DictConfig, data_shape) -> None:
@@ -183,13 +202,22 @@ def backbone_classes(cfg: DictConfig, num_classes: int) -> int:
     return int(preset)
 
 
-def text_options(cfg: DictConfig, tokenizer: dict) -> dict:
-    """The backbone's ``text`` (``TextEncoder`` options) for a captioned dataset's tokenizer
-    (``WordTokenizer.state_dict()``) and the ``text_encoder`` group."""
+def text_options(cfg: DictConfig, tokenizer: dict, from_checkpoint: bool = False) -> dict:
+    """The backbone's ``text`` (``build_text_encoder`` options) for a captioned dataset's
+    tokenizer (``state_dict()`` of a ``WordTokenizer``, or of the ``ClipTokenizer`` that
+    text_encoder=clip puts in its place) and the ``text_encoder`` group. A CLIP model's
+    weights come from ``text_encoder.pretrained`` when training starts, from the
+    checkpoint's state dict when it is loaded."""
     enc = cfg.get("text_encoder") or {}
+    if tokenizer.get("kind") == "clip":
+        return {"kind": "clip", "model_config": tokenizer["model_config"],
+                "context": int(tokenizer["context"]), "empty": list(tokenizer["empty"]),
+                "pretrained": None if from_checkpoint else tokenizer.get("source"),
+                "local_files_only": bool(enc.get("local_files_only", True))}
     if enc.get("name", "scorelab") != "scorelab":
-        raise ConfigError(f"text_encoder={enc.get('name')}: only text_encoder=scorelab is "
-                          f"available so far")
+        raise ConfigError(f"text_encoder={enc.get('name')}: this data's captions come with "
+                          f"its own word tokenizer; text_encoder=clip needs "
+                          f"text_encoder.pretrained")
     return {"vocab_size": len(WordTokenizer.from_state_dict(tokenizer)),
             "context": int(tokenizer["context"]), "dim": int(enc.get("dim", 64)),
             "depth": int(enc.get("depth", 2)), "heads": int(enc.get("heads", 4))}
@@ -197,7 +225,8 @@ def text_options(cfg: DictConfig, tokenizer: dict) -> dict:
 
 def build_module(cfg: DictConfig, data_shape, num_classes: int,
                  is_image: bool = True, strict_sampler: bool = True,
-                 latent=None, tokenizer: dict | None = None) -> DiffusionModule:
+                 latent=None, tokenizer: dict | None = None,
+                 from_checkpoint: bool = False) -> DiffusionModule:
     """The DiffusionModule of a config, for data of the given shape and classes (or, with
     ``tokenizer``, the state of a captioned dataset's ``WordTokenizer``: captions); with a
     ``LatentSpace`` (``autoencoder`` group) on its latents, the backbone built for the latent
@@ -218,7 +247,7 @@ def build_module(cfg: DictConfig, data_shape, num_classes: int,
             raise ConfigError(f"{chosen('backbone')} takes no captions: conditional=true on "
                               f"captioned data needs backbone=dit or a unet")
         backbone = make(cfg, "backbone", data_shape=model_shape, num_classes=0,
-                        text=text_options(cfg, tokenizer))
+                        text=text_options(cfg, tokenizer, from_checkpoint), _convert_="all")
     else:
         backbone = make(cfg, "backbone", data_shape=model_shape,
                         num_classes=backbone_classes(cfg, num_classes))
@@ -301,9 +330,11 @@ def build_autoencoder_module(cfg: DictConfig, data_shape, num_classes: int,
 
 
 def build_any_module(cfg: DictConfig, data_shape, num_classes: int, is_image: bool = True,
-                     strict_sampler: bool = True, latent=None, tokenizer: dict | None = None):
+                     strict_sampler: bool = True, latent=None, tokenizer: dict | None = None,
+                     from_checkpoint: bool = False):
     """The module ``cfg.model`` names (``MODELS``): a DiffusionModule (on ``latent``'s
-    latents when given), or the ``AuxiliaryModule`` of a classifier or an autoencoder."""
+    latents when given), or the ``AuxiliaryModule`` of a classifier or an autoencoder.
+    ``from_checkpoint``: built to take a checkpoint's weights (no pretrained loading)."""
     kind = cfg.get("model", "diffusion")
     if kind not in MODELS:
         raise ConfigError(f"model={kind}: must be one of {', '.join(MODELS)}")
@@ -314,7 +345,7 @@ def build_any_module(cfg: DictConfig, data_shape, num_classes: int, is_image: bo
     if kind == "autoencoder":
         return build_autoencoder_module(cfg, data_shape, num_classes, is_image)
     return build_module(cfg, data_shape, num_classes, is_image, strict_sampler, latent,
-                        tokenizer)
+                        tokenizer, from_checkpoint)
 
 
 def state_mismatch(module: torch.nn.Module, state: dict) -> str | None:
@@ -377,7 +408,7 @@ class LoadedCheckpoint:
         self.tokenizer = meta.get("tokenizer")
         self.module = build_any_module(self.cfg, self.data_shape, self.num_classes,
                                        self.is_image, strict_sampler=False, latent=latent,
-                                       tokenizer=self.tokenizer)
+                                       tokenizer=self.tokenizer, from_checkpoint=True)
         mismatch = state_mismatch(self.module, state)
         if mismatch:
             raise ConfigError(f"ckpt={path}: its weights do not fit the network its config "

@@ -3,10 +3,10 @@ to metrics.json with the settings of every number, and printed as a table.
 
 * loss: validation loss of the held-out split (EMA weights by default).
 * ``metrics=[fid,is,bpd]`` (any of the registered metrics, ``conf/metrics``: fid, is, kid,
-  prdc, accuracy, class_fid, energy, bpd), computed by the training callback
-  (``scorelab.metrics.callbacks.Metrics``) in one validation pass, so they run on as many
-  processes as the ``trainer`` group gives (``trainer=ddp trainer.devices=2``) and give
-  the same numbers as on one:
+  prdc, accuracy, class_fid, caption_accuracy, half_fid, energy, bpd), computed by the
+  training callback (``scorelab.metrics.callbacks.Metrics``) in one validation pass, so they
+  run on as many processes as the ``trainer`` group gives (``trainer=ddp trainer.devices=2``)
+  and give the same numbers as on one:
   - bpd: bits/dim of ``metrics.bpd.num_examples`` held-out examples (PF-ODE); for a
     latent model ``latent_bpd``, bits per dimension of the autoencoder's latent; on the
     Gaussian mixture also ``nll_gap`` to the exact NLL;
@@ -15,6 +15,9 @@ to metrics.json with the settings of every number, and printed as a table.
     says, featurised once per extractor (``features=...`` or ``metrics.<name>.features``)
     and compared with the dataset's cached reference; class accuracy for conditional (or
     classifier-guided) models.
+  A model on captions is sampled for ``prompts`` (the held-out captions by default; ``seen``
+  or a file); on two-digit canvases (``data=mnist5k_pairs``) caption accuracy comes along,
+  and ``half_fid`` compares the canvases' halves with MNIST-5k.
 * ``evaluate.py -m guidance.scale=1,2,3,5 ...`` sweeps a guidance scale, one run directory each.
 * samples (``num_samples`` > 0 without any sample metric): writes samples.png / samples.npz.
 """
@@ -31,6 +34,7 @@ from scorelab.cli.build import build_datamodule, check_config_values, make, pick
 from scorelab.cli.common import log, optimized, output_dir, reports_errors, write_json
 from scorelab.cli.extras import apply_extras
 from scorelab.cli.latent import latent_datamodule
+from scorelab.data.captions import evaluation_prompts
 from scorelab.cli.sample import draw_samples, load_guided, resolve_sampler, save_sample_files
 from scorelab.util.errors import ConfigError, Interrupted
 from scorelab.guidance.predictions import describe
@@ -60,9 +64,21 @@ def _metric_callbacks(cfg, dm, loaded) -> list:
     try:
         return [Metrics(metrics, num_samples=cfg.num_samples if wants_samples else 0,
                         sampler=settings, batch_size=cfg.sample_batch_size, seed=cfg.seed,
-                        datamodule=dm)]
+                        datamodule=dm, prompts=cfg.get("prompts"))]
     except (FeatureWeightsMissing, FileNotFoundError, ValueError) as e:
         raise ConfigError(f"metrics: {e}") from None
+
+
+def _check_prompts(cfg, loaded, dm) -> None:
+    """``prompts`` only for a model on captions, and a split the data has or a file."""
+    if not loaded.module.takes_captions:
+        if cfg.get("prompts") is not None:
+            raise ConfigError("prompts: this checkpoint was not trained on captions")
+        return
+    try:
+        evaluation_prompts(dm, cfg.get("prompts"), 1, cfg.seed)
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(str(e)) from None
 
 
 def _validate(cfg, loaded, dm, callbacks, out):
@@ -86,11 +102,16 @@ def _results(trainer, dm, callbacks) -> dict:
     return out
 
 
-def _samples(cfg, loaded, device, out) -> dict:
+def _samples(cfg, loaded, dm, device, out) -> dict:
     settings = resolve_sampler(cfg.sampler, loaded.module.sampler, loaded.module.model.path)
-    x, labels, nfe, seconds = draw_samples(loaded, settings, cfg.num_samples, cfg.seed, device)
+    prompts = evaluation_prompts(dm, cfg.get("prompts"), cfg.num_samples, cfg.seed) \
+        if loaded.module.takes_captions else None
+    x, labels, nfe, seconds = draw_samples(loaded, settings, cfg.num_samples, cfg.seed, device,
+                                           captions=prompts)
     info = {"sampler": settings, "num_samples": cfg.num_samples, "nfe": nfe,
             "wall_time_s": round(seconds, 2)}
+    if prompts is not None:
+        info["prompts"] = prompts[:len(x)]
     if len(x):
         save_sample_files(x, labels, nfe, out, loaded.is_image)
     if len(x) < cfg.num_samples:         # a stop request: the finished batches are kept
@@ -124,11 +145,12 @@ def _main(cfg: DictConfig) -> dict:
     data_cfg = loaded.cfg
     if cfg.batch_size is not None:
         data_cfg = OmegaConf.merge(data_cfg, {"data": {"batch_size": cfg.batch_size}})
-    dm = build_datamodule(data_cfg)
+    dm = build_datamodule(data_cfg, loaded.tokenizer)
     if loaded.module.latent is not None:     # shift and scale come from the checkpoint
         dm = latent_datamodule(loaded.cfg.get("autoencoder"), dm, loaded.module.latent,
                                estimate=False)
     dm.setup("validate")
+    _check_prompts(cfg, loaded, dm)
     callbacks = _metric_callbacks(cfg, dm, loaded)
     trainer = _validate(cfg, loaded, dm, callbacks, out)
     if not trainer.is_global_zero:
@@ -146,7 +168,7 @@ def _main(cfg: DictConfig) -> dict:
     if cfg.num_samples > 0 and not sampled and not requested():
         accelerator = cfg.trainer.accelerator
         device = pick_device({"gpu": "cuda"}.get(accelerator, accelerator))
-        metrics.update(_samples(cfg, loaded, device, out))
+        metrics.update(_samples(cfg, loaded, dm, device, out))
     if requested():
         metrics["interrupted"] = _stopped(metrics)
     write_json(out / "metrics.json", metrics)

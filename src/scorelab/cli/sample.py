@@ -7,7 +7,6 @@ originals.png."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,7 +19,7 @@ from scorelab.cli.guide import build_guidance
 from scorelab.cli.task import (check_task, constraint_for, draw_controlled, observations,
                                task_settings)
 from scorelab.data.base import inverse_scaler
-from scorelab.models.text import WordTokenizer
+from scorelab.data.captions import encode_prompts, read_prompts
 from scorelab.util.errors import ConfigError, Interrupted
 from scorelab.guidance.predictions import describe
 from scorelab.util.interrupt import check, requested, stop_on_signals
@@ -49,16 +48,8 @@ def class_labels(n: int, num_classes: int, class_label, device) -> torch.Tensor:
 
 def caption_ids(loaded: LoadedCheckpoint, captions: list[str], n: int, device) -> torch.Tensor:
     """The token ids [n, context] of ``captions`` taken in turn, with the checkpoint's own
-    tokenizer; words it does not know become the unknown token and captions longer than its
-    context are cut, each counted in a warning."""
-    tok = WordTokenizer.from_state_dict(loaded.tokenizer)
-    ids, unknown, cut = tok.encode(captions)
-    if unknown:
-        log.warning("prompts: %d word(s) not in the model's vocabulary read as the unknown "
-                    "token", unknown)
-    if cut:
-        log.warning("prompts: %d prompt(s) longer than the model's %d tokens cut to them", cut,
-                    tok.context)
+    tokenizer (``encode_prompts``)."""
+    ids = encode_prompts(loaded.tokenizer, captions)
     return ids[torch.arange(n) % len(ids)].to(device)
 
 
@@ -71,12 +62,10 @@ def prompt_list(cfg: DictConfig, loaded: LoadedCheckpoint) -> list[str] | None:
     if cfg.get("prompt") is not None:
         captions = [str(cfg.prompt)]
     elif cfg.get("prompts") is not None:
-        path = Path(str(cfg.prompts))
-        if not path.is_file():
-            raise ConfigError(f"prompts={cfg.prompts}: no such file")
-        captions = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-        if not captions:
-            raise ConfigError(f"prompts={cfg.prompts}: the file holds no prompt")
+        try:
+            captions = read_prompts(cfg.prompts)
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(str(e)) from None
     takes = loaded.module.takes_captions
     if captions is not None and not takes:
         raise ConfigError("prompt / prompts: this checkpoint was not trained on captions "

@@ -66,7 +66,7 @@ def observations(task: dict, loaded, n: int) -> tuple[torch.Tensor, torch.Tensor
         _check_size(img, shape, "image", task["image"])
         img = grey_to_rgb(img[None]) if colour else img[None]
         return img.expand(n, *img.shape[1:]).clone(), None
-    dm = build_datamodule(loaded.cfg)
+    dm = build_datamodule(loaded.cfg, loaded.tokenizer)
     dm.setup("validate")
     start = int(task.get("index", 0))
     if not 0 <= start or start + n > len(dm.val_set):

@@ -42,6 +42,8 @@ class DiffusionDataModule(L.LightningDataModule, abc.ABC):
     is_image: bool = True
     name: str = ""
     augment = None
+    # a captioned dataset's prompt sets for evaluation (``prompts(n, split, seed)``)
+    prompt_splits: tuple = ()
 
     def __init__(self, batch_size: int = 128, val_fraction: float = 0.1, num_workers: int = 0,
                  pin_memory: bool = True, seed: int = 0):

@@ -8,6 +8,8 @@ import lightning as L
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
 
+from scorelab.data.captions import encode_prompts, evaluation_prompts
+from scorelab.metrics.caption import CaptionAccuracy
 from scorelab.metrics.evaluation import gather_union, my_chunks, sample_features
 from scorelab.metrics.registry import HeldoutMetric, SampleMetric, build_metric
 from scorelab.metrics.sample_pass import SampleEvaluation
@@ -88,6 +90,10 @@ class Metrics(MetricCallback):
         batch_size: samples per chunk (the unit that makes results independent of the
             number of processes).
         datamodule: the run's DataModule; None: the trainer's, at ``setup``.
+        prompts: what a model on captions is sampled for: a split of the dataset's captions
+            (``unseen``, the held-out pairs of ``data=mnist5k_pairs``, the default; ``seen``)
+            or a file of prompts, taken in turn. Their digits, where they name two, give
+            caption accuracy.
 
     ``settings`` after a computation: ``sample_settings`` and ``<key>_settings`` of each
     held-out metric (the values' settings, as metrics.json holds them).
@@ -95,7 +101,8 @@ class Metrics(MetricCallback):
 
     def __init__(self, metrics: dict | None = None, every_n_steps: int = 0,
                  at_end: bool = True, num_samples: int = 500, sampler: dict | None = None,
-                 batch_size: int = 250, seed: int = 0, datamodule=None):
+                 batch_size: int = 250, seed: int = 0, datamodule=None,
+                 prompts: str | None = None):
         super().__init__(every_n_steps, at_end, seed)
         check_values("", dict(num_samples=num_samples, batch_size=batch_size),
                      {"num_samples": integer(0), "batch_size": integer(1)})
@@ -105,7 +112,7 @@ class Metrics(MetricCallback):
         if self.sample_metrics and num_samples < 2:
             raise ValueError(f"num_samples: {', '.join(self.sample_metrics)} need at least 2 "
                              f"samples, got {num_samples}")
-        self.num_samples, self.batch_size = num_samples, batch_size
+        self.num_samples, self.batch_size, self.prompts = num_samples, batch_size, prompts
         self.sampler = dict(sampler) if sampler else None
         self.datamodule, self.evaluation, self.settings = None, None, {}
         if datamodule is not None:
@@ -115,14 +122,22 @@ class Metrics(MetricCallback):
         """Build the extractors and load (or compute and cache) the references: missing
         weights or statistics stop a run here, before any training or sampling.
         Class accuracy comes along on the first metric's features and feature options (the
-        same extractor, so no second one is built); it is reported for conditional models
-        whose features have logits."""
+        same extractor, so no second one is built), caption accuracy on the canvases' digit
+        halves; they are reported for conditional models (on labels; on captions naming two
+        digits) whose features have logits."""
         self.datamodule = datamodule
-        metrics, implicit = dict(self.sample_metrics), ()
-        if metrics and "accuracy" not in metrics:
+        metrics, implicit = dict(self.sample_metrics), []
+        if metrics:
             first = next(iter(metrics.values()))
-            metrics["accuracy"] = ClassAccuracy(features=first.extractor_spec())
-            implicit = ("accuracy",)
+            implied = {"accuracy": lambda: ClassAccuracy(features=first.extractor_spec()),
+                       "caption_accuracy": CaptionAccuracy}
+            for name, build in implied.items():
+                if name not in metrics:
+                    metrics[name] = build()
+                    implicit.append(name)
+        if self.prompts is not None and self.sample_metrics:
+            # a missing file or unknown split stops the run now
+            evaluation_prompts(datamodule, self.prompts, 1, self.seed)
         self.evaluation = SampleEvaluation(metrics, datamodule, implicit)
         self.evaluation.references()
 
@@ -148,13 +163,18 @@ class Metrics(MetricCallback):
             res = pl_module.sample(m, y=y, generator=gen, sampler=settings)
             return res.x, res.nfe
 
+        conditions, prompts = None, None
+        if getattr(pl_module, "takes_captions", False):
+            conditions, prompts = self._caption_conditions(pl_module)
+
         start = time.perf_counter()
         bar = _progress(trainer, self.num_samples, self.batch_size, "FID/IS samples")
         try:
             local, nfe = sample_features(sample_fn, self.evaluation.extractors,
                                          self.num_samples, self.batch_size, self.seed,
                                          pl_module.device, num_classes, trainer.global_rank,
-                                         trainer.world_size, progress=bar)
+                                         trainer.world_size, progress=bar,
+                                         conditions=conditions)
         finally:
             bar.close()
         union = gather_union(local, gather)
@@ -170,8 +190,26 @@ class Metrics(MetricCallback):
             out["skipped"] = dict(self.evaluation.skipped)
         if pl_module.guidance is not None:
             out["guidance"] = pl_module.guidance.settings()
+        if prompts is not None:
+            out["prompts"] = prompts
         self.settings["sample_settings"] = out
         return _stopped_early(values, done, self.num_samples, out)
+
+    def _caption_conditions(self, pl_module):
+        """``conditions`` for ``sample_features``: sample i gets prompt i of the prompt set
+        (its token ids) and, where the prompts name two digits, those (row ``digits``).
+        Returns (conditions, what the prompts were)."""
+        prompts = evaluation_prompts(self.datamodule, self.prompts, self.num_samples,
+                                     self.seed)
+        ids = encode_prompts(pl_module.tokenizer, prompts).to(pl_module.device)
+        named = getattr(self.datamodule, "named_digits", None)
+        digits = named(prompts) if named is not None else None
+        digits = digits.to(pl_module.device) if digits is not None else None
+
+        def conditions(index):
+            return ids[index], ({"digits": digits[index]} if digits is not None else {})
+        return conditions, {"from": self.prompts or "unseen", "distinct": len(set(prompts)),
+                            "first": prompts[:4]}
 
     def _heldout(self, metric, trainer, pl_module, gather) -> dict:
         start = time.perf_counter()

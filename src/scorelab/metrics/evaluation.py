@@ -56,45 +56,53 @@ def gather_union(local: dict[str, Tensor], all_gather: Callable | None) -> dict[
 @torch.no_grad()
 def sample_features(sample_fn: Callable, extractor, n: int, chunk: int, seed: int, device,
                     num_classes: int = 0, rank: int = 0, world: int = 1,
-                    progress: Callable | None = None) -> tuple[dict[str, Tensor], int]:
+                    progress: Callable | None = None, conditions: Callable | None = None
+                    ) -> tuple[dict[str, Tensor], int]:
     """Draw this process's share of n samples and extract their features.
     ``sample_fn(m, y, generator) -> (x in [-1, 1], nfe)``; ``extractor(x) -> (features,
     logits)`` in float64 with attributes ``dim`` and ``num_logits``, or a dict of such
     extractors: each chunk is drawn once and featurised by every one (rows
     ``features/<key>``, ``logits/<key>`` instead of ``features``, ``logits``). A conditional
-    model (``num_classes`` > 0) gets label i % num_classes for sample i.
+    model (``num_classes`` > 0) gets label i % num_classes for sample i (row ``labels``);
+    ``conditions(index) -> (y, rows)`` gives any other condition (a caption model's token
+    ids, with rows such as the digits the captions name), called with an empty index too.
     ``progress(m, nfe)`` is called after every chunk of m samples (e.g. ``WorkProgress``).
     A stop request (``scorelab.util.interrupt``) ends the loop after the chunk in progress; the
     finished chunks are returned (fewer rows than the share).
-    Returns ({"index", features and logits[, "labels"]} on ``device``, NFE per sample)."""
+    Returns ({"index", features and logits, condition rows} on ``device``, NFE per
+    sample)."""
     several = isinstance(extractor, dict)
     extractors = extractor if several else {"": extractor}
     suffix = {key: f"/{key}" if several else "" for key in extractors}
     rows = {"index": []}
     for key in extractors:
         rows[f"features{suffix[key]}"], rows[f"logits{suffix[key]}"] = [], []
-    if num_classes > 0:
-        rows["labels"] = []
+    if conditions is None:
+        def conditions(index):
+            y = index % num_classes if num_classes > 0 else None
+            return y, ({"labels": y} if y is not None else {})
+    _, extra = conditions(torch.zeros(0, dtype=torch.long, device=device))
+    empty_rows = {k: v.to(device) for k, v in extra.items()}
+    rows.update({k: [] for k in extra})
     nfe = 0
     for k, start, size in my_chunks(n, chunk, rank, world):
         if requested():                 # pre-empted: keep the finished chunks
             break
         index = torch.arange(start, start + size, device=device)
-        y = index % num_classes if num_classes > 0 else None
+        y, extra = conditions(index)
         x, nfe = sample_fn(size, y, chunk_generator(seed, k, device))
         for key, ex in extractors.items():
             feats, logits = ex(x)
             rows[f"features{suffix[key]}"].append(feats.to(device))
             rows[f"logits{suffix[key]}"].append(logits.to(device))
         rows["index"].append(index)
-        if y is not None:
-            rows["labels"].append(y)
+        for key, value in extra.items():
+            rows[key].append(value.to(device))
         if progress is not None:
             progress(size, nfe)
     # A process without chunks (n < chunk * world) still sends rows of the right width,
     # so that every process makes the same all_gather calls.
-    empty = {"index": torch.zeros(0, dtype=torch.long, device=device),
-             "labels": torch.zeros(0, dtype=torch.long, device=device)}
+    empty = {"index": torch.zeros(0, dtype=torch.long, device=device), **empty_rows}
     for key, ex in extractors.items():
         empty[f"features{suffix[key]}"] = torch.zeros(0, ex.dim, dtype=torch.float64,
                                                       device=device)
@@ -169,7 +177,8 @@ def dataset_features(dataset, extractor, batch: int = 500) -> tuple[Tensor, Tens
     for start in range(0, len(dataset), batch):
         items = [dataset[i] for i in range(start, min(len(dataset), start + batch))]
         feats.append(extractor(torch.stack([x for x, _ in items]))[0])
-        labels.append(torch.tensor([int(y) for _, y in items], dtype=torch.long))
+        # (a captioned dataset's y is a row of token ids)
+        labels.append(torch.stack([torch.as_tensor(y).long() for _, y in items]))
         bar.update(len(items))
     bar.close()
     return torch.cat(feats), torch.cat(labels)

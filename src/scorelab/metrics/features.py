@@ -7,6 +7,7 @@ Image extractors take samples in the model's [-1, 1] space and quantise them to 
 a saved PNG (the field's convention: FID is computed on 8-bit images):
 
 * ``digits``: the shipped digit classifier, 128-d penultimate activations / 10 logits.
+* ``digit_halves``: ``digits`` on each half of a two-digit 28x56 canvas, side by side.
 * ``inception``: torch-fidelity's ``inception-v3-compat`` (the TF-FID network), 2048-d
   pool3 features / 1008 logits, grey images repeated to RGB, resized to 299x299 inside.
 * ``network``: any torchvision (or, installed, timm) architecture with weights from a local
@@ -32,7 +33,7 @@ from torch import Tensor
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 
 from scorelab.util.errors import ScorelabError
-from scorelab.metrics.digit_classifier import WEIGHTS, load_digit_classifier
+from scorelab.metrics.digit_classifier import SIZE, WEIGHTS, load_digit_classifier
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 
@@ -72,6 +73,25 @@ class DigitFeatures:
     def __call__(self, x: Tensor) -> tuple[Tensor, Tensor]:
         feats, logits = self.net.features_and_logits(to_uint8(x).to(self.net.fc.weight.device))
         return feats.double().cpu(), logits.double().cpu()
+
+
+@register_features("digit_halves")
+class DigitHalfFeatures(DigitFeatures):
+    """Two-digit canvases [B, 1, 28, 56] (``data=mnist5k_pairs``): ``digits`` on each
+    28x28 half, features [left | right] (256-d), logits [left | right] (20)."""
+
+    name, dim, num_logits = "digit_halves", 2 * DigitFeatures.dim, 2 * DigitFeatures.num_logits
+
+    def __init__(self, device="cpu", shape=None):
+        if shape is not None and tuple(shape) != (1, SIZE, 2 * SIZE):
+            raise ValueError(f"features=digit_halves reads 1x28x56 canvases, the data is "
+                             f"{'x'.join(map(str, shape))}")
+        super().__init__(device, shape)
+        self.tag = "digit_halves-" + file_digest(WEIGHTS)
+
+    def __call__(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        left, right = super().__call__(x[..., :SIZE]), super().__call__(x[..., SIZE:])
+        return torch.cat([left[0], right[0]], 1), torch.cat([left[1], right[1]], 1)
 
 
 def file_digest(path) -> str:
@@ -234,16 +254,17 @@ def dinov2_features(device="cpu", shape=None, weights: str | None = None,
 
 
 DIGIT_DATASETS = ("mnist5k", "mnist", "digits")
+# the extractor ``auto`` picks for a dataset by name (default: digits / inception / raw)
+AUTO_FEATURES = {**{name: "digits" for name in DIGIT_DATASETS}, "mnist5k_pairs": "digit_halves"}
 
 
 def feature_spec(spec, dataset_name: str, is_image: bool = True) -> dict:
     """A feature spec (name or {name, **options}) as a dict; ``auto``: the shipped digit
-    classifier for the digit datasets, the samples themselves for vector data, else
-    Inception."""
+    classifier for the digit datasets (on each half of the two-digit canvases), the samples
+    themselves for vector data, else Inception."""
     spec = {"name": spec} if isinstance(spec, str) else dict(spec or {"name": "auto"})
     if spec.get("name", "auto") == "auto":
-        spec["name"] = ("digits" if dataset_name in DIGIT_DATASETS else
-                        "inception" if is_image else "raw")
+        spec["name"] = AUTO_FEATURES.get(dataset_name, "inception" if is_image else "raw")
     if spec["name"] not in FEATURES:
         raise ValueError(f"features: unknown features {spec['name']!r}; known: "
                          f"auto, {', '.join(sorted(FEATURES))}")

@@ -72,7 +72,8 @@ class SampleMetric(Metric, abc.ABC):
 
     Class attributes say what it needs: ``needs_logits`` (the extractor's class logits),
     ``needs_real_features`` (the real features themselves, not only their mean and
-    covariance), ``needs_labels`` (samples generated for given classes).
+    covariance), ``needs_labels`` (samples generated for given classes), ``needs_digits``
+    (samples generated for captions naming a left and a right digit).
 
     Args:
         features: the extractor spec (``metrics.features``); "auto" picks by data.
@@ -83,6 +84,7 @@ class SampleMetric(Metric, abc.ABC):
     needs_logits: ClassVar[bool] = False
     needs_real_features: ClassVar[bool] = False
     needs_labels: ClassVar[bool] = False
+    needs_digits: ClassVar[bool] = False
 
     def __init__(self, features="auto", cache_dir=None):
         self.features, self.cache_dir = features, cache_dir
@@ -104,7 +106,8 @@ class SampleMetric(Metric, abc.ABC):
 
     @abc.abstractmethod
     def compute(self, fake: dict[str, Tensor], real: dict | None) -> dict:
-        """``fake``: {"features", "logits"[, "labels"]} of every sample, in index order."""
+        """``fake``: {"features", "logits"[, "labels", "digits"]} of every sample, in index
+        order."""
 
 
 class HeldoutMetric(Metric):

@@ -19,6 +19,9 @@ from scorelab.metrics.registry import SampleMetric
 
 log = logging.getLogger(__name__)
 
+# rows of a sample pass that say what each sample was drawn for (``sample_features``)
+CONDITION_ROWS = ("labels", "digits")
+
 
 class SampleEvaluation:
     """Args:
@@ -88,7 +91,8 @@ class SampleEvaluation:
                 have = self._references.get((key, keep_features, reference_file))
             if have is None:
                 have = reference_statistics(
-                    self.data.load(), self.data.name, self.extractors[key], reference_file,
+                    self.data.load(), getattr(self.data, "reference_name", self.data.name),
+                    self.extractors[key], reference_file,
                     self._cache_dirs.get(key), getattr(self.data, "root", None),
                     keep_features)
                 self._references[(key, keep_features, reference_file)] = have
@@ -112,11 +116,13 @@ class SampleEvaluation:
             if metric.needs_labels and "labels" not in union:
                 self._skip(name, "needs a conditional (or classifier-guided) model")
                 continue
+            if metric.needs_digits and "digits" not in union:
+                self._skip(name, "needs a model on captions and prompts that name two digits")
+                continue
             self.computed.append(name)
             key = self._key_of[name]
             fake = {"features": union[f"features/{key}"], "logits": union[f"logits/{key}"]}
-            if "labels" in union:
-                fake["labels"] = union["labels"]
+            fake.update({k: union[k] for k in CONDITION_ROWS if k in union})
             values.update(metric.compute(fake, refs[name][0]))
         return values
 

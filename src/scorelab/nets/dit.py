@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from scorelab.models.text import TextEncoder, null_captions
+from scorelab.models.text import build_text_encoder, null_captions
 from scorelab.nets.attention import CrossAttention
 from scorelab.nets.layers import class_embedding, sinusoidal_embedding, zero_init
 
@@ -108,7 +108,8 @@ class DiT(nn.Module):
         num_classes: 0 for unconditional, else the number of classes (+1 null label).
         learn_sigma: output 2C channels (mean-side C first, then DiT's variance channels).
         freq_dim: width of the sinusoidal noise-label features.
-        text: ``TextEncoder`` options (vocab_size, context, dim, depth, heads) for captions
+        text: text encoder options (``build_text_encoder``: a ``TextEncoder``'s vocab_size,
+            context, dim, depth, heads, or kind=clip and a ``ClipTextEncoder``'s) for captions
             as y; None (default) for none.
     """
 
@@ -136,7 +137,7 @@ class DiT(nn.Module):
         self.t_embed = nn.Sequential(nn.Linear(freq_dim, hidden), nn.SiLU(),
                                      nn.Linear(hidden, hidden))
         self.y_embed = class_embedding(num_classes, hidden)
-        self.text = TextEncoder(**text) if text else None
+        self.text = build_text_encoder(text) if text else None
         context_dim = self.text.dim if self.text is not None else 0
         self.text_proj = nn.Linear(context_dim, hidden) if context_dim else None
         self.blocks = nn.ModuleList(DiTBlock(hidden, heads, mlp_ratio, context_dim)
@@ -146,7 +147,8 @@ class DiT(nn.Module):
 
     def _init_weights(self) -> None:
         for m in self.modules():
-            if isinstance(m, nn.Linear):
+            # (a frozen pretrained text encoder keeps its weights)
+            if isinstance(m, nn.Linear) and m.weight.requires_grad:
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
         w = self.patch_embed.weight

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from scorelab.models.text import TextEncoder, null_captions
+from scorelab.models.text import build_text_encoder, null_captions
 from scorelab.nets.attention import CrossAttention
 from scorelab.nets.layers import (class_embedding, group_norm, sinusoidal_embedding,
                                   variance_scaling_, zero_init)
@@ -181,7 +181,8 @@ class UNet(nn.Module):
         progressive_combine: "sum" or "cat" for the input_skip combination.
         scale_by_sigma: the score is this output divided by sigma(t) (read by ScoreModel).
         attn_heads: heads of the attention layers.
-        text: ``TextEncoder`` options (vocab_size, context, dim, depth, heads) for captions
+        text: text encoder options (``build_text_encoder``: a ``TextEncoder``'s vocab_size,
+            context, dim, depth, heads, or kind=clip and a ``ClipTextEncoder``'s) for captions
             as y; None (default) for none.
         cross_attention_resolutions: spatial sizes with cross-attention to the text (default:
             ``attn_resolutions``).
@@ -213,7 +214,7 @@ class UNet(nn.Module):
         attn = {int(r) for r in attn_resolutions}
         emb_dim = 4 * nf
         self.embed = NoiseEmbedding(nf, embedding, fourier_scale, num_classes)
-        self.text = TextEncoder(**text) if text else None
+        self.text = build_text_encoder(text) if text else None
         context_dim = self.text.dim if self.text is not None else 0
         self.text_proj = zero_init(nn.Linear(context_dim, emb_dim)) if context_dim else None
         cross_res = attn if cross_attention_resolutions is None \

@@ -10,6 +10,8 @@ def ema_with_warmup(decay: float, warmup: bool):
     """EMA update avg <- avg + (1 - d)(p - avg) with d = min(decay, (1 + n) / (10 + n)) when
     ``warmup`` (n = updates so far), so short runs are not dominated by the random init."""
     def avg_fn(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor):
+        if not averaged.is_floating_point():      # integer buffers (e.g. position ids)
+            return current.clone()
         d = torch.clamp((1 + num_averaged) / (10 + num_averaged), max=decay) if warmup \
             else torch.full_like(num_averaged, decay, dtype=torch.float32)
         return averaged.lerp(current, (1 - d).to(averaged.dtype))
