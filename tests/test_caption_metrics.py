@@ -109,3 +109,49 @@ def test_a_sample_pass_on_captions_carries_the_digits_on_any_number_of_processes
     values = ev.compute(gather_union(single, None))
     assert set(values) == {"caption_accuracy", "left_accuracy", "right_accuracy"}
     assert ev.computed == ["caption_accuracy"]
+
+
+def _images(folder, n=6):
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    for i in range(n):
+        sub = folder / ("a" if i % 2 else "b")
+        sub.mkdir(exist_ok=True)
+        Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(sub / f"img{i}.png")
+    return sorted(folder.rglob("*.png"))
+
+
+def test_an_image_folder_reads_captions_from_sidecars_or_a_jsonl(tmp_path):
+    import json
+
+    from scorelab.data.base import DataMissingError
+    from scorelab.data.images import ImageFolderDataModule
+
+    files = _images(tmp_path / "side")
+    for i, f in enumerate(files):
+        f.with_suffix(".txt").write_text(f"picture number {i} \n")
+    dm = ImageFolderDataModule(root=str(tmp_path / "side"), image_size=8, captions=True,
+                               context=6, batch_size=2, val_fraction=0.34)
+    assert dm.captions == [f"picture number {i}" for i in range(6)] and dm.num_classes == 0
+    x, ids = dm.load()[3]
+    assert x.shape == (3, 8, 8) and dm.tokenizer.decode(ids) == "picture number 3"
+    dm.setup("fit")
+    val = {dm.captions[i] for i in dm.val_set.indices}
+    assert set(dm.prompts(5, "unseen")) == val and not set(dm.prompts(8, "seen")) & val
+    assert evaluation_prompts(dm, None, 3) == dm.prompts(3, "unseen", 1)
+
+    files = _images(tmp_path / "table")
+    rows = [{"file": str(f.relative_to(tmp_path / "table")), "text": f"red {i}"}
+            for i, f in enumerate(files)]
+    (tmp_path / "table/captions.jsonl").write_text("\n".join(map(json.dumps, rows[1:])))
+    with pytest.raises(DataMissingError, match="no caption for 1 image"):
+        ImageFolderDataModule(root=str(tmp_path / "table"), captions=True)
+    (tmp_path / "table/captions.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n\n")
+    dm = ImageFolderDataModule(root=str(tmp_path / "table"), captions=True, image_size=8)
+    assert dm.captions == [f"red {i}" for i in range(6)]
+    (tmp_path / "side/b/img0.txt").unlink()
+    with pytest.raises(DataMissingError, match="img0.png has no caption"):
+        ImageFolderDataModule(root=str(tmp_path / "side"), captions=True)
+    with pytest.raises(ValueError, match="context, 2 tokens .* shorter than 6 captions"):
+        ImageFolderDataModule(root=str(tmp_path / "table"), captions=True, context=2).load()

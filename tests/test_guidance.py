@@ -313,3 +313,35 @@ def test_learned_variance_channels_never_reach_the_guidance():
         cond, uncond = model.prediction(x, t, y), model.prediction(x, t, null_labels(2))
     assert guided.x0.shape == x.shape
     assert torch.allclose(guided.x0, uncond.x0 + 3 * (cond.x0 - uncond.x0), atol=1e-5)
+
+
+@pytest.mark.parametrize("sde_name", ["vp", "linear"])
+def test_captions_naming_a_component_draw_it_under_cfg(gmm, sde_name):
+    """The mixture's exact model read through captions: "component three" (token ids of a
+    word tokenizer) selects the component, the empty caption -- the null that CFG builds
+    with ``null_like`` -- the marginal. At w = 1 CFG draws the named component with its
+    spread; at w = 3 it stays on it; a batch of different captions draws each its own."""
+    from scorelab.data.pairs import NUMBER_WORDS
+    from scorelab.models.conditioning import null_like
+    from scorelab.models.text import WordTokenizer
+
+    captions = [f"component {NUMBER_WORDS[k]}" for k in range(8)]
+    tok = WordTokenizer.from_captions(captions, context=4)
+    word_ids = torch.tensor([tok.ids[w] for w in NUMBER_WORDS[:8]])
+    path = all_sdes()[sde_name]
+    exact = gmm.conditional_prediction_fn(path)
+
+    def predict(x, t, ids):
+        named = (ids[:, 2:3] == word_ids).float()                 # [B, 8], one-hot or zero
+        label = torch.where(named.sum(1) > 0, named.argmax(1), NULL_LABEL)
+        return exact(x, t, label)
+
+    ids = tok.encode([captions[CLASS]] * N)[0]
+    assert torch.equal(null_like(ids)[:, 2], torch.zeros(N, dtype=torch.long))
+    for w in (3.0, 1.0):
+        x = draw(ClassifierFree(w).prediction_fn(predict, path, ids), path, "dpm_solver")
+        assert (gmm.assign(x) == CLASS).float().mean() > 0.995, w
+    assert energy_distance(x, component(gmm, CLASS)) < 6 * max(floor(gmm), 1e-3)
+    mixed = tok.encode([captions[i % 8] for i in range(N)])[0]
+    x = draw(ClassifierFree(1.0).prediction_fn(predict, path, mixed), path, "dpm_solver")
+    assert (gmm.assign(x) == torch.arange(N) % 8).float().mean() > 0.99

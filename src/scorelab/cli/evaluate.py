@@ -113,7 +113,8 @@ def _samples(cfg, loaded, dm, device, out) -> dict:
     if prompts is not None:
         info["prompts"] = prompts[:len(x)]
     if len(x):
-        save_sample_files(x, labels, nfe, out, loaded.is_image)
+        save_sample_files(x, labels, nfe, out, loaded.is_image,
+                          prompts[:len(x)] if prompts is not None else None)
     if len(x) < cfg.num_samples:         # a stop request: the finished batches are kept
         info["interrupted"] = f"{len(x)} of {cfg.num_samples}"
     return {"samples": info}

@@ -109,9 +109,12 @@ def draw_samples(loaded: LoadedCheckpoint, settings: dict, n: int, seed: int, de
     return x, labels, nfe, time.perf_counter() - start
 
 
-def save_sample_files(x, labels, nfe: int, out, is_image: bool):
-    """samples.png (up to 256 of them) and samples.npz (all, with labels and NFE)."""
-    grid = save_samples(x[:256], out / "samples.png", is_image)
+def save_sample_files(x, labels, nfe: int, out, is_image: bool,
+                      prompts: list[str] | None = None):
+    """samples.png (up to 256 of them, each labelled with its prompt when given) and
+    samples.npz (all, with labels and NFE)."""
+    grid = save_samples(x[:256], out / "samples.png", is_image,
+                        prompts[:256] if prompts is not None else None)
     arrays = {"samples": x.numpy().astype(np.float32), "nfe": np.int64(nfe)}
     if labels is not None:
         arrays["labels"] = labels.cpu().numpy()
@@ -126,14 +129,18 @@ def load_guided(cfg: DictConfig) -> LoadedCheckpoint:
     return loaded
 
 
-def _controlled(cfg, task, loaded, settings, device, out) -> dict:
+def _controlled(cfg, task, loaded, settings, device, out, captions=None) -> dict:
     """Inpainting / colorization: samples, the observations and, from the dataset, the
-    originals; the largest change of a known pixel (0 for inpainting: pasted exactly)."""
+    originals; the largest change of a known pixel (0 for inpainting: pasted exactly). A
+    model on captions reads ``captions`` (the prompts), else the dataset images' own."""
     observation, data_labels = observations(task, loaded, cfg.num_samples)
     labels = None
     if loaded.module.takes_labels:
         labels = data_labels if data_labels is not None and cfg.class_label is None else \
             class_labels(cfg.num_samples, loaded.num_classes, cfg.class_label, "cpu")
+    elif loaded.module.takes_captions:
+        labels = caption_ids(loaded, captions, cfg.num_samples, "cpu") \
+            if captions is not None else data_labels
     bar = SamplingProgress(-(-cfg.num_samples // cfg.batch_size),
                            f"{task['name']} ({settings['name']})")
     start = time.perf_counter()
@@ -167,8 +174,6 @@ def _main(cfg: DictConfig) -> dict:
     loaded = load_guided(cfg)
     check_task(task, loaded)
     captions = prompt_list(cfg, loaded)
-    if captions is not None and task["name"] != "generate":
-        raise ConfigError(f"prompt / prompts: task={task['name']} takes no captions yet")
     settings = resolve_sampler(cfg.sampler, loaded.module.sampler, loaded.module.model.path)
     device = pick_device(cfg.device)
     extra = {}
@@ -179,12 +184,14 @@ def _main(cfg: DictConfig) -> dict:
         if captions is not None:
             extra["prompts"] = [captions[i % len(captions)] for i in range(len(x))]
     else:
-        done = _controlled(cfg, task, loaded, settings, device, out)
+        done = _controlled(cfg, task, loaded, settings, device, out, captions)
+        if captions is not None:
+            done["info"]["prompts"] = [captions[i % len(captions)] for i in range(len(done["x"]))]
         x, labels, nfe, seconds, extra = done["x"], done["labels"], done["nfe"], \
             done["seconds"], done["info"]
     if len(x) == 0:
         check("sampling")                           # stopped before the first batch
-    grid, npz = save_sample_files(x, labels, nfe, out, loaded.is_image)
+    grid, npz = save_sample_files(x, labels, nfe, out, loaded.is_image, extra.get("prompts"))
     guidance = loaded.module.guidance
     info = {"ckpt": str(loaded.path), "weights": "ema" if loaded.ema else "raw",
             "num_samples": cfg.num_samples, "sampler": settings, "nfe_per_sample": nfe,

@@ -58,7 +58,8 @@ def _check_size(img: torch.Tensor, shape, what: str, path: str) -> None:
 
 
 def observations(task: dict, loaded, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(n conditioning images [n, C, H, W] in [-1, 1], their dataset labels or None)."""
+    """(n conditioning images [n, C, H, W] in [-1, 1], their dataset labels -- or captions'
+    token ids -- or None)."""
     shape = loaded.data_shape
     if task.get("image"):
         colour = task["name"] == "colorize"
@@ -73,7 +74,8 @@ def observations(task: dict, loaded, n: int) -> tuple[torch.Tensor, torch.Tensor
         raise ConfigError(f"task.index={start}: images {start}..{start + n - 1} asked for, the "
                           f"validation split has {len(dm.val_set)}")
     items = [dm.val_set[start + i] for i in range(n)]
-    return torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items])
+    # (labels [n], or a captioned dataset's token ids [n, L])
+    return torch.stack([x for x, _ in items]), torch.stack([torch.as_tensor(y) for _, y in items])
 
 
 def hole_mask(task: dict, shape) -> torch.Tensor:

@@ -123,10 +123,6 @@ def build(cfg: DictConfig) -> Run:
     dm = build_datamodule(cfg)
     dm.setup("fit")
     tokenizer = getattr(dm, "tokenizer", None)
-    if tokenizer is not None and cfg.conditional and \
-            (cfg.get("autoencoder") or {}).get("source", "none") != "none":
-        raise ConfigError("captions on latents (conditional=true on captioned data with an "
-                          "autoencoder) are not supported yet: use autoencoder=none")
     latent = build_latent(cfg.get("autoencoder"), dm.shape)
     module = build_any_module(cfg, dm.shape, dm.num_classes, dm.is_image, latent=latent,
                               tokenizer=tokenizer.state_dict() if tokenizer else None)
@@ -365,12 +361,13 @@ def _final_samples(cfg, loaded: LoadedCheckpoint, out, step: int,
     x, _, nfe, seconds = draw_samples(loaded, settings, cfg.num_samples, cfg.seed,
                                       pick_device("auto"), desc="final samples",
                                       captions=captions)
-    path = save_samples(x, fresh_path(out / "samples.png", step), loaded.is_image)
+    labels = [captions[i % len(captions)] for i in range(len(x))] if captions else None
+    path = save_samples(x, fresh_path(out / "samples.png", step), loaded.is_image, labels)
     guidance = loaded.module.guidance
     result = {"samples": str(path), "sampler": settings, "nfe": nfe,
               "guidance": describe(guidance),
               "sampling_wall_time_s": round(seconds, 2),
               "samples_from": "ema" if loaded.ema else "raw"}
-    if captions is not None:
-        result["prompts"] = [captions[i % len(captions)] for i in range(len(x))]
+    if labels is not None:
+        result["prompts"] = labels
     return result

@@ -1,8 +1,10 @@
-"""Prompts: read from a file, drawn from a captioned dataset's splits, and turned into a
-model's token ids -- the one place sample.py, evaluate.py and the metric callback get them."""
+"""Captions and prompts: a folder's captions (sidecar files or captions.jsonl), prompts read
+from a file or drawn from a captioned dataset's splits, and their token ids -- the one place
+the datasets, sample.py, evaluate.py and the metric callback get them."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -55,4 +57,56 @@ def encode_prompts(tokenizer: dict, prompts: list[str]) -> torch.Tensor:
     return ids
 
 
-__all__ = ["encode_prompts", "evaluation_prompts", "read_prompts"]
+def dataset_ids(tokenizer, captions: list[str], where: str) -> torch.Tensor:
+    """A captioned dataset's token ids [n, context] with its (or the model's) tokenizer;
+    a caption longer than the context is an error naming it, never silently cut."""
+    ids, _, cut = tokenizer.encode(captions)
+    if cut:
+        raise ValueError(f"{where}: the tokenizer's context, {tokenizer.context} tokens "
+                         f"(data.context, or text_encoder.context for clip), is shorter than "
+                         f"{cut} captions")
+    return ids
+
+
+def image_captions(root, extensions) -> tuple[list[Path], list[str]]:
+    """Every image under ``root`` (recursively, sorted) and its caption, from
+    ``root/captions.jsonl`` (one {"file": path relative to root, "text": caption} per
+    line) when it exists, else from the ``<image>.txt`` beside each image. An image without
+    a caption, or a caption without its image, is an error naming it."""
+    root = Path(root)
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in extensions)
+    if not files:
+        raise FileNotFoundError(f"data.captions: no images under {root}")
+    table = root / "captions.jsonl"
+    if table.is_file():
+        texts = {}
+        for number, line in enumerate(table.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                texts[(root / row["file"]).resolve()] = str(row["text"])
+            except (ValueError, KeyError, TypeError):
+                raise ValueError(f"{table}:{number}: not a JSON object with \"file\" and "
+                                 f"\"text\"") from None
+        missing = [f for f in files if f.resolve() not in texts]
+        if missing:
+            raise ValueError(f"{table}: no caption for {len(missing)} image(s), e.g. "
+                             f"{missing[0].relative_to(root)}")
+        extra = set(texts) - {f.resolve() for f in files}
+        if extra:
+            raise ValueError(f"{table}: {len(extra)} caption(s) name no image under {root}, "
+                             f"e.g. {sorted(extra)[0]}")
+        return files, [texts[f.resolve()] for f in files]
+    captions = []
+    for f in files:
+        side = f.with_suffix(".txt")
+        if not side.is_file():
+            raise FileNotFoundError(f"data.captions: {f.relative_to(root)} has no caption "
+                                    f"({side.name} beside it, or a captions.jsonl in {root})")
+        captions.append(side.read_text().strip())
+    return files, captions
+
+
+__all__ = ["dataset_ids", "encode_prompts", "evaluation_prompts", "image_captions",
+           "read_prompts"]

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from scorelab.data.base import DiffusionDataModule
+from scorelab.data.captions import dataset_ids
 from scorelab.data.images import mnist5k_digits
 from scorelab.models.text import WordTokenizer
 from scorelab.util.checks import check_values, integer
@@ -108,12 +109,8 @@ class MNIST5kPairsDataModule(DiffusionDataModule):
     def load(self) -> TensorDataset:
         images, labels = mnist5k_digits()
         x, self.captions, self.digits = draw_pairs(images, labels, self.size, SEEN, self.seed)
-        ids, _, cut = self.tokenizer.encode(self.captions)
-        if cut:
-            raise ValueError(f"the tokenizer's context, {self.tokenizer.context} tokens "
-                             f"(data.context, or text_encoder.context for clip), is shorter "
-                             f"than {cut} captions")
-        return TensorDataset(x.contiguous(), ids)
+        return TensorDataset(x.contiguous(), dataset_ids(self.tokenizer, self.captions,
+                                                         "data=mnist5k_pairs"))
 
     def held_out(self, n: int, seed: int = 1):
         """n canvases, captions and digits of the ``UNSEEN`` pairs (composition tests)."""

@@ -57,6 +57,11 @@ def encode_split(latent: LatentSpace, ds: Dataset, batch_size: int, moments=None
     return TensorDataset(torch.cat(posteriors), torch.cat(labels).long()) if keep else None
 
 
+# what a latent DataModule reads from its pixel DataModule (captions and their prompts)
+PIXEL_ATTRIBUTES = frozenset({"tokenizer", "captions", "prompt_splits", "prompts",
+                              "named_digits", "single_digits", "reference_name"})
+
+
 class LatentDataModule(L.LightningDataModule):
     """Args:
         pixels: the image DataModule (its split, loaders, name and reference data are kept:
@@ -84,6 +89,12 @@ class LatentDataModule(L.LightningDataModule):
         self.root = getattr(pixels, "root", None)
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
+
+    def __getattr__(self, name: str):
+        # a captioned dataset's tokenizer, prompts and references are the pixel dataset's
+        if name in PIXEL_ATTRIBUTES:
+            return getattr(self.pixels, name)
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
     def load(self) -> Dataset:
         """The pixel dataset (reference statistics for FID are computed from it)."""
