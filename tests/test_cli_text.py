@@ -82,6 +82,13 @@ def test_mismatched_conditions_are_refused_at_start(text_ckpt, tmp_path, capsys)
                      "prompts=train: neither a file nor a split", tmp_path, capsys)
     refused_at_start("train", ["data=mnist5k_pairs", "data.size=200", "conditional=true",
                                "backbone=mlp"], "takes no captions", tmp_path, capsys)
+    for overrides, needle in (
+            (["data=digits", "condition=text"], "condition=text: data=digits has no captions"),
+            (["data=mnist5k_pairs", "condition=class"], "has captions (condition=text)"),
+            (["data=digits", "condition=none", "conditional=true"], "disagree"),
+            (["data=digits", "condition=label"], "condition=label: must be one of")):
+        refused_at_start("train", overrides + ["data.size=20"] * ("pairs" in overrides[0]),
+                         needle, tmp_path, capsys)
 
 
 def test_a_prompt_to_a_class_model_is_refused(tmp_path, capsys):
@@ -105,7 +112,8 @@ def test_a_tiny_random_clip_text_model_end_to_end(tmp_path):
     from tiny_clip import tiny_clip
 
     clip = tiny_clip(tmp_path / "clip", context=20)
-    tiny = [o for o in TINY if not o.startswith("text_encoder.")]
+    tiny = [o for o in TINY if not o.startswith("text_encoder.") and o != "conditional=true"]
+    tiny.append("condition=text")
     run("train.py", *tiny, "text_encoder=clip", f"text_encoder.pretrained={clip}",
         f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     ckpt = tmp_path / "run/checkpoints/last.ckpt"

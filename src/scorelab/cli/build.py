@@ -155,11 +155,38 @@ def check_path_choice() -> None:
                           f"the path group): give one of them")
 
 
+CONDITIONS = ("none", "class", "text")
+
+
+def apply_condition(cfg: DictConfig, dm) -> None:
+    """``condition=none|class|text`` (null: ``conditional`` alone says): what the model is
+    conditioned on, checked against the data -- class labels need a labelled dataset, text a
+    captioned one -- and written to ``conditional``, which the rest of the code reads."""
+    condition = cfg.get("condition")
+    if condition is None:
+        return
+    if condition not in CONDITIONS:
+        raise ConfigError(f"condition={condition}: must be one of {', '.join(CONDITIONS)}")
+    captions = getattr(dm, "tokenizer", None) is not None
+    if condition == "none":
+        if cfg.get("conditional"):
+            raise ConfigError("condition=none and conditional=true disagree: give one of them")
+    elif condition == "class" and (captions or dm.num_classes <= 0):
+        raise ConfigError(f"condition=class: data={dm.name} has "
+                          f"{'captions' if captions else 'no class labels'}"
+                          f"{' (condition=text)' if captions else ''}")
+    elif condition == "text" and not captions:
+        raise ConfigError(f"condition=text: data={dm.name} has no captions (data=mnist5k_pairs, "
+                          f"or data=imagefolder data.captions=true)")
+    cfg.conditional = condition != "none"
+
+
 def build_datamodule(cfg: DictConfig, tokenizer: dict | None = None) -> DiffusionDataModule:
     """The ``data`` group's DataModule. A captioned dataset feeding a model on captions
     tokenizes them with the model's tokenizer: ``tokenizer`` (a checkpoint's state), else
     for text_encoder=clip the pretrained CLIP tokenizer, else its own word tokenizer."""
     dm = make(cfg, "data")
+    apply_condition(cfg, dm)
     if getattr(dm, "tokenizer", None) is None or not cfg.get("conditional"):
         return dm
     enc = cfg.get("text_encoder") or {}
