@@ -50,7 +50,7 @@ def test_caption_accuracy_of_the_classifier_on_real_canvases():
     assert acc["caption_accuracy"] > 0.9
     swapped = caption_accuracy(load_digit_classifier(), (x + 1) / 2, dm.digits.flip(1))
     assert swapped["caption_accuracy"] < 0.2          # the places matter
-    with pytest.raises(ValueError, match="28x56 canvases"):
+    with pytest.raises(ValueError, match="canvases are 28x56"):
         caption_accuracy(load_digit_classifier(), x[..., :28], dm.digits)
 
 

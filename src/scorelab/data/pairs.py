@@ -17,7 +17,7 @@ from torch.utils.data import TensorDataset
 from scorelab.data.base import DiffusionDataModule
 from scorelab.data.captions import dataset_ids
 from scorelab.data.images import mnist5k_digits
-from scorelab.models.text import WordTokenizer
+from scorelab.models.text import WordTokenizer, words
 from scorelab.util.checks import check_values, integer
 
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -46,8 +46,6 @@ def digits_named(text: str) -> tuple[int, int] | None:
     """The (left, right) digits a caption in the templates' words names, None when it does
     not name one digit on each side. Each clause (split at "and" and commas) holds one
     number (numeral or word) and one side."""
-    from scorelab.models.text import words
-
     found = {}
     for clause in re.split(r",|\band\b", text.lower()):
         ws = words(clause)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from scorelab.metrics.digit_classifier import SIZE
+from scorelab.metrics.digit_classifier import SIZE, halves
 from scorelab.metrics.evaluation import reference_statistics
 from scorelab.metrics.features import DigitFeatures
 from scorelab.metrics.fid import feature_statistics, frechet_distance
@@ -27,14 +27,6 @@ NUM_DIGITS = 10
 def _not_canvases(data) -> str | None:
     return None if tuple(getattr(data, "shape", ())) == (1, SIZE, 2 * SIZE) else \
         "needs 28x56 two-digit canvases (data=mnist5k_pairs)"
-
-
-def halves(canvases: Tensor) -> tuple[Tensor, Tensor]:
-    """[B, C, 28, 56] -> the left and right [B, C, 28, 28] halves."""
-    if canvases.shape[-1] != 2 * SIZE or canvases.shape[-2] != SIZE:
-        raise ValueError(f"caption accuracy needs 28x56 canvases, got "
-                         f"{tuple(canvases.shape[-2:])}")
-    return canvases[..., :SIZE], canvases[..., SIZE:]
 
 
 def pair_accuracy(logits: Tensor, digits: Tensor) -> dict[str, float]:

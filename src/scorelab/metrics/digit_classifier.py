@@ -19,6 +19,13 @@ WEIGHTS = Path(__file__).with_name("weights") / "digit_classifier.pt"
 SIZE = 28
 
 
+def halves(canvases: Tensor) -> tuple[Tensor, Tensor]:
+    """Two-digit canvases [B, C, 28, 56] -> the left and right [B, C, 28, 28] halves."""
+    if canvases.shape[-1] != 2 * SIZE or canvases.shape[-2] != SIZE:
+        raise ValueError(f"two-digit canvases are 28x56, got {tuple(canvases.shape[-2:])}")
+    return canvases[..., :SIZE], canvases[..., SIZE:]
+
+
 def _block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU())
 

@@ -33,7 +33,7 @@ from torch import Tensor
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 
 from scorelab.util.errors import ScorelabError
-from scorelab.metrics.digit_classifier import SIZE, WEIGHTS, load_digit_classifier
+from scorelab.metrics.digit_classifier import SIZE, WEIGHTS, halves, load_digit_classifier
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 
@@ -90,7 +90,7 @@ class DigitHalfFeatures(DigitFeatures):
         self.tag = "digit_halves-" + file_digest(WEIGHTS)
 
     def __call__(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        left, right = super().__call__(x[..., :SIZE]), super().__call__(x[..., SIZE:])
+        left, right = (super(DigitHalfFeatures, self).__call__(h) for h in halves(x))
         return torch.cat([left[0], right[0]], 1), torch.cat([left[1], right[1]], 1)
 
 
