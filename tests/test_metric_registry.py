@@ -51,7 +51,7 @@ def test_every_config_names_a_registered_metric_and_holds_its_only_defaults(tmp_
     assert cfg.callbacks.metrics.metrics == cfg.metrics
     assert set(cfg.callbacks.metrics) == {"_target_", "_convert_", "metrics", "every_n_steps",
                                           "at_end", "num_samples", "sampler", "batch_size",
-                                          "seed"}
+                                          "seed", "prompts"}
     cfg = compose_train(["callbacks=metrics", "metrics=[fid,kid,prdc,energy,class_fid]",
                          "metrics.kid.subsets=7", "features=dinov2", "features.weights=w.pt"],
                         tmp_path)

@@ -19,7 +19,8 @@ from scorelab.models.classifier import NoisyClassifier
 from scorelab.models.conditioning import check_p_uncond
 from scorelab.models.score import ScoreModel
 from scorelab.models.clip_text import ClipTokenizer
-from scorelab.models.text import WordTokenizer, tokenizer_from_state
+from scorelab.models.text import WordTokenizer
+from scorelab.models.text_encoders import tokenizer_from_state
 from scorelab.sampling import DEFAULT_SAMPLER, check_options, check_sampler, get_sampler
 from scorelab.training.auxiliary_module import AutoencoderModule, ClassifierModule
 from scorelab.training.callbacks.divergence import FACTOR_RULE as DIVERGENCE_FACTOR_RULE

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from scorelab.models.text import tokenizer_from_state
+from scorelab.models.text_encoders import tokenizer_from_state
 
 log = logging.getLogger(__name__)
 

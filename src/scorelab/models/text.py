@@ -117,27 +117,5 @@ class TextEncoder(nn.Module):
         return h, mask, masked_mean(h, mask)
 
 
-def build_text_encoder(options: dict) -> nn.Module:
-    """A backbone's text encoder from its ``text`` options: ``kind`` scorelab (the default:
-    ``TextEncoder``, trained with the denoiser) or clip (a frozen ``ClipTextEncoder``)."""
-    options = dict(options)
-    kind = options.pop("kind", "scorelab")
-    if kind == "clip":
-        from scorelab.models.clip_text import ClipTextEncoder
-        return ClipTextEncoder(**options)
-    if kind != "scorelab":
-        raise ValueError(f"text encoder: unknown kind {kind!r} (scorelab, clip)")
-    return TextEncoder(**options)
-
-
-def tokenizer_from_state(state: dict):
-    """The tokenizer a checkpoint stores (``state_dict()`` of a ``WordTokenizer`` or, with
-    kind clip, a ``ClipTokenizer``)."""
-    if state.get("kind") == "clip":
-        from scorelab.models.clip_text import ClipTokenizer
-        return ClipTokenizer.from_state_dict(state)
-    return WordTokenizer.from_state_dict(state)
-
-
-__all__ = ["WordTokenizer", "TextEncoder", "build_text_encoder", "null_captions", "masked_mean",
-           "tokenizer_from_state", "words", "PAD", "START", "UNKNOWN"]
+__all__ = ["WordTokenizer", "TextEncoder", "null_captions", "masked_mean", "words", "PAD",
+           "START", "UNKNOWN"]

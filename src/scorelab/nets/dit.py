@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from scorelab.models.text import build_text_encoder, null_captions
+from scorelab.models.text import null_captions
+from scorelab.models.text_encoders import build_text_encoder
 from scorelab.nets.attention import CrossAttention
 from scorelab.nets.layers import class_embedding, sinusoidal_embedding, zero_init
 
