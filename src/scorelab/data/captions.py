@@ -43,9 +43,8 @@ def evaluation_prompts(data, which: str | None, n: int, seed: int = 0) -> list[s
 
 def encode_prompts(tokenizer: dict, prompts: list[str]) -> torch.Tensor:
     """Token ids [len(prompts), context] with a model's tokenizer (its ``state_dict``: words
-    or CLIP's BPE);
-    words it does not know become the unknown token and prompts longer than its context are
-    cut, each counted in a warning."""
+    or CLIP's BPE); words it does not know become the unknown token and prompts longer than
+    its context are cut, each counted in a warning."""
     tok = tokenizer_from_state(tokenizer)
     ids, unknown, cut = tok.encode(prompts)
     if unknown:
