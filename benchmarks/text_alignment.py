@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FIELDS = ("caption_accuracy", "left_accuracy", "right_accuracy", "half_fid", "fid")
+FIELDS = ("caption_accuracy", "left_accuracy", "right_accuracy", "order_free_accuracy",
+          "half_fid", "fid")
 
 
 def evaluate(ckpt: str, scale: float, split: str, n: int, sampler: str, seed: int) -> dict:
@@ -53,11 +54,13 @@ def evaluate(ckpt: str, scale: float, split: str, n: int, sampler: str, seed: in
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| model | prompts | w | caption accuracy | left | right | half FID | canvas FID "
-             "| NFE |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | prompts | w | caption accuracy | left | right | either order | half FID "
+             "| canvas FID | NFE |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        either = r.get("order_free_accuracy")           # rows of before it was measured: -
         lines.append(f"| {r['model']} | {r['split']} | {r['w']:g} | {r['caption_accuracy']:.3f} "
                      f"| {r['left_accuracy']:.3f} | {r['right_accuracy']:.3f} "
+                     f"| {'-' if either is None else format(either, '.3f')} "
                      f"| {r['half_fid']:.2f} | {r['fid']:.2f} | {r['nfe']} |")
     return "\n".join(lines)
 

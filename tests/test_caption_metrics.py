@@ -67,6 +67,9 @@ def test_caption_accuracy_and_half_fid_of_real_canvases_through_the_registry():
     assert got["caption_accuracy"] > 0.9
     swapped = accuracy.compute({"logits": logits, "digits": dm.digits.flip(1)}, None)
     assert swapped["caption_accuracy"] < 0.2
+    # the right digits on the wrong sides: not the caption, but both its digits
+    assert swapped["order_free_accuracy"] == pytest.approx(got["order_free_accuracy"])
+    assert swapped["order_free_accuracy"] >= got["caption_accuracy"]
     half = build_metric("half_fid")
     reference, where = half.reference(dm, ex, None)
     assert "mnist5k_digits" in where                # the 28x28 runs' reference file
@@ -107,7 +110,8 @@ def test_a_sample_pass_on_captions_carries_the_digits_on_any_number_of_processes
     ev = SampleEvaluation({"caption_accuracy": build_metric("caption_accuracy"),
                            "accuracy": build_metric("accuracy")}, dm, implicit=("accuracy",))
     values = ev.compute(gather_union(single, None))
-    assert set(values) == {"caption_accuracy", "left_accuracy", "right_accuracy"}
+    assert set(values) == {"caption_accuracy", "left_accuracy", "right_accuracy",
+                           "order_free_accuracy"}
     assert ev.computed == ["caption_accuracy"]
 
 

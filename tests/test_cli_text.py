@@ -106,7 +106,8 @@ def test_a_prompt_to_a_class_model_is_refused(tmp_path, capsys):
 def test_a_tiny_random_clip_text_model_end_to_end(tmp_path):
     """text_encoder=clip: the captions tokenized by CLIP's BPE, the frozen text model's
     states in cross-attention; the checkpoint holds the tokenizer's files and the unchanged
-    frozen weights, so prompts sample after the model's directory is gone."""
+    frozen weights, so prompts sample after the model's directory is gone (trained with the
+    encodings of the captions kept)."""
     from transformers import CLIPTextModel
 
     from tiny_clip import tiny_clip
@@ -115,7 +116,7 @@ def test_a_tiny_random_clip_text_model_end_to_end(tmp_path):
     tiny = [o for o in TINY if not o.startswith("text_encoder.") and o != "conditional=true"]
     tiny.append("condition=text")
     run("train.py", *tiny, "text_encoder=clip", f"text_encoder.pretrained={clip}",
-        f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+        "text_encoder.cache=1000", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     ckpt = tmp_path / "run/checkpoints/last.ckpt"
     saved = torch.load(ckpt, weights_only=True)
     tokenizer = saved["scorelab"]["tokenizer"]

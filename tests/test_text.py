@@ -73,6 +73,22 @@ def test_cross_attention_starts_as_the_identity_and_never_sees_masked_tokens(ima
                                    out[i], rtol=1e-5, atol=1e-5)
 
 
+def test_cross_attention_with_position_tells_places_apart():
+    # one feature everywhere: without position every place reads the caption alike; with it,
+    # the left and the right half read it differently (and the same place alike in a batch)
+    torch.manual_seed(0)
+    h = torch.randn(1, 16, 1, 1).expand(2, 16, 4, 8).contiguous()
+    context, mask = torch.randn(2, 6, 8), torch.ones(2, 6, dtype=torch.bool)
+    for position in (False, True):
+        block = CrossAttention(16, 8, heads=4, norm="group", position=position)
+        torch.nn.init.normal_(block.out.weight)
+        out = block(h, context, mask)
+        spread = (out - out[..., :1, :1]).abs().amax()
+        assert (spread > 1e-3) == position
+    with pytest.raises(ValueError, match="not divisible by 4"):
+        CrossAttention(6, 8, heads=2, norm="group", position=True)
+
+
 def test_masked_mean_averages_the_real_tokens():
     tokens = torch.arange(12.0).reshape(1, 4, 3)
     mask = torch.tensor([[True, False, True, False]])
@@ -136,3 +152,65 @@ def test_unet_with_text_cross_attends_where_asked_and_keeps_its_class_form():
                                    rtol=1e-5, atol=1e-5)
     plain = UNet((1, 8, 8), num_classes=10, **kw)
     assert not any("cross" in k or "text" in k for k in plain.state_dict())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_text_encoder_reads_word_order_from_the_start(seed):
+    # which number goes with which side is word order; at initialisation the places must be
+    # as loud as the words, or a model on captions learns the digits but not their sides
+    torch.manual_seed(seed)
+    tok = WordTokenizer.from_captions(["3 left, 7 right", "5 left, 7 right"], context=8)
+    enc = TextEncoder(len(tok), context=8, dim=64, depth=2, heads=4).eval()
+    # pooled: a bag-of-words encoder gives a caption and its swap one vector
+    a, swapped, other = enc(tok.encode(["3 left, 7 right", "7 left, 3 right",
+                                        "5 left, 7 right"])[0])[2].unbind()
+    assert (a - swapped).norm() > 0.1 * (a - other).norm()        # 0.005-0.01 before
+
+
+def test_a_prompt_is_encoded_once_per_sampling_call():
+    from scorelab.models.text_encoders import encode_text
+    tok = WordTokenizer.from_captions(CAPTIONS, context=12)
+    enc = TextEncoder(len(tok), context=12, dim=16, depth=1, heads=2).eval()
+    calls = []
+    enc.register_forward_hook(lambda *_: calls.append(1))
+    ids = tok.encode(CAPTIONS)[0]
+    with torch.no_grad():
+        first = encode_text(enc, ids)
+        assert encode_text(enc, ids) is first and len(calls) == 1
+        ids[0, 1] = UNKNOWN                                   # an in-place edit re-encodes
+        assert not torch.equal(encode_text(enc, ids)[0], first[0]) and len(calls) == 2
+        encode_text(enc, ids.clone())
+        assert len(calls) == 3
+    with torch.inference_mode():
+        frozen = ids.clone()
+        assert encode_text(enc, frozen) is encode_text(enc, frozen) and len(calls) == 4
+    encode_text(enc, ids)                                     # under autograd: no cache
+    assert len(calls) == 5
+    assert "_encoded" not in str(enc.state_dict().keys())
+
+
+def test_a_frozen_clip_keeps_the_encodings_of_captions_it_has_seen(tmp_path):
+    pytest.importorskip("transformers")
+    from tiny_clip import tiny_clip
+
+    from scorelab.models.clip_text import ClipTextEncoder, ClipTokenizer
+
+    tok = ClipTokenizer.from_pretrained(str(tiny_clip(tmp_path / "clip")), context=20)
+    state = tok.state_dict()
+    plain = ClipTextEncoder(state["model_config"], 20, tok.empty(), str(tmp_path / "clip"))
+    kept = ClipTextEncoder(state["model_config"], 20, tok.empty(), cache=3)
+    kept.load_state_dict(plain.state_dict())
+    calls = []
+    kept.model.register_forward_pre_hook(
+        lambda m, args, kwargs: calls.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    ids = tok.encode(CAPTIONS[:2] + [""] + CAPTIONS[:1])[0]   # a repeat and the null caption
+    for batch in (ids, ids[[3, 1]], tok.encode([CAPTIONS[2]])[0]):
+        want, got = plain(batch), kept(batch)
+        mask = want[1]
+        torch.testing.assert_close(got[0][mask], want[0][mask], rtol=1e-5, atol=1e-5)
+        assert torch.equal(got[1], mask)
+        torch.testing.assert_close(got[2], want[2], rtol=1e-5, atol=1e-5)
+    assert calls == [3, 1]          # 3 distinct captions, then all kept, then one new
+    assert len(kept._cache) == 3    # the least recently used went out
+    with pytest.raises(ValueError, match=">= 0 captions"):
+        ClipTextEncoder(state["model_config"], 20, tok.empty(), cache=-1)

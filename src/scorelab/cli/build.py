@@ -241,7 +241,8 @@ def text_options(cfg: DictConfig, tokenizer: dict, from_checkpoint: bool = False
         return {"kind": "clip", "model_config": tokenizer["model_config"],
                 "context": int(tokenizer["context"]), "empty": list(tokenizer["empty"]),
                 "pretrained": None if from_checkpoint else tokenizer.get("source"),
-                "local_files_only": bool(enc.get("local_files_only", True))}
+                "local_files_only": bool(enc.get("local_files_only", True)),
+                "cache": int(enc.get("cache", 0))}
     if enc.get("name", "scorelab") != "scorelab":
         raise ConfigError(f"text_encoder={enc.get('name')}: this data's captions come with "
                           f"its own word tokenizer; text_encoder=clip needs "

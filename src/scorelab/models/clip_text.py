@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -125,10 +126,15 @@ class ClipTextEncoder(nn.Module):
         context: tokens per caption. empty: the empty caption's ids.
         pretrained: load the weights from this directory or hub id now.
         local_files_only: never reach the hub for ``pretrained``.
+        cache: keep the encodings of up to this many distinct captions (least recently used
+            out first; 0: none). The model is frozen, so a caption's encoding never changes:
+            after the first epoch a dataset's captions cost no text-encoder pass. Only the
+            real tokens are kept (the padding is masked out of cross-attention anyway).
     """
 
     def __init__(self, model_config: dict, context: int, empty: list[int],
-                 pretrained: str | None = None, local_files_only: bool = True):
+                 pretrained: str | None = None, local_files_only: bool = True,
+                 cache: int = 0):
         super().__init__()
         transformers = _transformers()
         if pretrained:
@@ -143,6 +149,9 @@ class ClipTextEncoder(nn.Module):
             raise ValueError(f"the empty caption has {len(empty)} ids, the context is "
                              f"{self.context}")
         self.register_buffer("empty", torch.tensor(empty, dtype=torch.long), persistent=False)
+        if int(cache) < 0:
+            raise ValueError(f"text encoder cache must be >= 0 captions, got {cache}")
+        self.cache_size, self._cache = int(cache), OrderedDict()
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -157,9 +166,35 @@ class ClipTextEncoder(nn.Module):
         ids = torch.where(null[:, None], self.empty.to(ids.device), ids)
         end = (ids == self.end).long()
         mask = (end.cumsum(1) - end) == 0           # up to and with the first end of text
+        if self.cache_size:
+            return self._cached(ids, mask)
         with torch.no_grad():
             out = self.model(input_ids=ids)
         return out.last_hidden_state, mask, out.pooler_output
+
+    def _cached(self, ids: Tensor, mask: Tensor):
+        # the model runs on the batch's captions not yet kept, each distinct one once
+        keys = [tuple(row) for row in ids.tolist()]
+        new = list(dict.fromkeys(k for k in keys if k not in self._cache))
+        if new:
+            rows = [keys.index(k) for k in new]
+            with torch.no_grad():
+                out = self.model(input_ids=ids[rows])
+            for j, (k, i) in enumerate(zip(new, rows)):
+                real = int(mask[i].sum())
+                self._cache[k] = (out.last_hidden_state[j, :real].clone(),
+                                  out.pooler_output[j].clone())
+        entries = []
+        for k in keys:
+            self._cache.move_to_end(k)
+            entries.append(self._cache[k])
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        pooled = torch.stack([pool for _, pool in entries]).to(ids.device)
+        tokens = pooled.new_zeros((len(keys), self.context, self.dim))
+        for i, (hidden, _) in enumerate(entries):
+            tokens[i, :len(hidden)] = hidden
+        return tokens, mask, pooled
 
 
 __all__ = ["ClipTextEncoder", "ClipTokenizer", "TextEncoderUnavailable"]

@@ -4,7 +4,8 @@ the denoiser (``scorelab.models.text``) or a frozen pretrained CLIP
 
 from __future__ import annotations
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from scorelab.models.text import TextEncoder, WordTokenizer
 
@@ -22,6 +23,28 @@ def build_text_encoder(options: dict) -> nn.Module:
     return TextEncoder(**options)
 
 
+def encode_text(encoder: nn.Module, ids: Tensor):
+    """``encoder(ids)``, computed once per captions tensor while no gradient is taken.
+
+    A sampler hands the backbone the same ids tensor at every network evaluation (CFG the
+    same [y, null] batch), so a prompt is encoded once per sampling call rather than once per
+    step. The one-entry cache is keyed on the tensor itself and its version counter (an
+    in-place edit re-encodes; inference-mode tensors have none); training and anything under
+    autograd bypass it.
+    """
+    if encoder.training or torch.is_grad_enabled():
+        return encoder(ids)
+    # inference-mode tensors keep no version counter: the tensor alone is the key there
+    version = None if ids.is_inference() else ids._version
+    cached = getattr(encoder, "_encoded", None)
+    if cached is not None and cached[0] is ids and cached[1] == version:
+        return cached[2]
+    out = encoder(ids)
+    # a plain attribute, not a buffer: never in a state_dict
+    encoder._encoded = (ids, version, out)
+    return out
+
+
 def tokenizer_from_state(state: dict):
     """The tokenizer a checkpoint stores (``state_dict()`` of a ``WordTokenizer`` or, with
     kind clip, a ``ClipTokenizer``)."""
@@ -31,4 +54,4 @@ def tokenizer_from_state(state: dict):
     return WordTokenizer.from_state_dict(state)
 
 
-__all__ = ["build_text_encoder", "tokenizer_from_state"]
+__all__ = ["build_text_encoder", "encode_text", "tokenizer_from_state"]

@@ -9,14 +9,29 @@ Pre-norm on the queries; the keys and values are the condition encoder's tokens 
 with a key padding mask [B, L] (True: a real token), so padding never changes the output.
 The output projection starts at zero, so a block added to a network starts as the identity
 and a checkpoint without text keeps its function.
+
+With ``position`` (feature maps), the queries also see each pixel's fixed 2-D sin-cos
+position, Q = W_q (norm(h) + P): which caption word a place reads (the digit *on the left*)
+is then given, not left to what zero padding leaves in a convolution's features.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from scorelab.nets.layers import group_norm, zero_init
+from scorelab.nets.layers import group_norm, sincos_2d, zero_init
+
+
+@lru_cache(maxsize=32)
+def _grid_position(dim: int, h: int, w: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    # built once per shape and device, not at every forward; a normal tensor even when first
+    # asked for under inference mode, so training may use it afterwards
+    with torch.inference_mode(False):
+        return sincos_2d(dim, h, w).to(device, dtype)
 
 
 class CrossAttention(nn.Module):
@@ -27,15 +42,19 @@ class CrossAttention(nn.Module):
         context_dim: width of the condition tokens.
         heads: attention heads (``dim`` must divide by it).
         norm: "layer" (DiT's tokens) or "group" (a UNet's [B, C, H, W] features).
+        position: add the pixels' 2-D sin-cos position to the queries of a feature map.
     """
 
-    def __init__(self, dim: int, context_dim: int, heads: int = 4, norm: str = "layer"):
+    def __init__(self, dim: int, context_dim: int, heads: int = 4, norm: str = "layer",
+                 position: bool = False):
         super().__init__()
         if dim % heads:
             raise ValueError(f"cross-attention width {dim} not divisible by {heads} heads")
         if norm not in ("layer", "group"):
             raise ValueError(f"cross-attention norm must be layer or group, got {norm!r}")
-        self.heads = heads
+        if position and dim % 4:
+            raise ValueError(f"cross-attention position: width {dim} not divisible by 4")
+        self.heads, self.position = heads, position
         self.norm = nn.LayerNorm(dim) if norm == "layer" else group_norm(dim)
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(context_dim, 2 * dim)
@@ -48,6 +67,8 @@ class CrossAttention(nn.Module):
         if image:
             B, C, H, W = h.shape
             q_in = self.norm(h).flatten(2).transpose(1, 2)                     # [B, HW, C]
+            if self.position:
+                q_in = q_in + _grid_position(C, H, W, q_in.device, q_in.dtype)
         else:
             q_in = self.norm(h)
         B, T, D = q_in.shape

@@ -19,30 +19,13 @@ v); ``ScoreModel`` hands the first C to the head. The network knows nothing of S
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scorelab.models.text import null_captions
-from scorelab.models.text_encoders import build_text_encoder
+from scorelab.models.text_encoders import build_text_encoder, encode_text
 from scorelab.nets.attention import CrossAttention
-from scorelab.nets.layers import class_embedding, sinusoidal_embedding, zero_init
-
-
-def sincos_2d(dim: int, h: int, w: int) -> Tensor:
-    """Fixed 2-D sin-cos position table [h*w, dim] (MAE / DiT): half the channels encode the
-    row, half the column, each with 1-D embeddings at frequencies 10000^(-j / (dim/4))."""
-    if dim % 4:
-        raise ValueError(f"DiT hidden size must be divisible by 4, got {dim}")
-    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
-
-    def one_axis(pos):
-        out = pos.flatten()[:, None] * omega[None]
-        return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
-
-    gy, gx = torch.meshgrid(torch.arange(h, dtype=torch.float64),
-                            torch.arange(w, dtype=torch.float64), indexing="ij")
-    return torch.cat([one_axis(gx), one_axis(gy)], dim=1).float()
+from scorelab.nets.layers import class_embedding, sincos_2d, sinusoidal_embedding, zero_init
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
@@ -186,7 +169,7 @@ class DiT(nn.Module):
         tokens = mask = None
         if self.text is not None:
             ids = null_captions(x.shape[0], self.text.context, x.device) if y is None else y
-            tokens, mask, pooled = self.text(ids)
+            tokens, mask, pooled = encode_text(self.text, ids)
             c = c + self.text_proj(pooled)
         for block in self.blocks:
             h = block(h, c, tokens, mask)

@@ -75,6 +75,22 @@ class ConditionEmbedding(nn.Module):
         return emb
 
 
+def sincos_2d(dim: int, h: int, w: int) -> Tensor:
+    """Fixed 2-D sin-cos position table [h*w, dim] (MAE / DiT): half the channels encode the
+    row, half the column, each with 1-D embeddings at frequencies 10000^(-j / (dim/4))."""
+    if dim % 4:
+        raise ValueError(f"a 2-D sin-cos position needs a width divisible by 4, got {dim}")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
+
+    def one_axis(pos):
+        out = pos.flatten()[:, None] * omega[None]
+        return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
+
+    gy, gx = torch.meshgrid(torch.arange(h, dtype=torch.float64),
+                            torch.arange(w, dtype=torch.float64), indexing="ij")
+    return torch.cat([one_axis(gx), one_axis(gy)], dim=1).float()
+
+
 def group_norm(channels: int) -> nn.GroupNorm:
     """GroupNorm with up to 32 groups of at least 4 channels (DDPM uses 32 groups)."""
     groups = next(g for g in range(min(32, max(1, channels // 4)), 0, -1) if channels % g == 0)

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scorelab.models.text import null_captions
-from scorelab.models.text_encoders import build_text_encoder
+from scorelab.models.text_encoders import build_text_encoder, encode_text
 from scorelab.nets.attention import CrossAttention
 from scorelab.nets.layers import (class_embedding, group_norm, sinusoidal_embedding,
                                   variance_scaling_, zero_init)
@@ -187,6 +187,8 @@ class UNet(nn.Module):
             as y; None (default) for none.
         cross_attention_resolutions: spatial sizes with cross-attention to the text (default:
             ``attn_resolutions``).
+        cross_attention_position: the cross-attention queries see each pixel's 2-D position
+            (``CrossAttention``'s ``position``; False in checkpoints from before it existed).
     """
 
     def __init__(self, data_shape, channels: int = 128, channel_mult=(1, 2, 2, 2),
@@ -198,7 +200,7 @@ class UNet(nn.Module):
                  fir_kernel=(1, 3, 3, 1), progressive: str = "none",
                  progressive_input: str = "none", progressive_combine: str = "sum",
                  scale_by_sigma: bool = False, attn_heads: int = 1, text: dict | None = None,
-                 cross_attention_resolutions=None):
+                 cross_attention_resolutions=None, cross_attention_position: bool = False):
         super().__init__()
         if text and num_classes:
             raise ValueError("the UNet conditions on class labels or on text, not both")
@@ -223,7 +225,8 @@ class UNet(nn.Module):
 
         def cross(ch, res):
             if context_dim and res in cross_res:
-                return CrossAttention(ch, context_dim, attn_heads, norm="group")
+                return CrossAttention(ch, context_dim, attn_heads, norm="group",
+                                      position=cross_attention_position)
             return None
 
         def block(a, b, resample=None):
@@ -264,7 +267,8 @@ class UNet(nn.Module):
             self.down.append(stage)
 
         self.mid = nn.ModuleList([block(ch, ch), attention(ch), block(ch, ch)])
-        self.mid_cross = CrossAttention(ch, context_dim, attn_heads, norm="group") \
+        self.mid_cross = CrossAttention(ch, context_dim, attn_heads, norm="group",
+                                        position=cross_attention_position) \
             if context_dim else None
 
         self.up = nn.ModuleList()
@@ -337,7 +341,7 @@ class UNet(nn.Module):
         text = None
         if self.text is not None:
             ids = null_captions(x.shape[0], self.text.context, x.device) if y is None else y
-            tokens, mask, pooled = self.text(ids)
+            tokens, mask, pooled = encode_text(self.text, ids)
             text, y = (tokens, mask), None
         emb = self.embed(noise_label, y)                  # [B, 4 nf]
         if text is not None:
