@@ -154,19 +154,6 @@ def test_unet_with_text_cross_attends_where_asked_and_keeps_its_class_form():
     assert not any("cross" in k or "text" in k for k in plain.state_dict())
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_text_encoder_reads_word_order_from_the_start(seed):
-    # which number goes with which side is word order; at initialisation the places must be
-    # as loud as the words, or a model on captions learns the digits but not their sides
-    torch.manual_seed(seed)
-    tok = WordTokenizer.from_captions(["3 left, 7 right", "5 left, 7 right"], context=8)
-    enc = TextEncoder(len(tok), context=8, dim=64, depth=2, heads=4).eval()
-    # pooled: a bag-of-words encoder gives a caption and its swap one vector
-    a, swapped, other = enc(tok.encode(["3 left, 7 right", "7 left, 3 right",
-                                        "5 left, 7 right"])[0])[2].unbind()
-    assert (a - swapped).norm() > 0.1 * (a - other).norm()        # 0.005-0.01 before
-
-
 def test_a_prompt_is_encoded_once_per_sampling_call():
     from scorelab.models.text_encoders import encode_text
     tok = WordTokenizer.from_captions(CAPTIONS, context=12)

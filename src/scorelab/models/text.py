@@ -99,11 +99,7 @@ class TextEncoder(nn.Module):
                  heads: int = 4):
         super().__init__()
         self.context, self.dim = context, dim
-        # words and places start at one scale (GPT-2's 0.02): with nn.Embedding's N(0, 1) the
-        # places were 50x fainter than the words and the encoder began as a bag of words (a
-        # caption and its swap, "3 left, 7 right" / "7 left, 3 right", pooled within 1 %)
         self.token = nn.Embedding(vocab_size, dim)
-        nn.init.normal_(self.token.weight, std=0.02)
         self.position = nn.Parameter(torch.randn(context, dim) * 0.02)
         layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, batch_first=True,
                                            norm_first=True, activation="gelu")
