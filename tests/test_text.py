@@ -75,7 +75,7 @@ def test_cross_attention_starts_as_the_identity_and_never_sees_masked_tokens(ima
 
 def test_cross_attention_with_position_tells_places_apart():
     # one feature everywhere: without position every place reads the caption alike; with it,
-    # the left and the right half read it differently (and the same place alike in a batch)
+    # the places read it differently
     torch.manual_seed(0)
     h = torch.randn(1, 16, 1, 1).expand(2, 16, 4, 8).contiguous()
     context, mask = torch.randn(2, 6, 8), torch.ones(2, 6, dtype=torch.bool)
