@@ -81,9 +81,10 @@ def chosen(group: str) -> str:
     return group
 
 
-def sampler_settings(node, path=None) -> dict:
+def sampler_settings(node, path=None, model=None) -> dict:
     """A sampler config node as a plain dict {name, steps, **options}, validated (and, given
-    the model's ``path``, checked to run on that path)."""
+    the model's ``path``, checked to run on that path; given the ``ScoreModel``, that it has
+    the learned variances variance=learned reads)."""
     settings = plain(node)
     if not settings.get("name"):
         raise ConfigError("sampler: no sampler name given (sampler=<name>)")
@@ -95,6 +96,11 @@ def sampler_settings(node, path=None) -> dict:
             check_sampler(path, **settings)
     except ValueError as e:          # the registry's own rules, as sample() checks them
         raise ConfigError(_naming("sampler", str(e))) from None
+    if settings.get("variance") == "learned" and model is not None \
+            and not model.learns_variance:
+        raise ConfigError("sampler.variance=learned reads the model's learned variance "
+                          "channels, and this model has none (train with "
+                          "backbone.learn_sigma=true loss=hybrid)")
     return settings
 
 
@@ -298,7 +304,11 @@ def build_module(cfg: DictConfig, data_shape, num_classes: int,
         raise ConfigError(f"{chosen('head')}, {chosen('path')}, noise_label={noise_label}: "
                           f"{e}") from None
     try:
-        sampler = sampler_settings(cfg.sampler, path)
+        loss.check_model(model)
+    except ValueError as e:
+        raise ConfigError(f"{chosen('loss')} with {chosen('backbone')}: {e}") from None
+    try:
+        sampler = sampler_settings(cfg.sampler, path, model)
     except ConfigError as e:
         if strict_sampler:
             raise

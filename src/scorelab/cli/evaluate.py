@@ -30,10 +30,10 @@ from omegaconf import DictConfig, OmegaConf
 from scorelab.metrics.callbacks import Metrics
 from scorelab.metrics.registry import SampleMetric
 from scorelab.util.checks import integer, optional
-from scorelab.cli.build import build_datamodule, check_config_values, make, pick_device
+from scorelab.cli.build import check_config_values, make, pick_device
 from scorelab.cli.common import log, optimized, output_dir, reports_errors, write_json
 from scorelab.cli.extras import apply_extras
-from scorelab.cli.latent import latent_datamodule
+from scorelab.cli.latent import checkpoint_datamodule
 from scorelab.data.captions import evaluation_prompts
 from scorelab.cli.sample import draw_samples, load_guided, resolve_sampler, save_sample_files
 from scorelab.util.errors import ConfigError, Interrupted
@@ -60,7 +60,7 @@ def _metric_callbacks(cfg, dm, loaded) -> list:
     if wants_samples and cfg.num_samples <= 0:
         raise ConfigError(f"metrics {', '.join(wants_samples)} need num_samples > 0 (e.g. "
                           f"num_samples=1000)")
-    settings = resolve_sampler(cfg.sampler, loaded.module.sampler, loaded.module.model.path)
+    settings = resolve_sampler(cfg.sampler, loaded.module.sampler, loaded.module.model)
     try:
         return [Metrics(metrics, num_samples=cfg.num_samples if wants_samples else 0,
                         sampler=settings, batch_size=cfg.sample_batch_size, seed=cfg.seed,
@@ -103,7 +103,7 @@ def _results(trainer, dm, callbacks) -> dict:
 
 
 def _samples(cfg, loaded, dm, device, out) -> dict:
-    settings = resolve_sampler(cfg.sampler, loaded.module.sampler, loaded.module.model.path)
+    settings = resolve_sampler(cfg.sampler, loaded.module.sampler, loaded.module.model)
     prompts = evaluation_prompts(dm, cfg.get("prompts"), cfg.num_samples, cfg.seed) \
         if loaded.module.takes_captions else None
     x, labels, nfe, seconds = draw_samples(loaded, settings, cfg.num_samples, cfg.seed, device,
@@ -143,14 +143,9 @@ def _main(cfg: DictConfig) -> dict:
     check_config_values(cfg, EVALUATE_RULES)
     L.seed_everything(cfg.seed, verbose=False)
     loaded = load_guided(cfg)
-    data_cfg = loaded.cfg
-    if cfg.batch_size is not None:
-        data_cfg = OmegaConf.merge(data_cfg, {"data": {"batch_size": cfg.batch_size}})
-    dm = build_datamodule(data_cfg, loaded.tokenizer)
-    if loaded.module.latent is not None:     # shift and scale come from the checkpoint
-        dm = latent_datamodule(loaded.cfg.get("autoencoder"), dm, loaded.module.latent,
-                               estimate=False)
-    dm.setup("validate")
+    dm = checkpoint_datamodule(loaded, cfg.batch_size)
+    # sampler.variance=analytic estimates its moments on the run's training data
+    loaded.module.analytic_data = dm
     _check_prompts(cfg, loaded, dm)
     callbacks = _metric_callbacks(cfg, dm, loaded)
     trainer = _validate(cfg, loaded, dm, callbacks, out)

@@ -13,7 +13,9 @@ the stage-1 file.
 
 from __future__ import annotations
 
-from scorelab.cli.build import LoadedCheckpoint, given, plain
+from omegaconf import OmegaConf
+
+from scorelab.cli.build import LoadedCheckpoint, build_datamodule, given, plain
 from scorelab.latent import diffusers as hf
 from scorelab.latent.datamodule import ENCODINGS, LatentDataModule
 from scorelab.latent.space import NORMALIZATIONS, LatentSpace
@@ -104,3 +106,17 @@ def latent_datamodule(node, pixels, latent: LatentSpace, estimate: bool) -> Late
                                 s.get("batch_size", 256), estimate)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+
+
+def checkpoint_datamodule(loaded, batch_size: int | None = None):
+    """The data module of a loaded checkpoint's run (its latents for a latent model, with
+    the checkpoint's shift and scale), set up."""
+    data_cfg = loaded.cfg
+    if batch_size is not None:
+        data_cfg = OmegaConf.merge(data_cfg, {"data": {"batch_size": batch_size}})
+    dm = build_datamodule(data_cfg, loaded.tokenizer)
+    if loaded.module.latent is not None:     # shift and scale come from the checkpoint
+        dm = latent_datamodule(loaded.cfg.get("autoencoder"), dm, loaded.module.latent,
+                               estimate=False)
+    dm.setup("validate")
+    return dm

@@ -16,6 +16,7 @@ from scorelab.cli.build import LoadedCheckpoint, pick_device, plain, sampler_set
 from scorelab.cli.common import log, output_dir, reports_errors, write_json
 from scorelab.cli.extras import apply_extras
 from scorelab.cli.guide import build_guidance
+from scorelab.cli.latent import checkpoint_datamodule
 from scorelab.cli.task import (check_task, constraint_for, draw_controlled, observations,
                                task_settings)
 from scorelab.data.base import inverse_scaler
@@ -28,14 +29,14 @@ from scorelab.latent.space import latent_summary
 from scorelab.util.visualize import save_samples
 
 
-def resolve_sampler(requested: DictConfig, trained_with: dict, path=None) -> dict:
+def resolve_sampler(requested: DictConfig, trained_with: dict, model=None) -> dict:
     """sampler=checkpoint (name null): the checkpoint's sampler with the non-null keys of
     ``requested`` on top; any named sampler: exactly the requested config. Checked against
-    the model's ``path`` / path when given."""
+    the ``ScoreModel`` (its path, its learned variances) when given."""
     req = {k: v for k, v in plain(requested).items() if v is not None}
     if "name" not in req:
         req = {**trained_with, **req}
-    return sampler_settings(req, path)
+    return sampler_settings(req, None if model is None else model.path, model)
 
 
 def class_labels(n: int, num_classes: int, class_label, device) -> torch.Tensor:
@@ -174,7 +175,10 @@ def _main(cfg: DictConfig) -> dict:
     loaded = load_guided(cfg)
     check_task(task, loaded)
     captions = prompt_list(cfg, loaded)
-    settings = resolve_sampler(cfg.sampler, loaded.module.sampler, loaded.module.model.path)
+    settings = resolve_sampler(cfg.sampler, loaded.module.sampler, loaded.module.model)
+    if settings.get("variance") == "analytic":
+        # Analytic-DPM's moments come from the run's training data (before the first sample)
+        loaded.module.analytic_data = checkpoint_datamodule(loaded)
     device = pick_device(cfg.device)
     extra = {}
     if task["name"] == "generate":

@@ -20,6 +20,11 @@ parametrisation: ``guide`` (ref + w (pred - ref) on x0_hat and eps_hat alike: cl
 guidance and autoguidance, affine in the output) and ``shift_score`` (score + delta:
 classifier guidance, eps_hat - sigma delta, x0_hat + sigma^2 / alpha delta).
 
+A model with learned reverse variances (``backbone.learn_sigma``) also carries
+``var_frac``, Improved DDPM's interpolation fraction (v + 1) / 2 of its extra output channels
+(``scorelab.likelihood.reverse_step``); guidance keeps the conditional prediction's (as
+DiT's sampling does), and every reading above ignores it.
+
 Samplers, the likelihood and guidance consume a *prediction function* ``model(x, t) ->
 Prediction``. ``as_prediction_fn`` accepts a function returning either a ``Prediction`` or a
 plain score tensor (the oracle, user code), which it wraps with ``Prediction.from_score``.
@@ -41,13 +46,16 @@ class Prediction:
         x0, eps: the model's clean-data and noise estimates.
         alpha, sigma, d_alpha, d_sigma: the path's coefficients and time derivatives at t,
             broadcastable against x.
+        var_frac: the learned-variance fraction, shaped like x (None: no learned variance).
     """
 
-    __slots__ = ("x", "x0", "eps", "alpha", "sigma", "d_alpha", "d_sigma")
+    __slots__ = ("x", "x0", "eps", "alpha", "sigma", "d_alpha", "d_sigma", "var_frac")
 
-    def __init__(self, x: Tensor, x0: Tensor, eps: Tensor, alpha, sigma, d_alpha, d_sigma):
+    def __init__(self, x: Tensor, x0: Tensor, eps: Tensor, alpha, sigma, d_alpha, d_sigma,
+                 var_frac: Tensor | None = None):
         self.x, self.x0, self.eps = x, x0, eps
         self.alpha, self.sigma, self.d_alpha, self.d_sigma = alpha, sigma, d_alpha, d_sigma
+        self.var_frac = var_frac
 
     @property
     def score(self) -> Tensor:
@@ -68,7 +76,7 @@ class Prediction:
         w = w.reshape((-1,) + (1,) * (self.x.dim() - 1)).to(self.x.dtype)
         return Prediction(self.x, ref.x0 + w * (self.x0 - ref.x0),
                           ref.eps + w * (self.eps - ref.eps),
-                          self.alpha, self.sigma, self.d_alpha, self.d_sigma)
+                          self.alpha, self.sigma, self.d_alpha, self.d_sigma, self.var_frac)
 
     def shift_score(self, delta: Tensor) -> "Prediction":
         """The prediction at the same x whose score is score + delta: eps_hat - sigma delta,
@@ -80,7 +88,7 @@ class Prediction:
         safe = torch.where(live, alpha, torch.ones_like(alpha))
         return Prediction(self.x, self.x0 + self.sigma * self.sigma / safe * delta,
                           self.eps - self.sigma * delta,
-                          self.alpha, self.sigma, self.d_alpha, self.d_sigma)
+                          self.alpha, self.sigma, self.d_alpha, self.d_sigma, self.var_frac)
 
     def chunk(self, n: int) -> list["Prediction"]:
         """Split a prediction of n stacked batches (one batched forward pass) into n."""
@@ -92,11 +100,12 @@ class Prediction:
         return [Prediction(*row) for row in zip(*fields)]
 
     @classmethod
-    def from_head(cls, head, out: Tensor, x: Tensor, coefficients) -> "Prediction":
+    def from_head(cls, head, out: Tensor, x: Tensor, coefficients,
+                  var_frac: Tensor | None = None) -> "Prediction":
         """What raw output ``out`` means under ``head`` (``scorelab.models.heads``), with
         ``coefficients`` = (alpha, sigma, alpha', sigma') broadcast against x."""
         return cls(x, head.to_x0(out, x, *coefficients), head.to_eps(out, x, *coefficients),
-                   *coefficients)
+                   *coefficients, var_frac)
 
     @classmethod
     def from_score(cls, path, x: Tensor, t: Tensor, score: Tensor) -> "Prediction":

@@ -3,7 +3,8 @@ prediction (``scorelab.models.prediction``) and a score_fn.
 
     label   = noise_label(t)                           (the only place it is computed)
     x_in    = head.c_in(alpha, sigma) x                (input scaling, optional)
-    out     = backbone(x_in, label, y)[:, :C]       (DiT with learned sigma: mean part)
+    out     = backbone(x_in, label, y)[:, :C]       (learn_sigma: the mean part; the rest is
+                                                     the variance fraction (v + 1) / 2)
     out     = out / sigma(t)                        (backbone.scale_by_sigma: NCSN++ on VE)
     pred    = Prediction(x0_hat, eps_hat) via the head: read as score, x0, eps, v, velocity
 
@@ -89,25 +90,39 @@ class ScoreModel(nn.Module):
         """alpha(t), sigma(t), alpha'(t), sigma'(t) broadcast against x."""
         return self.path.coefficients(t, like=x)
 
-    def output(self, x: Tensor, t: Tensor, y: Tensor | None = None,
-               coefficients: tuple[Tensor, ...] | None = None) -> Tensor:
-        """The backbone's raw output (what the head's target is compared with).
-        ``coefficients``: (alpha, sigma, ...) broadcast against x, if the caller has them."""
+    def outputs(self, x: Tensor, t: Tensor, y: Tensor | None = None,
+                coefficients: tuple[Tensor, ...] | None = None) -> tuple[Tensor, Tensor | None]:
+        """The backbone's raw output (what the head's target is compared with) and, for a
+        backbone with ``learn_sigma``, Improved DDPM's variance fraction (v + 1) / 2 of its
+        last C channels (None otherwise). ``coefficients``: (alpha, sigma, ...) broadcast
+        against x, if the caller has them."""
         alpha, sigma = (coefficients if coefficients is not None else self.coefficients(x, t))[:2]
         x_in = x * self.head.c_in(alpha, sigma) if self.input_scaling else x
         out = self.backbone(x_in, self.noise_label(t, alpha, sigma).to(x.dtype), y)
-        if getattr(self.backbone, "learn_sigma", False):
-            out = out[:, :x.shape[1]]
+        var_frac = None
+        if self.learns_variance:
+            out, var_frac = out[:, :x.shape[1]], (out[:, x.shape[1]:] + 1) / 2
         if getattr(self.backbone, "scale_by_sigma", False):
             out = out / sigma
-        return out
+        return out, var_frac
+
+    @property
+    def learns_variance(self) -> bool:
+        """Whether the backbone outputs the learned-variance channels."""
+        return bool(getattr(self.backbone, "learn_sigma", False))
+
+    def output(self, x: Tensor, t: Tensor, y: Tensor | None = None,
+               coefficients: tuple[Tensor, ...] | None = None) -> Tensor:
+        """The backbone's raw output (``outputs`` without the variance fraction)."""
+        return self.outputs(x, t, y, coefficients)[0]
 
     def prediction(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Prediction:
         """The model's prediction at (x, t): x0_hat and eps_hat through the head, readable as
-        score, v or velocity (``scorelab.models.prediction``)."""
+        score, v or velocity (``scorelab.models.prediction``), with the learned variance
+        fraction if the backbone has one."""
         c = self.coefficients(x, t)
-        out = self.output(x, t, y, c)
-        return Prediction.from_head(self.head, out, x, c)
+        out, var_frac = self.outputs(x, t, y, c)
+        return Prediction.from_head(self.head, out, x, c, var_frac)
 
     def score_fn(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         c = self.coefficients(x, t)

@@ -30,21 +30,28 @@ class MLP(nn.Module):
         depth: number of residual blocks.
         emb_dim: width of the noise-label (and class) embedding.
         num_classes: 0 for unconditional, else the number of classes (+1 null label).
+        learn_sigma: also output Improved DDPM's variance channels (twice the data's first
+            dimension: the mean part first).
     """
 
     def __init__(self, data_shape, width: int = 256, depth: int = 4, emb_dim: int = 128,
-                 num_classes: int = 0):
+                 num_classes: int = 0, learn_sigma: bool = False):
         super().__init__()
         self.data_shape = tuple(data_shape)
+        self.learn_sigma = bool(learn_sigma)
         d = math.prod(self.data_shape)
         self.embed = ConditionEmbedding(emb_dim, num_classes)
         self.inp = nn.Linear(d, width)
         self.blocks = nn.ModuleList(_Block(width, emb_dim) for _ in range(depth))
-        self.out = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, d))
+        self.out = nn.Sequential(nn.LayerNorm(width), nn.SiLU(),
+                                 nn.Linear(width, 2 * d if learn_sigma else d))
 
     def forward(self, x: Tensor, noise_label: Tensor, y: Tensor | None = None) -> Tensor:
         emb = self.embed(noise_label, y)                 # [B, emb_dim]
         h = self.inp(x.flatten(1))                       # [B, width]
         for block in self.blocks:
             h = block(h, emb)
-        return self.out(h).view(x.shape)
+        out = self.out(h)
+        if self.learn_sigma:     # [B, 2C, ...]: the mean part, then the variance channels
+            return out.view(x.shape[0], 2, *x.shape[1:]).flatten(1, 2)
+        return out.view(x.shape)

@@ -189,6 +189,8 @@ class UNet(nn.Module):
             ``attn_resolutions``).
         cross_attention_position: the cross-attention queries see each pixel's 2-D position
             (``CrossAttention``'s ``position``; False in checkpoints from before it existed).
+        learn_sigma: output 2C channels, the mean part first, then Improved DDPM's variance
+            channels (Nichol & Dhariwal 2021; ``ScoreModel`` splits them).
     """
 
     def __init__(self, data_shape, channels: int = 128, channel_mult=(1, 2, 2, 2),
@@ -200,13 +202,16 @@ class UNet(nn.Module):
                  fir_kernel=(1, 3, 3, 1), progressive: str = "none",
                  progressive_input: str = "none", progressive_combine: str = "sum",
                  scale_by_sigma: bool = False, attn_heads: int = 1, text: dict | None = None,
-                 cross_attention_resolutions=None, cross_attention_position: bool = False):
+                 cross_attention_resolutions=None, cross_attention_position: bool = False,
+                 learn_sigma: bool = False):
         super().__init__()
         if text and num_classes:
             raise ValueError("the UNet conditions on class labels or on text, not both")
         cin, H, W = self._check(data_shape, channel_mult, resblock, progressive,
                                 progressive_input, progressive_combine)
         self.data_shape = tuple(data_shape)
+        self.learn_sigma = bool(learn_sigma)
+        cout = 2 * cin if learn_sigma else cin
         self.scale_by_sigma = bool(scale_by_sigma)
         self.channels_last = False
         self.resblock, self.progressive = resblock, progressive
@@ -285,8 +290,8 @@ class UNet(nn.Module):
                 top = level == levels - 1
                 if progressive == "output_skip":
                     stage.pyramid_norm = group_norm(ch)
-                    stage.pyramid_conv = conv3x3(ch, cin, init_scale)
-                    pyramid_ch = cin
+                    stage.pyramid_conv = conv3x3(ch, cout, init_scale)
+                    pyramid_ch = cout
                 elif top:                                   # residual, first stage
                     stage.pyramid_norm = group_norm(ch)
                     stage.pyramid_conv = conv3x3(ch, ch)
@@ -302,7 +307,7 @@ class UNet(nn.Module):
         assert not skips
         if progressive != "output_skip":
             self.out_norm = group_norm(ch)
-            self.out_conv = conv3x3(ch, cin, init_scale)
+            self.out_conv = conv3x3(ch, cout, init_scale)
 
     @staticmethod
     def _check(data_shape, channel_mult, resblock, progressive, progressive_input, combine):

@@ -21,6 +21,9 @@ Predictors (x -> x_next, and the noise-free mean x_mean):
                      s_ts^2 = sigma_t^2 - a^2 sigma_s^2).
                      On VP it is DDPM's ancestral step with the posterior variance
                      (Ho et al. Eq. 6-7); on VE the SMLD analogue (Score SDE Eq. 47).
+                     ``variance`` replaces var by DDPM's upper s_ts^2, Improved DDPM's
+                     learned interpolation or Analytic-DPM's optimum
+                     (``scorelab.likelihood.reverse_step``).
 * none.
 Correctors:
 * langevin: step = 2 r (snr |z| / |s|)^2 (batch-mean norms; r = alpha_i of Score SDE's
@@ -33,7 +36,9 @@ from __future__ import annotations
 
 import torch
 
-from scorelab.util.checks import boolean, integer, number, one_of
+from scorelab.likelihood.reverse_step import (VARIANCES, reverse_log_variance,
+                                              step_coefficients)
+from scorelab.util.checks import Rule, boolean, integer, number, one_of
 from scorelab.sampling.common import (after_step, check_leftover_noise, per_sample_times,
                                       randn_like, tweedie_denoise)
 from scorelab.sampling.registry import register
@@ -55,10 +60,15 @@ def reverse_diffusion_step(ctx, x, i):
 
 def ancestral_step(ctx, x, i):
     a_t, s_t, a_s, s_s = ctx.alphas[i], ctx.sigmas[i], ctx.alphas[i + 1], ctx.sigmas[i + 1]
-    a, var_ts = transition_kernel(a_s, s_s, a_t, s_t)
-    x0 = ctx.model(x, ctx.t(i)).x0
-    x_mean = (a * s_s * s_s / (s_t * s_t)) * x + (a_s * var_ts / (s_t * s_t)) * x0
-    std = torch.sqrt(var_ts * s_s * s_s / (s_t * s_t))
+    c_x, c_0, post, upper = step_coefficients(a_s, s_s, a_t, s_t)
+    pred = ctx.model(x, ctx.t(i))
+    x_mean = c_x * x + c_0 * pred.x0
+    if ctx.variance == "posterior":
+        std = torch.sqrt(post)
+    else:
+        m = None if ctx.x0_variance is None else ctx.x0_variance(ctx.ts[i])
+        var_frac = None if pred.var_frac is None else pred.var_frac.to(x.dtype)
+        std = torch.exp(0.5 * reverse_log_variance(ctx.variance, post, upper, var_frac, c_0, m))
     return x_mean + std * randn_like(x, ctx.generator), x_mean, 1
 
 
@@ -114,8 +124,10 @@ def reverse_diffusion_g2(path, ts, diffusion: str = "sde", scale: float = 1.0):
 class _Context:
     """Everything a step needs, computed once per sampling call (no per-step schedules)."""
 
-    def __init__(self, model, path, x, ts, generator, snr, n_steps, diffusion, scale):
+    def __init__(self, model, path, x, ts, generator, snr, n_steps, diffusion, scale,
+                 variance="posterior", x0_variance=None):
         self.model, self.generator, self.snr, self.n_steps = model, generator, snr, n_steps
+        self.variance, self.x0_variance = variance, x0_variance
         self.rsde = path.reverse(lambda x, t: model(x, t).score)
         self.ts = ts
         self.g2 = reverse_diffusion_g2(path, ts, diffusion, scale)
@@ -139,6 +151,10 @@ class _Context:
 def _check_pc(options):
     if options["predictor"] == "none" and options["corrector"] == "none":
         raise ValueError("sampler: predictor=none with corrector=none does nothing")
+    if options.get("variance", "posterior") != "posterior" and options["predictor"] != "ancestral":
+        raise ValueError(f"sampler.variance={options['variance']} is the reverse variance of the "
+                         f"ancestral step: it needs predictor=ancestral, not "
+                         f"{options['predictor']}")
     if options["predictor"] != "euler_maruyama":
         for key, default in (("diffusion", "sde"), ("diffusion_scale", 1.0)):
             if options.get(key, default) != default:
@@ -172,8 +188,26 @@ def _check_pc_grid(options, path, ts):
         check_leftover_noise("sampler pc (predictor=euler_maruyama)", path, ts, g2)
 
 
+# An Analytic-DPM moment table (``reverse_step.X0Variance``), built from data by the caller
+# (``X0Variance.estimate``; sample.py and evaluate.py build it from the run's training data).
+X0_VARIANCE_RULE = Rule(lambda v: v is None or callable(v),
+                        "an X0Variance (scorelab.likelihood.reverse_step) or null")
+
+
+def check_analytic(options):
+    """variance=analytic needs the model's moments, x0_variance (checked when sampling: a
+    config names the variance, and the command line estimates the moments before the first
+    sample)."""
+    if options.get("variance") == "analytic" and options.get("x0_variance") is None:
+        raise ValueError("sampler.variance=analytic needs the model's x0 variance on data "
+                         "(x0_variance = X0Variance.estimate(...); sample.py and evaluate.py "
+                         "estimate it from the training data)")
+
+
 @register("pc", grid="uniform", combined=_check_pc, path_check=_check_pc_grid,
           rules={"predictor": one_of(PREDICTORS, "predictor"),
+                 "variance": one_of(VARIANCES, "reverse variance"),
+                 "x0_variance": X0_VARIANCE_RULE,
                  "corrector": one_of(CORRECTORS, "corrector"),
                  "snr": number(0, lo_open=True), "n_steps": integer(1), "denoise": boolean(),
                  "diffusion": one_of(DIFFUSIONS, "diffusion"),
@@ -181,13 +215,18 @@ def _check_pc_grid(options, path, ts):
 def predictor_corrector(model, path, x, ts, *, generator=None, callback=None,
                         predictor: str = "euler_maruyama", corrector: str = "none",
                         snr: float = 0.16, n_steps: int = 1, denoise: bool = True,
-                        diffusion: str = "sde", diffusion_scale: float = 1.0):
+                        diffusion: str = "sde", diffusion_scale: float = 1.0,
+                        variance: str = "posterior", x0_variance=None):
     """Alg. 1 of Score SDE: at each grid time a corrector then a predictor step.
     ``denoise``: finish with the noise-free Tweedie step x0_hat(x, eps) (+1 NFE).
-    ``diffusion``, ``diffusion_scale``: g~^2 of the euler_maruyama predictor."""
+    ``diffusion``, ``diffusion_scale``: g~^2 of the euler_maruyama predictor.
+    ``variance``: the ancestral step's reverse variance (posterior, upper, learned,
+    analytic); ``x0_variance``: the ``X0Variance`` that ``analytic`` needs."""
     _check_pc_path(dict(predictor=predictor, diffusion=diffusion), path, ts)
+    check_analytic(dict(variance=variance, x0_variance=x0_variance))
     predict, correct = PREDICTORS[predictor], CORRECTORS[corrector]
-    ctx = _Context(model, path, x, ts, generator, snr, n_steps, diffusion, diffusion_scale)
+    ctx = _Context(model, path, x, ts, generator, snr, n_steps, diffusion, diffusion_scale,
+                   variance, x0_variance)
     nfe = 0
     for i in range(len(ts) - 1):
         x, _, n_c = correct(ctx, x, i)

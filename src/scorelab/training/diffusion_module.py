@@ -12,7 +12,8 @@ from scorelab.util.checks import check_value, one_of
 from scorelab.models.conditioning import check_p_uncond, drop_labels
 from scorelab.util.errors import NonFiniteLossError
 from scorelab.training.losses import DenoisingLoss
-from scorelab.sampling import DEFAULT_SAMPLER, SampleResult, sample
+from scorelab.likelihood.reverse_step import X0Variance
+from scorelab.sampling import DEFAULT_SAMPLER, SampleResult, sample, time_grid
 from scorelab.models.score import ScoreModel
 from scorelab.util.speed import fused_optimizer
 
@@ -48,6 +49,20 @@ def with_lr_schedule(module: L.LightningModule, opt, warmup: int, decay: str):
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
+def dataset_examples(module, data, dataset, num: int, seed: int = 0):
+    """The first ``num`` examples of ``dataset`` as ``module``'s model sees them, and their
+    labels (x, y): a latent model's are one posterior draw each from ``seed``, the same on
+    every process."""
+    n = min(num, len(dataset))
+    if module.latent is None:
+        x = torch.stack([dataset[i][0] for i in range(n)]).to(module.device)
+    else:
+        gen = torch.Generator(device=module.device).manual_seed(seed)
+        x = module.model_input(data.posteriors(dataset, range(n)).to(module.device), gen)
+    y = torch.stack([torch.as_tensor(dataset[i][1]) for i in range(n)]).to(module.device)
+    return x, y
+
+
 class DiffusionModule(L.LightningModule):
     """A non-finite training loss stops the run with ``NonFiniteLossError`` and never reaches
     the weights: checked before each optimizer step, or, with a fused optimiser (the GPU
@@ -79,6 +94,9 @@ class DiffusionModule(L.LightningModule):
     """
 
     NAN_CHECK_EVERY = 50
+    # training examples behind sampler.variance=analytic's moments (Bao et al. use a few
+    # hundred to a thousand; their estimate's error is a few percent at 256)
+    ANALYTIC_EXAMPLES = 256
 
     def __init__(self, model: ScoreModel, loss: DenoisingLoss,
                  optimizer: Callable[..., torch.optim.Optimizer], data_shape,
@@ -94,6 +112,9 @@ class DiffusionModule(L.LightningModule):
         check_value("optim.lr_decay", lr_decay, LR_DECAY_RULE)
         self.lr_decay = lr_decay
         loss.check(model.path, model.head)
+        loss.check_model(model)
+        # the bound's decoder: 8-bit bins for images in pixel space, a density otherwise
+        loss.decoder_bins = 256 if is_image and latent is None else None
         self.model = model
         self.loss_fn = loss
         self.optimizer_factory = optimizer
@@ -107,6 +128,8 @@ class DiffusionModule(L.LightningModule):
         self.fused_optimizer = fused_optimizer
         self._guarded_optimizer = None     # a fused optimiser that skips non-finite steps
         self._nonfinite = None             # device-side count of skipped steps
+        self.analytic_data = None          # the data module analytic variances are estimated on
+        self._analytic_cache: tuple | None = None
         self.epoch_losses: list[float] = []   # mean training loss of each finished epoch
         self._loss_sum = None
         self._loss_count = 0
@@ -218,6 +241,14 @@ class DiffusionModule(L.LightningModule):
             checkpoint["scorelab"]["latent"] = self.latent.describe()
         if self.tokenizer is not None:
             checkpoint["scorelab"]["tokenizer"] = self.tokenizer
+        loss_state = self.loss_fn.state_dict()
+        if loss_state:
+            checkpoint["scorelab"]["loss_state"] = loss_state
+
+    def on_load_checkpoint(self, checkpoint):
+        state = (checkpoint.get("scorelab") or {}).get("loss_state")
+        if state:
+            self.loss_fn.load_state_dict(state, self.model.path)
 
     def set_guidance(self, guidance) -> None:
         """Guide ``sample()`` with a ``scorelab.guidance.predictions`` object (None: no
@@ -233,6 +264,46 @@ class DiffusionModule(L.LightningModule):
                                            self.conditional)
 
     @torch.no_grad()
+    def x0_variance(self, times: torch.Tensor, num: int | None = None, seed: int = 0,
+                    data=None) -> X0Variance:
+        """Analytic-DPM's moments m_t (``reverse_step.X0Variance``) of this model at
+        ``times``, from ``num`` training examples with a fixed generator (labels bound for a
+        conditional model)."""
+        data = data if data is not None else self.analytic_data
+        if data is None and self._trainer is not None:
+            data = getattr(self.trainer, "datamodule", None)
+        if data is None:
+            raise ValueError("sampler.variance=analytic needs the training data: no data "
+                             "module is attached to this model (analytic_data)")
+        if data.train_set is None:
+            data.setup("fit")
+        x, y = dataset_examples(self, data, data.train_set, num or self.ANALYTIC_EXAMPLES, seed)
+        gen = torch.Generator(device=x.device).manual_seed(seed + 1)
+        was_training = self.training
+        self.eval()
+        try:
+            if self.conditional:
+                return X0Variance.estimate(self.model.prediction_fn, self.model.path, x, times,
+                                           generator=gen, labels=y)
+            return X0Variance.estimate(self.model.prediction_fn(None), self.model.path, x,
+                                       times, generator=gen)
+        finally:
+            self.train(was_training)
+
+    def _with_analytic(self, name: str, steps: int, settings: dict) -> dict:
+        """``settings`` with the x0 variance that variance=analytic needs, estimated at the
+        sampler's grid once per weights (cached until the next training step)."""
+        if settings.get("variance") != "analytic" or settings.get("x0_variance") is not None:
+            return settings
+        grid = {k: settings[k] for k in ("grid", "rho", "eps", "shift", "final")
+                if settings.get(k) is not None}
+        ts = time_grid(name, self.model.path, steps, **grid)
+        key = (self.global_step, tuple(ts.tolist()))
+        if self._analytic_cache is None or self._analytic_cache[0] != key:
+            self._analytic_cache = (key, self.x0_variance(ts.to(self.device)))
+        return {**settings, "x0_variance": self._analytic_cache[1]}
+
+    @torch.no_grad()
     def sample(self, n: int, y: torch.Tensor | None = None, generator=None, callback=None,
                sampler: dict | None = None, decode: bool = True) -> SampleResult:
         """Draw n samples with ``sampler`` settings {name, steps, **options} (default: the
@@ -245,6 +316,7 @@ class DiffusionModule(L.LightningModule):
             y = torch.arange(n, device=self.device) % self.num_classes
         settings = dict(sampler or self.sampler)
         name, steps = settings.pop("name"), settings.pop("steps")
+        settings = self._with_analytic(name, steps, settings)
         model = self.guided_prediction_fn(y)
         was_training = self.training
         self.eval()
