@@ -113,3 +113,32 @@ def test_kdiffusion_peers_see_the_network_as_the_exact_ve_denoiser(path_name):
     torch.testing.assert_close(denoise(x, sigma), want, rtol=1e-4, atol=1e-5)
     assert is_peer("k-diffusion dpmpp_2m[karras]") and is_peer("diffusers unipc")
     assert not is_peer("unipc[order=2]")
+
+
+def test_reverse_variances_collects_fid_by_variance_and_steps_and_the_bounds(tmp_path):
+    """benchmarks/reverse_variances.py: each model's ancestral FID points by variance and
+    steps and its vlb / elbo / bpd, from evaluate.py's metrics.json files."""
+    import json
+
+    def write(where, data):
+        where.mkdir(parents=True)
+        (where / "metrics.json").write_text(json.dumps(data))
+    for i, (variance, steps, fid) in enumerate([("posterior", 25, 30.0), ("learned", 25, 9.5),
+                                                ("learned", 250, 4.0)]):
+        write(tmp_path / "sweep" / str(i), {"fid": fid, "sample_settings": {
+            "steps": steps, "sampler": {"name": "pc", "predictor": "ancestral",
+                                        "variance": variance}}})
+    write(tmp_path / "lik", {"vlb": 1.5, "vlb_stderr": 0.01, "vlb_prior": 0.0,
+                             "elbo": 1.2, "elbo_stderr": 0.02, "bpd": 1.1, "bpd_stderr": 0.01})
+    out = tmp_path / "out" / "rv"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks/reverse_variances.py"),
+                           f"learned={tmp_path / 'sweep'},{tmp_path / 'lik'}", "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.with_suffix(".json").read_text())["learned"]
+    assert result["fid"] == {"posterior": {"25": 30.0}, "learned": {"25": 9.5, "250": 4.0}}
+    assert result["bounds"]["vlb"] == 1.5 and result["bounds"]["bpd"] == 1.1
+    md = out.with_suffix(".md").read_text()
+    assert "| learned | learned | 9.50 | 4.00 |" in md and "| learned | posterior | 30.00 |  |" in md
+    assert "| learned | 1.500 ± 0.010 | 1.200 ± 0.020 | 1.100 ± 0.010 |" in md
+    assert out.with_suffix(".png").is_file()

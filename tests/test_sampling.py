@@ -221,7 +221,7 @@ def test_unknown_sampler_option_and_component_errors(gmm, path):
     with pytest.raises(ValueError, match="unknown time grid"):
         sample(oracle(gmm, path), path, (4, 2), sampler="ddim", grid="cosine")
     assert set(SAMPLERS) == {"pc", "ode", "ddim", "edm", "dpm_solver", "unipc"}
-    assert sampler_options("ddim") == ["eta"]
+    assert sampler_options("ddim") == ["eta", "variance", "x0_variance"]
 
 
 @pytest.mark.parametrize("recipe", ["vp_eps_dsm", "linear_velocity_flow_matching"])

@@ -42,7 +42,7 @@ from scorelab.util.checks import Rule, boolean, integer, number, one_of
 from scorelab.sampling.common import (after_step, check_leftover_noise, per_sample_times,
                                       randn_like, tweedie_denoise)
 from scorelab.sampling.registry import register
-from scorelab.paths.sde import batch_broadcast, transition_kernel
+from scorelab.paths.sde import batch_broadcast
 
 
 def euler_maruyama_step(ctx, x, i):
