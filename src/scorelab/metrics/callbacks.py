@@ -215,8 +215,8 @@ class Metrics(MetricCallback):
         start = time.perf_counter()
         pixels = pl_module.is_image and pl_module.latent is None
         n = min(metric.num_examples, len(self.datamodule.val_set))
-        bar = _progress(trainer, n, metric.chunk,
-                        "bits/dim examples" if pixels else "NLL examples")
+        what = ("bits/dim" if pixels else "NLL") if metric.name == "bpd" else metric.name
+        bar = _progress(trainer, n, metric.chunk, f"{what} examples")
         try:
             values, done, wanted, settings = metric.run(
                 pl_module, self.datamodule, self.seed, trainer.global_rank,

@@ -114,6 +114,10 @@ class _Bound(HeldoutMetric):
         """Columns of the per-step terms (0: none)."""
         return 0
 
+    def evaluations(self) -> int:
+        """Model evaluations per example (the progress bar's NFE)."""
+        raise NotImplementedError
+
     def run(self, module, data, seed: int, rank: int, world: int, gather, progress):
         """Returns (values, number of examples done, number wanted, settings)."""
         x, y = dataset_examples(module, data, data.val_set, self.num_examples, seed)
@@ -138,7 +142,7 @@ class _Bound(HeldoutMetric):
             if out.per_step is not None:
                 rows["per_step"].append(out.per_step)
             if progress is not None:
-                progress(size, 0)
+                progress(size, self.evaluations())
         # every process sends the same rows, even one that did no chunk
         width, local = self.per_step_width(), {}
         for key, v in rows.items():
@@ -233,6 +237,9 @@ class VariationalBound(_Bound):
     def per_step_width(self) -> int:
         return len(self._grid) - 1
 
+    def evaluations(self) -> int:
+        return len(self._grid)
+
     def terms(self, model, path, x, generator, bins):
         return discrete_vlb(model, path, x, self._grid, self._kind, self._m,
                             256 if bins else None, generator)
@@ -263,6 +270,9 @@ class ContinuousELBO(_Bound):
 
     def prepare(self, module, data, seed):
         return {"n_times": self.n_times, "eps": self.eps}
+
+    def evaluations(self) -> int:
+        return self.n_times
 
     def terms(self, model, path, x, generator, bins):
         if bins:        # dequantised as bpd: x = (k + u) / 256 in [0, 1], seen as 2x - 1

@@ -39,6 +39,7 @@ def ddim(model, path, x, ts, *, generator=None, callback=None, eta: float = 0.0,
     check_analytic(dict(variance=variance, x0_variance=x0_variance))
     alphas, sigmas = path.alpha_sigma(ts)
     times = per_sample_times(ts, x.shape[0])
+    ms = x0_variance(ts).to(x.dtype) if variance == "analytic" else None
     for i in range(len(ts) - 1):
         a_t, s_t, a_s, s_s = alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1]
         pred = model(x, times[i])
@@ -47,7 +48,7 @@ def ddim(model, path, x, ts, *, generator=None, callback=None, eta: float = 0.0,
         x = a_s * pred.x0 + keep * pred.eps
         if variance == "analytic" and s_s > 0:
             c_0 = a_s - keep * a_t / s_t
-            c = torch.sqrt(c * c + c_0 * c_0 * x0_variance(ts[i]).to(x.dtype))
+            c = torch.sqrt(c * c + c_0 * c_0 * ms[i])
         if eta > 0 or (variance == "analytic" and s_s > 0):
             x = x + c * randn_like(x, generator)
         x = after_step(callback, i, x)

@@ -66,7 +66,7 @@ def ancestral_step(ctx, x, i):
     if ctx.variance == "posterior":
         std = torch.sqrt(post)
     else:
-        m = None if ctx.x0_variance is None else ctx.x0_variance(ctx.ts[i])
+        m = None if ctx.x0_variance is None else ctx.x0_variance[i]
         var_frac = None if pred.var_frac is None else pred.var_frac.to(x.dtype)
         std = torch.exp(0.5 * reverse_log_variance(ctx.variance, post, upper, var_frac, c_0, m))
     return x_mean + std * randn_like(x, ctx.generator), x_mean, 1
@@ -127,7 +127,9 @@ class _Context:
     def __init__(self, model, path, x, ts, generator, snr, n_steps, diffusion, scale,
                  variance="posterior", x0_variance=None):
         self.model, self.generator, self.snr, self.n_steps = model, generator, snr, n_steps
-        self.variance, self.x0_variance = variance, x0_variance
+        # Analytic-DPM's m_t on the grid, looked up once per sampling call
+        self.variance = variance
+        self.x0_variance = None if x0_variance is None else x0_variance(ts)
         self.rsde = path.reverse(lambda x, t: model(x, t).score)
         self.ts = ts
         self.g2 = reverse_diffusion_g2(path, ts, diffusion, scale)

@@ -37,7 +37,8 @@ Sec. 3.1), ``simple_weight`` L_simple + ``vlb_weight`` L_vlb per example, where
 
     L_vlb = N L_t / (d ln 2),   L_t = KL(q(x_s | x_t, x0) || p(x_s | x_t))   (bits/dim)
 
-is the bound's sum over the N-step chain estimated at the loss's own t, s the chain's step
+is the bound's sum over the N-step chain estimated at the loss's own t (unbiased for uniform
+t; another time density weighs the steps by itself), s the chain's step
 before t (``previous``: t - T/N for the continuous losses, the discrete ladder's i - 1 for
 DDPM / SMLD), and -log p(x0 | x_t) (8-bit bins for images, ``decoder_bins``) where s reaches
 the data. p's variance is the learned one (``reverse_step``: the model's variance channels)
@@ -52,11 +53,10 @@ Improved DDPM's loss-second-moment sampler (their Sec. 3.3).
 from __future__ import annotations
 
 import abc
+import math
 
 import torch
 from torch import Tensor
-
-import math
 
 from scorelab.likelihood.bound import decoder_nll
 from scorelab.likelihood.reverse_step import (gaussian_kl, reverse_log_variance,
