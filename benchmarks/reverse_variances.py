@@ -2,12 +2,15 @@
 variational bound, VDM's ELBO and the PF-ODE, for models side by side (docs/variances.md).
 
     python evaluate.py -m ckpt=FIXED metrics=[fid] num_samples=500 sampler=ancestral \\
-        sampler.steps=25,50,100,250 sampler.variance=posterior,upper,analytic hydra.sweep.dir=SWEEP_F
+        sampler.steps=25,50,100,250 sampler.variance=posterior,upper,analytic \\
+        hydra.sweep.dir=SWEEP_F
     python evaluate.py -m ckpt=LEARNED metrics=[fid] num_samples=500 sampler=ancestral \\
-        sampler.steps=25,50,100,250 sampler.variance=posterior,upper,analytic,learned hydra.sweep.dir=SWEEP_L
+        sampler.steps=25,50,100,250 sampler.variance=posterior,upper,analytic,learned \\
+        hydra.sweep.dir=SWEEP_L
     python evaluate.py ckpt=FIXED metrics=[vlb,elbo,bpd] num_samples=0 hydra.run.dir=LIK_F
     python evaluate.py ckpt=LEARNED metrics=[vlb,elbo,bpd] num_samples=0 hydra.run.dir=LIK_L
-    python benchmarks/reverse_variances.py fixed=SWEEP_F,LIK_F learned=SWEEP_L,LIK_L --out docs/reverse_variances
+    python benchmarks/reverse_variances.py fixed=SWEEP_F,LIK_F learned=SWEEP_L,LIK_L \\
+        --out docs/reverse_variances
 
 Each NAME=DIR[,DIR...] is one model: every metrics.json under its directories with an
 ``fid`` from the ancestral sampler is a point (variance, steps), every one with ``vlb``,
