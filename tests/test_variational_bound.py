@@ -274,6 +274,35 @@ def test_vlb_and_elbo_metrics_on_the_mixture_report_their_terms_and_gap(ring):
     assert len(values.get("elbo_nats_per_dim_per_step", [])) == 0
 
 
+def test_bounds_are_the_same_bits_on_one_and_on_two_processes(ring):
+    """Each process bounds its chunks (noise from the chunk's index) and all_gathers them:
+    rank 0 of two, given rank 1's rows, reports exactly the one-process values."""
+    gm, x0 = ring
+    x = x0[:40]
+    data = SimpleNamespace(val_set=list(zip(x, torch.zeros(40))), mixture=gm)
+    path = VPSDE()
+    model = SimpleNamespace(prediction_fn=lambda y: gm.prediction_fn(path), path=path,
+                            learns_variance=False)
+    module = SimpleNamespace(device=torch.device("cpu"), latent=None, model=model,
+                             is_image=False, conditional=False)
+    for name, options in (("vlb", {"steps": 20}), ("elbo", {"n_times": 2})):
+        def metric():
+            return build_metric(name, {"num_examples": 40, "chunk": 10, **options})
+        one = metric().run(module, data, 3, 0, 1, None, None)[0]
+        sent = []
+
+        def record(t):                       # rank 1: keep what it sends
+            sent.append(t.clone())
+            return torch.stack([t, t])
+        metric().run(module, data, 3, 1, 2, record, None)
+        received = iter(sent)
+
+        def gather(t):                       # rank 0: its rows and rank 1's
+            return torch.stack([t, next(received)])
+        two = metric().run(module, data, 3, 0, 2, gather, None)[0]
+        assert two == one, name
+
+
 def test_cli_refuses_variances_and_losses_the_model_cannot_take(tmp_path, capsys):
     """One line at start-up: the hybrid loss without learned channels, variance=learned on a
     model without them, DDIM with the ancestral step's upper variance."""
