@@ -20,6 +20,7 @@ L_t) are in metrics.json in the same units.
 
 from __future__ import annotations
 
+import abc
 import math
 
 import torch
@@ -89,7 +90,7 @@ class BitsPerDim(HeldoutMetric):
         return result, done, n, settings
 
 
-class _Bound(HeldoutMetric):
+class _Bound(HeldoutMetric, abc.ABC):
     """A variational bound of held-out examples, per example with its terms, chunked across
     processes like ``bpd``. Subclasses give ``terms(model, path, x, gen, bins)`` ->
     ``BoundTerms`` in nats and the names of their terms."""
@@ -107,16 +108,17 @@ class _Bound(HeldoutMetric):
         """Anything the bound needs before its first chunk; returns settings to record."""
         return {}
 
+    @abc.abstractmethod
     def terms(self, model, path, x, generator, bins):
-        raise NotImplementedError
+        """``BoundTerms`` (nats per example) of the examples x; ``bins``: 8-bit pixels."""
 
     def per_step_width(self) -> int:
         """Columns of the per-step terms (0: none)."""
         return 0
 
+    @abc.abstractmethod
     def evaluations(self) -> int:
         """Model evaluations per example (the progress bar's NFE)."""
-        raise NotImplementedError
 
     def run(self, module, data, seed: int, rank: int, world: int, gather, progress):
         """Returns (values, number of examples done, number wanted, settings)."""
