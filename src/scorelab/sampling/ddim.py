@@ -40,16 +40,18 @@ def ddim(model, path, x, ts, *, generator=None, callback=None, eta: float = 0.0,
     alphas, sigmas = path.alpha_sigma(ts)
     times = per_sample_times(ts, x.shape[0])
     ms = x0_variance(ts).to(x.dtype) if variance == "analytic" else None
+    # Analytic-DDIM adds noise on every step but one to t = 0 (read once, not per step)
+    analytic = [variance == "analytic" and bool(s > 0) for s in sigmas[1:].tolist()]
     for i in range(len(ts) - 1):
         a_t, s_t, a_s, s_s = alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1]
         pred = model(x, times[i])
         c = eta * (s_s / s_t) * torch.sqrt(transition_kernel(a_s, s_s, a_t, s_t)[1])
         keep = torch.sqrt((s_s * s_s - c * c).clamp(min=0))
         x = a_s * pred.x0 + keep * pred.eps
-        if variance == "analytic" and s_s > 0:
+        if analytic[i]:
             c_0 = a_s - keep * a_t / s_t
             c = torch.sqrt(c * c + c_0 * c_0 * ms[i])
-        if eta > 0 or (variance == "analytic" and s_s > 0):
+        if eta > 0 or analytic[i]:
             x = x + c * randn_like(x, generator)
         x = after_step(callback, i, x)
     return x, len(ts) - 1

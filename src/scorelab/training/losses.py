@@ -218,9 +218,9 @@ class DenoisingLoss(abc.ABC):
         safe_post = torch.where(data, clip, post)
         kl = gaussian_kl(c_x * x_t + c_0 * x0, torch.log(safe_post),
                          c_x * x_t + c_0 * x0_hat, log_var).flatten(1).sum(1)
-        if bool(data.any()):
-            dec = decoder_nll(x0, x0_hat, log_var.expand_as(x0), self.decoder_bins)
-            kl = torch.where(data.flatten(1)[:, 0], dec, kl)
+        # always computed (no host sync on whether the batch reaches the data)
+        dec = decoder_nll(x0, x0_hat, log_var.expand_as(x0), self.decoder_bins)
+        kl = torch.where(data.flatten(1)[:, 0], dec, kl)
         return kl * (path.N / (x0[0].numel() * math.log(2)))
 
     def __call__(self, model: ScoreModel, x0: Tensor, y: Tensor | None = None,
