@@ -8,6 +8,7 @@ from conftest import compose_train, options
 from scorelab.conf import CONF_DIR
 from scorelab.cli.build import build_datamodule, build_module, make, sampler_settings
 from scorelab.data import DataMissingError
+from scorelab.paths.interpolants import LinearPath
 from scorelab.util.errors import ConfigError
 
 
@@ -114,6 +115,23 @@ def test_sde_x_head_trains_on_toy(tmp_path, path, head):
     assert torch.isfinite(torch.tensor(after)) and after < 0.9 * before
 
 
+def gaussian_average_velocity(mean, std):
+    """u(z, r, t) of N(mean, std^2 I) on the linear path: the flow map is affine,
+    z_r = (1 - r) m + (s_r / s_t) (z_t - (1 - t) m), s_t^2 = (1 - t)^2 std^2 + t^2."""
+    from scorelab.models.heads import VelocityHead
+    from scorelab.models.prediction import Prediction, prediction_fn
+    path = LinearPath()
+
+    def model(x, t, r):
+        t_, r_ = t[:, None], r[:, None]
+        s_t = ((1 - t_) ** 2 * std ** 2 + t_ ** 2).sqrt()
+        s_r = ((1 - r_) ** 2 * std ** 2 + r_ ** 2).sqrt()
+        z_r = (1 - r_) * mean + s_r / s_t * (x - (1 - t_) * mean)
+        return Prediction.from_head(VelocityHead(), (x - z_r) / (t_ - r_), x,
+                                    path.coefficients(t, like=x))
+    return prediction_fn(model)
+
+
 @pytest.mark.parametrize("sampler", options("sampler"))
 def test_sampler_configs_carry_their_options_and_sample_a_gaussian(tmp_path, sampler,
                                                                    one_thread):
@@ -139,7 +157,10 @@ def test_sampler_configs_carry_their_options_and_sample_a_gaussian(tmp_path, sam
     path = VESDE(sigma_min=0.01, sigma_max=50.0) if sampler == "ald" else VPSDE()
     opts = dict(settings)
     name, steps = opts.pop("name"), opts.pop("steps")
-    x = sample(GaussianMixture(mean, torch.tensor([std])).score_fn(path), path, (2000, 2), name,
+    model = GaussianMixture(mean, torch.tensor([std])).score_fn(path)
+    if sampler == "meanflow":        # a two-time model: the Gaussian's exact average velocity
+        path, model = LinearPath(), gaussian_average_velocity(mean, std)
+    x = sample(model, path, (2000, 2), name,
                steps=steps, generator=torch.Generator().manual_seed(0), **opts).x
     assert (x.mean(0) - mean[0]).abs().max() < 0.05
     assert (x.std(0) - std).abs().max() < 0.06, x.std(0)

@@ -22,6 +22,7 @@ from scorelab.models.clip_text import ClipTokenizer
 from scorelab.models.text import WordTokenizer
 from scorelab.models.text_encoders import tokenizer_from_state
 from scorelab.sampling import DEFAULT_SAMPLER, check_options, check_sampler, get_sampler
+from scorelab.sampling.registry import TWO_TIME
 from scorelab.training.auxiliary_module import AutoencoderModule, ClassifierModule
 from scorelab.training.callbacks.divergence import FACTOR_RULE as DIVERGENCE_FACTOR_RULE
 from scorelab.training.diffusion_module import LR_DECAY_RULE, DiffusionModule
@@ -96,6 +97,10 @@ def sampler_settings(node, path=None, model=None) -> dict:
             check_sampler(path, **settings)
     except ValueError as e:          # the registry's own rules, as sample() checks them
         raise ConfigError(_naming("sampler", str(e))) from None
+    if settings["name"] in TWO_TIME and model is not None and not model.takes_interval:
+        raise ConfigError(f"sampler={settings['name']} jumps with a two-time model's average "
+                          f"velocity, and this model takes one time (train with loss=meanflow "
+                          f"backbone.interval=true; a flow model samples with sampler=euler)")
     if settings.get("variance") == "learned" and model is not None \
             and not model.learns_variance:
         raise ConfigError("sampler.variance=learned reads the model's learned variance "
@@ -387,11 +392,12 @@ def build_any_module(cfg: DictConfig, data_shape, num_classes: int, is_image: bo
                         tokenizer, from_checkpoint)
 
 
-def state_mismatch(module: torch.nn.Module, state: dict) -> str | None:
+def state_mismatch(module: torch.nn.Module, state: dict, may_lack=()) -> str | None:
     """Why ``state`` does not fit ``module`` (missing, unexpected and differently shaped
-    keys, a few of each named), or None when it fits."""
+    keys, a few of each named), or None when it fits; keys containing one of ``may_lack``
+    may be missing."""
     mine = module.state_dict()
-    missing = [k for k in mine if k not in state]
+    missing = [k for k in mine if k not in state and not any(p in k for p in may_lack)]
     unexpected = [k for k in state if k not in mine]
     shapes = [f"{k} {list(state[k].shape)} vs {list(mine[k].shape)}" for k in mine
               if k in state and hasattr(state[k], "shape") and state[k].shape != mine[k].shape]

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from scorelab.metrics.callbacks import MetricCallback, Metrics
 from scorelab.training.callbacks import (EMA, DivergenceGuard, RandomStates, SampleGrid,
                                         log_image)
-from scorelab.training.callbacks.finetune import FinetuneFrom
+from scorelab.training.callbacks.finetune import NEW_PARAMETERS, FinetuneFrom
 from scorelab.training.auxiliary_module import AuxiliaryModule
 from scorelab.cli.build import (LoadedCheckpoint, build_any_module, build_datamodule,
                                 check_training_config, make, pick_device, state_mismatch)
@@ -159,7 +159,8 @@ def starting_point(run: Run) -> str | None:
         ckpt = str(cfg.ckpt_path)
         if not Path(ckpt).is_file():
             raise ConfigError(f"ckpt_path={ckpt}: no such checkpoint file")
-        check_loadable(run.module, ckpt, "ckpt_path")
+        check_loadable(run.module, ckpt, "ckpt_path",
+                       NEW_PARAMETERS if cfg.ckpt_mode == "finetune" else ())
         if cfg.ckpt_mode == "finetune":
             run.callbacks.append(FinetuneFrom(ckpt))
             ckpt = None
@@ -305,16 +306,17 @@ def resume_point(resume, out: Path, ckpt_dir: Path, existing: list) -> str | Non
     return str(last)
 
 
-def check_loadable(module, path: str, option: str) -> None:
+def check_loadable(module, path: str, option: str, may_lack=()) -> None:
     """The checkpoint to start from (``option``: resume or ckpt_path) must be readable and
-    fit this config's network."""
+    fit this config's network (but for parameters named by ``may_lack``: fine-tuning's
+    ``NEW_PARAMETERS``)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same message
         hint = "; move it away to start afresh" if option == "resume" else ""
         raise ConfigError(f"{option}: {path} is not a loadable checkpoint "
                           f"({type(e).__name__}){hint}") from None
-    mismatch = state_mismatch(module, state)
+    mismatch = state_mismatch(module, state, may_lack)
     if mismatch:
         raise ConfigError(f"{option}: {path} was trained with another config ({mismatch}); "
                           f"start from it with the run's own network overrides (its "

@@ -37,6 +37,12 @@ from scorelab.models.conditioning import null_like
 from scorelab.models.prediction import Prediction, prediction_fn
 
 
+def _predict(predict, x: Tensor, t: Tensor, y, r: Tensor | None) -> Prediction:
+    """``predict(x, t, y)``, or with a two-time model's ``r`` (MeanFlow's average over
+    [r, t]) ``predict(x, t, y, r=r)``: the guided functions take r through."""
+    return predict(x, t, y) if r is None else predict(x, t, y, r=r)
+
+
 def describe(guidance) -> dict | None:
     """A guidance's settings for result files (None: no guidance)."""
     return guidance.settings() if guidance is not None else None
@@ -100,7 +106,7 @@ class Guidance:
         """``model(x, t) -> Prediction``: ``predict(x, t, y)``, guided towards labels y.
         ``conditional``: whether ``predict`` takes the labels (else it gets None)."""
         labels = y if conditional else None
-        return prediction_fn(lambda x, t: predict(x, t, labels))
+        return prediction_fn(lambda x, t, r=None: _predict(predict, x, t, labels, r))
 
     def settings(self) -> dict:
         return {"name": self.kind, "scale": self.scale, "sigma_min": self.sigma_min,
@@ -131,11 +137,13 @@ class ClassifierFree(Guidance):
 
         both_labels = torch.cat([y, null_like(y)])          # once, not per step
 
-        def model(x: Tensor, t: Tensor) -> Prediction:
+        def model(x: Tensor, t: Tensor, r: Tensor | None = None) -> Prediction:
+            # (r: a two-time model's average over [r, t], guided by the same affine rule)
             w = self.weight(path, t)
             if not self._active(w):
-                return predict(x, t, y)
-            both = predict(torch.cat([x, x]), torch.cat([t, t]), both_labels)
+                return _predict(predict, x, t, y, r)
+            both = _predict(predict, torch.cat([x, x]), torch.cat([t, t]), both_labels,
+                            None if r is None else torch.cat([r, r]))
             cond, uncond = both.chunk(2)
             return cond.guide(uncond, w)
         return prediction_fn(model)
@@ -165,12 +173,12 @@ class Autoguidance(Guidance):
     def prediction_fn(self, predict, path, y, conditional: bool = True):
         labels = y if conditional else None
 
-        def model(x: Tensor, t: Tensor) -> Prediction:
-            pred = predict(x, t, labels)
+        def model(x: Tensor, t: Tensor, r: Tensor | None = None) -> Prediction:
+            pred = _predict(predict, x, t, labels, r)
             w = self.weight(path, t)
             if not self._active(w):
                 return pred
-            return pred.guide(self.guide(x, t, labels), w)
+            return pred.guide(_predict(self.guide, x, t, labels, r), w)
         return prediction_fn(model)
 
 
@@ -214,7 +222,10 @@ class ClassifierGuidance(Guidance):
         base_labels = y if conditional else None
         offset = 1.0 if conditional else 0.0
 
-        def model(x: Tensor, t: Tensor) -> Prediction:
+        def model(x: Tensor, t: Tensor, r: Tensor | None = None) -> Prediction:
+            if r is not None:
+                raise ValueError("classifier guidance shifts a score at one time; an average "
+                                 "velocity over [r, t] has none (guidance=cfg guides it)")
             pred = predict(x, t, base_labels)
             w = self.weight(path, t)
             if not self._differs(w, offset):

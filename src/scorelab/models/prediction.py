@@ -124,8 +124,8 @@ def as_prediction_fn(fn, path):
     if getattr(fn, "returns_prediction", False):
         return fn
 
-    def model(x: Tensor, t: Tensor) -> Prediction:
-        out = fn(x, t)
+    def model(x: Tensor, t: Tensor, **kw) -> Prediction:
+        out = fn(x, t, **kw)        # (kw: a two-time model's r)
         if isinstance(out, Prediction):
             return out
         if path.alpha_vanishes and (path.alpha_sigma(t)[0] == 0).any():

@@ -91,20 +91,37 @@ class ScoreModel(nn.Module):
         return self.path.coefficients(t, like=x)
 
     def outputs(self, x: Tensor, t: Tensor, y: Tensor | None = None,
-                coefficients: tuple[Tensor, ...] | None = None) -> tuple[Tensor, Tensor | None]:
+                coefficients: tuple[Tensor, ...] | None = None,
+                r: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """The backbone's raw output (what the head's target is compared with) and, for a
         backbone with ``learn_sigma``, Improved DDPM's variance fraction (v + 1) / 2 of its
         last C channels (None otherwise). ``coefficients``: (alpha, sigma, ...) broadcast
-        against x, if the caller has them."""
+        against x, if the caller has them. ``r`` [B] (a two-time backbone, ``interval``):
+        the interval's other end, labelled label(t) - label(r) (MeanFlow's (t, t - r)); None
+        is r = t."""
         alpha, sigma = (coefficients if coefficients is not None else self.coefficients(x, t))[:2]
         x_in = x * self.head.c_in(alpha, sigma) if self.input_scaling else x
-        out = self.backbone(x_in, self.noise_label(t, alpha, sigma).to(x.dtype), y)
+        label = self.noise_label(t, alpha, sigma).to(x.dtype)
+        if r is None:
+            out = self.backbone(x_in, label, y)
+        else:
+            if not self.takes_interval:
+                raise ValueError("this model takes one time: an average over [r, t] needs a "
+                                 "two-time backbone (backbone.interval=true, loss=meanflow)")
+            ar, sr = self.path.alpha_sigma(r)
+            interval = label - self.noise_label(r, ar, sr).to(x.dtype)
+            out = self.backbone(x_in, label, y, interval=interval)
         var_frac = None
         if self.learns_variance:
             out, var_frac = out[:, :x.shape[1]], (out[:, x.shape[1]:] + 1) / 2
         if getattr(self.backbone, "scale_by_sigma", False):
             out = out / sigma
         return out, var_frac
+
+    @property
+    def takes_interval(self) -> bool:
+        """Whether the backbone takes the second time (MeanFlow's r)."""
+        return getattr(self.backbone, "interval_embed", None) is not None
 
     @property
     def learns_variance(self) -> bool:
@@ -116,12 +133,15 @@ class ScoreModel(nn.Module):
         """The backbone's raw output (``outputs`` without the variance fraction)."""
         return self.outputs(x, t, y, coefficients)[0]
 
-    def prediction(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Prediction:
+    def prediction(self, x: Tensor, t: Tensor, y: Tensor | None = None,
+                   r: Tensor | None = None) -> Prediction:
         """The model's prediction at (x, t): x0_hat and eps_hat through the head, readable as
         score, v or velocity (``scorelab.models.prediction``), with the learned variance
-        fraction if the backbone has one."""
+        fraction if the backbone has one. With ``r`` (a two-time model) the head reads the
+        average velocity over [r, t] (MeanFlow): its ``velocity`` is u(x, r, t), and
+        x - (t - r) u is the jump to r."""
         c = self.coefficients(x, t)
-        out, var_frac = self.outputs(x, t, y, c)
+        out, var_frac = self.outputs(x, t, y, c, r)
         return Prediction.from_head(self.head, out, x, c, var_frac)
 
     def score_fn(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
@@ -144,5 +164,6 @@ class ScoreModel(nn.Module):
         return lambda x, t: self.score_fn(x, t, y)
 
     def prediction_fn(self, y: Tensor | None = None):
-        """``model(x, t) -> Prediction`` for the samplers and the likelihood, labels bound."""
-        return prediction_fn(lambda x, t: self.prediction(x, t, y))
+        """``model(x, t) -> Prediction`` for the samplers and the likelihood, labels bound
+        (``model(x, t, r=r)``: the average over [r, t] of a two-time model)."""
+        return prediction_fn(lambda x, t, r=None: self.prediction(x, t, y, r))

@@ -25,7 +25,8 @@ from torch import Tensor, nn
 from scorelab.models.text import null_captions
 from scorelab.models.text_encoders import build_text_encoder, encode_text
 from scorelab.nets.attention import CrossAttention
-from scorelab.nets.layers import class_embedding, sincos_2d, sinusoidal_embedding, zero_init
+from scorelab.nets.layers import (add_interval, class_embedding, interval_embedding, sincos_2d,
+                                  sinusoidal_embedding, zero_init)
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
@@ -95,11 +96,14 @@ class DiT(nn.Module):
         text: text encoder options (``build_text_encoder``: a ``TextEncoder``'s vocab_size,
             context, dim, depth, heads, or kind=clip and a ``ClipTextEncoder``'s) for captions
             as y; None (default) for none.
+        interval: also take a second time, the interval label of t - r (MeanFlow's average
+            velocity; ``layers.IntervalEmbedding``, zero at initialisation).
     """
 
     def __init__(self, data_shape, patch: int = 2, hidden: int = 384, depth: int = 12,
                  heads: int = 6, mlp_ratio: float = 4.0, num_classes: int = 0,
-                 learn_sigma: bool = False, freq_dim: int = 256, text: dict | None = None):
+                 learn_sigma: bool = False, freq_dim: int = 256, text: dict | None = None,
+                 interval: bool = False):
         super().__init__()
         if text and num_classes:
             raise ValueError("DiT conditions on class labels or on text, not both")
@@ -121,6 +125,7 @@ class DiT(nn.Module):
         self.t_embed = nn.Sequential(nn.Linear(freq_dim, hidden), nn.SiLU(),
                                      nn.Linear(hidden, hidden))
         self.y_embed = class_embedding(num_classes, hidden)
+        self.interval_embed = interval_embedding(interval, hidden, freq_dim)
         self.text = build_text_encoder(text) if text else None
         context_dim = self.text.dim if self.text is not None else 0
         self.text_proj = nn.Linear(context_dim, hidden) if context_dim else None
@@ -142,6 +147,9 @@ class DiT(nn.Module):
             nn.init.normal_(layer.weight, std=0.02)
         if self.y_embed is not None:
             nn.init.normal_(self.y_embed.weight, std=0.02)
+        if self.interval_embed is not None:     # as the time's, and silent at the start
+            nn.init.normal_(self.interval_embed.mlp[0].weight, std=0.02)
+            zero_init(self.interval_embed.mlp[2])
         # adaLN-Zero: every block starts as the identity, the output as zero.
         for block in self.blocks:
             nn.init.zeros_(block.adaLN[-1].weight)
@@ -161,9 +169,11 @@ class DiT(nn.Module):
         x = tokens.reshape(B, gh, gw, p, p, self.out_channels)
         return x.permute(0, 5, 1, 3, 2, 4).reshape(B, self.out_channels, gh * p, gw * p)
 
-    def forward(self, x: Tensor, noise_label: Tensor, y: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, noise_label: Tensor, y: Tensor | None = None,
+                interval: Tensor | None = None) -> Tensor:
         h = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos   # [B, T, D]
-        c = self.t_embed(sinusoidal_embedding(noise_label, self.freq_dim))
+        c = add_interval(self.t_embed(sinusoidal_embedding(noise_label, self.freq_dim)),
+                         self.interval_embed, interval)
         if self.y_embed is not None:
             c = c + self.y_embed(y, x.shape[0], x.device)               # [B, D]
         tokens = mask = None

@@ -21,9 +21,11 @@ def sinusoidal_embedding(label: Tensor, dim: int, max_period: float = 10000.0,
     """
     half = dim // 2
     denom = max(half - 1, 1) if ddpm else half
+    # (at least float32 whatever the autocast: a label of 999 t in bf16 is off by ~4)
+    dtype = torch.promote_types(label.dtype, torch.float32)
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=label.device,
-                                                          dtype=torch.float32) / denom)
-    args = label.float()[:, None] * freqs[None]
+                                                          dtype=dtype) / denom)
+    args = label.to(dtype)[:, None] * freqs[None]
     parts = [torch.sin(args), torch.cos(args)] if ddpm else [torch.cos(args), torch.sin(args)]
     emb = torch.cat(parts, dim=1)
     return F.pad(emb, (0, 1)) if dim % 2 else emb
@@ -73,6 +75,49 @@ class ConditionEmbedding(nn.Module):
         if self.label_emb is not None:
             emb = emb + self.label_emb(y, noise_label.shape[0], noise_label.device)
         return emb
+
+
+class IntervalEmbedding(nn.Module):
+    """The second time of a two-time backbone (MeanFlow's average velocity u(z, r, t), Geng
+    et al. 2025, Sec. 4.3: the pair enters as (t, t - r)): the label of the interval t - r,
+    sinusoidal -> Linear-SiLU-Linear, added to the noise embedding. The last layer starts at
+    zero, so a fresh one leaves the backbone as it was: a flow model fine-tuned into a
+    two-time model starts as itself at every r.
+
+    Args:
+        dim: output width (the backbone's embedding width).
+        freq_dim: width of the sinusoidal features.
+        ddpm: DDPM's sinusoidal variant (the UNet's), else DiT's.
+    """
+
+    def __init__(self, dim: int, freq_dim: int, ddpm: bool = False):
+        super().__init__()
+        self.freq_dim, self.ddpm = freq_dim, ddpm
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(),
+                                 zero_init(nn.Linear(dim, dim)))
+
+    def forward(self, interval: Tensor) -> Tensor:
+        return self.mlp(sinusoidal_embedding(interval, self.freq_dim, ddpm=self.ddpm))
+
+
+def interval_embedding(enabled: bool, dim: int, freq_dim: int,
+                       ddpm: bool = False) -> IntervalEmbedding | None:
+    """An ``IntervalEmbedding`` for a two-time backbone (``interval=true``), else None."""
+    return IntervalEmbedding(dim, freq_dim, ddpm) if enabled else None
+
+
+def add_interval(emb: Tensor, embed: IntervalEmbedding | None,
+                 interval: Tensor | None) -> Tensor:
+    """The noise embedding plus the interval's (none given: r = t, the interval 0, whose
+    embedding is added too, so u(z, t, t) is the same network at any call)."""
+    if embed is None:
+        if interval is not None:
+            raise ValueError("this backbone takes one time (backbone.interval=false); a "
+                             "second time (MeanFlow's r) needs backbone.interval=true")
+        return emb
+    if interval is None:
+        interval = torch.zeros(emb.shape[0], device=emb.device, dtype=emb.dtype)
+    return emb + embed(interval)
 
 
 def sincos_2d(dim: int, h: int, w: int) -> Tensor:

@@ -6,7 +6,7 @@ import math
 
 from torch import Tensor, nn
 
-from scorelab.nets.layers import ConditionEmbedding, zero_init
+from scorelab.nets.layers import ConditionEmbedding, add_interval, interval_embedding, zero_init
 
 
 class _Block(nn.Module):
@@ -32,22 +32,27 @@ class MLP(nn.Module):
         num_classes: 0 for unconditional, else the number of classes (+1 null label).
         learn_sigma: also output Improved DDPM's variance channels (twice the data's first
             dimension: the mean part first).
+        interval: also take a second time, the interval label of t - r (MeanFlow's average
+            velocity; ``layers.IntervalEmbedding``).
     """
 
     def __init__(self, data_shape, width: int = 256, depth: int = 4, emb_dim: int = 128,
-                 num_classes: int = 0, learn_sigma: bool = False):
+                 num_classes: int = 0, learn_sigma: bool = False,
+                 interval: bool = False):
         super().__init__()
         self.data_shape = tuple(data_shape)
         self.learn_sigma = bool(learn_sigma)
         d = math.prod(self.data_shape)
         self.embed = ConditionEmbedding(emb_dim, num_classes)
+        self.interval_embed = interval_embedding(interval, emb_dim, emb_dim)
         self.inp = nn.Linear(d, width)
         self.blocks = nn.ModuleList(_Block(width, emb_dim) for _ in range(depth))
         self.out = nn.Sequential(nn.LayerNorm(width), nn.SiLU(),
                                  nn.Linear(width, 2 * d if learn_sigma else d))
 
-    def forward(self, x: Tensor, noise_label: Tensor, y: Tensor | None = None) -> Tensor:
-        emb = self.embed(noise_label, y)                 # [B, emb_dim]
+    def forward(self, x: Tensor, noise_label: Tensor, y: Tensor | None = None,
+                interval: Tensor | None = None) -> Tensor:
+        emb = add_interval(self.embed(noise_label, y), self.interval_embed, interval)
         h = self.inp(x.flatten(1))                       # [B, width]
         for block in self.blocks:
             h = block(h, emb)

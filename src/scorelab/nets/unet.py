@@ -39,8 +39,9 @@ from torch import Tensor, nn
 from scorelab.models.text import null_captions
 from scorelab.models.text_encoders import build_text_encoder, encode_text
 from scorelab.nets.attention import CrossAttention
-from scorelab.nets.layers import (class_embedding, group_norm, sinusoidal_embedding,
-                                  variance_scaling_, zero_init)
+from scorelab.nets.layers import (add_interval, class_embedding, group_norm,
+                                  interval_embedding, sinusoidal_embedding, variance_scaling_,
+                                  zero_init)
 from scorelab.nets.resample import Downsample, Upsample, downsample, upsample
 
 _RESBLOCKS = ("ddpm", "biggan")
@@ -191,6 +192,8 @@ class UNet(nn.Module):
             (``CrossAttention``'s ``position``; False in checkpoints from before it existed).
         learn_sigma: output 2C channels, the mean part first, then Improved DDPM's variance
             channels (Nichol & Dhariwal 2021; ``ScoreModel`` splits them).
+        interval: also take a second time, the interval label of t - r (MeanFlow's average
+            velocity; ``layers.IntervalEmbedding``, zero at initialisation).
     """
 
     def __init__(self, data_shape, channels: int = 128, channel_mult=(1, 2, 2, 2),
@@ -203,7 +206,7 @@ class UNet(nn.Module):
                  progressive_input: str = "none", progressive_combine: str = "sum",
                  scale_by_sigma: bool = False, attn_heads: int = 1, text: dict | None = None,
                  cross_attention_resolutions=None, cross_attention_position: bool = False,
-                 learn_sigma: bool = False):
+                 learn_sigma: bool = False, interval: bool = False):
         super().__init__()
         if text and num_classes:
             raise ValueError("the UNet conditions on class labels or on text, not both")
@@ -222,6 +225,7 @@ class UNet(nn.Module):
         attn = {int(r) for r in attn_resolutions}
         emb_dim = 4 * nf
         self.embed = NoiseEmbedding(nf, embedding, fourier_scale, num_classes)
+        self.interval_embed = interval_embedding(interval, emb_dim, nf, ddpm=True)
         self.text = build_text_encoder(text) if text else None
         context_dim = self.text.dim if self.text is not None else 0
         self.text_proj = zero_init(nn.Linear(context_dim, emb_dim)) if context_dim else None
@@ -340,7 +344,8 @@ class UNet(nn.Module):
             hs.append(h)
         return h
 
-    def forward(self, x: Tensor, noise_label: Tensor, y: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, noise_label: Tensor, y: Tensor | None = None,
+                interval: Tensor | None = None) -> Tensor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         text = None
@@ -348,7 +353,7 @@ class UNet(nn.Module):
             ids = null_captions(x.shape[0], self.text.context, x.device) if y is None else y
             tokens, mask, pooled = encode_text(self.text, ids)
             text, y = (tokens, mask), None
-        emb = self.embed(noise_label, y)                  # [B, 4 nf]
+        emb = add_interval(self.embed(noise_label, y), self.interval_embed, interval)
         if text is not None:
             emb = emb + self.text_proj(pooled)
         pyramid = x

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from scorelab.sampling import ddim, dpm_solver, edm, ode_solvers, pc, unipc  # noqa: F401
+from scorelab.sampling import ddim, dpm_solver, edm, few_step, ode_solvers, pc, unipc  # noqa: F401
 from scorelab.sampling.grids import GRIDS, make_grid
 from scorelab.models.prediction import Prediction, as_prediction_fn
 from scorelab.sampling.common import TooFewSteps, reporting_evaluations

@@ -39,8 +39,8 @@ def reporting_evaluations(model, callback):
     if evaluated is None:
         return model
 
-    def counted(x: Tensor, t: Tensor):
-        out = model(x, t)
+    def counted(x: Tensor, t: Tensor, **kw):
+        out = model(x, t, **kw)
         evaluated()
         return out
     return counted

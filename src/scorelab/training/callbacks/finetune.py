@@ -7,6 +7,12 @@ import torch
 from lightning.pytorch.callbacks import WeightAveraging
 
 
+# Parameters a checkpoint to fine-tune from may lack, which start where they leave the
+# network unchanged: a two-time backbone's interval embedding (a flow model fine-tuned into
+# MeanFlow).
+NEW_PARAMETERS = ("interval_embed.",)
+
+
 class FinetuneFrom(L.Callback):
     """At the start of fit, load a checkpoint's raw weights into the module and its EMA
     weights into the weight-averaging callback (EMA), nothing else: the optimiser, the
@@ -26,7 +32,10 @@ class FinetuneFrom(L.Callback):
         # (after every callback's setup: the EMA's averaged copy exists by now)
         ckpt = torch.load(self.path, map_location="cpu", weights_only=True)
         average = ckpt["state_dict"]          # the EMA weights when the run had EMA
-        pl_module.load_state_dict(ckpt.get("current_model_state", average))
+        raw = ckpt.get("current_model_state", average)
+        # (train.py's check_loadable has refused any other difference)
+        lacks = any(k not in raw for k in pl_module.state_dict())
+        pl_module.load_state_dict(raw, strict=not lacks)
         for cb in trainer.callbacks:
             if isinstance(cb, WeightAveraging) and cb._average_model is not None:
                 state = {f"module.{k}": v for k, v in average.items()}
