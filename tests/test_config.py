@@ -132,6 +132,19 @@ def gaussian_average_velocity(mean, std):
     return prediction_fn(model)
 
 
+def gaussian_consistency_function(path, mean, std, sigma_min=0.002):
+    """f(x, t) of N(mean, std^2 I): the affine flow map to the level sigma_min, in EDM's
+    units y = x / alpha, y' = m + sqrt((std^2 + s'^2) / (std^2 + s^2)) (y - m)."""
+    from scorelab.models.prediction import Prediction, prediction_fn
+
+    def model(x, t):
+        alpha, sigma = (v[:, None] for v in path.alpha_sigma(t))
+        s = sigma / alpha
+        y = mean + ((std ** 2 + sigma_min ** 2) / (std ** 2 + s * s)).sqrt() * (x / alpha - mean)
+        return Prediction.from_x0(path, x, t, y)
+    return prediction_fn(model)
+
+
 @pytest.mark.parametrize("sampler", options("sampler"))
 def test_sampler_configs_carry_their_options_and_sample_a_gaussian(tmp_path, sampler,
                                                                    one_thread):
@@ -160,6 +173,8 @@ def test_sampler_configs_carry_their_options_and_sample_a_gaussian(tmp_path, sam
     model = GaussianMixture(mean, torch.tensor([std])).score_fn(path)
     if sampler == "meanflow":        # a two-time model: the Gaussian's exact average velocity
         path, model = LinearPath(), gaussian_average_velocity(mean, std)
+    if sampler == "consistency":     # the Gaussian's exact consistency function
+        model = gaussian_consistency_function(path, mean, std)
     x = sample(model, path, (2000, 2), name,
                steps=steps, generator=torch.Generator().manual_seed(0), **opts).x
     assert (x.mean(0) - mean[0]).abs().max() < 0.05

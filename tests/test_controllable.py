@@ -9,7 +9,7 @@ from scorelab.guidance.controllable import (COLOR_BASIS, MASKS, colorization, co
                                    inpainting, named_mask)
 from scorelab.models.prediction import Prediction, prediction_fn
 from scorelab.sampling import SAMPLERS
-from scorelab.sampling.registry import TWO_TIME
+from scorelab.sampling.registry import FEW_STEP
 
 N = 3000
 
@@ -95,7 +95,7 @@ def test_repaint_approaches_the_exact_conditional_where_projection_is_biased(sde
     assert torch.equal(repaint.x[:, known], obs[known].expand(N, 2))
 
 
-@pytest.mark.parametrize("sampler", sorted(set(SAMPLERS) - TWO_TIME))
+@pytest.mark.parametrize("sampler", sorted(set(SAMPLERS) - FEW_STEP))
 def test_every_sampler_inpaints_images_with_known_pixels_bit_exact(sampler):
     """Image-shaped data, each registered sampler (rk45 solved grid interval by interval).
     The pixels are independent, so the hole's law given the observation is its prior

@@ -220,7 +220,8 @@ def test_unknown_sampler_option_and_component_errors(gmm, path):
         sample(oracle(gmm, path), path, (4, 2), sampler="pc", predictor="ddpm")
     with pytest.raises(ValueError, match="unknown time grid"):
         sample(oracle(gmm, path), path, (4, 2), sampler="ddim", grid="cosine")
-    assert set(SAMPLERS) == {"pc", "ode", "ddim", "edm", "dpm_solver", "unipc", "meanflow"}
+    assert set(SAMPLERS) == {"pc", "ode", "ddim", "edm", "dpm_solver", "unipc", "meanflow",
+                            "consistency"}
     assert sampler_options("ddim") == ["eta", "variance", "x0_variance"]
 
 

@@ -12,7 +12,7 @@ from scorelab.data import GMMDataModule
 from scorelab.util.errors import ConfigError
 from scorelab.likelihood.pf_ode import check_likelihood_options
 from scorelab.sampling import SAMPLERS, check_options
-from scorelab.sampling.registry import TWO_TIME
+from scorelab.sampling.registry import FEW_STEP
 from scorelab.sampling.registry import _defaults
 
 
@@ -61,7 +61,7 @@ def test_every_sampler_accepts_its_defaults_and_checks_every_option(name):
     """The sampler's keyword defaults pass its rules, and each of its options, given a
     value of no type it takes, fails with the message naming that option."""
     defaults = _defaults(name)
-    assert (defaults or name in TWO_TIME) and check_options(name, {"steps": 10, **defaults}) is None
+    assert (defaults or name in FEW_STEP) and check_options(name, {"steps": 10, **defaults}) is None
     for option in defaults:
         with pytest.raises(ValueError, match=rf"^sampler\.{option}: "):
             check_options(name, {"steps": 10, **defaults, option: object()})

@@ -304,7 +304,7 @@ def build_module(cfg: DictConfig, data_shape, num_classes: int,
                           "noise_label=sde")
     try:
         model = ScoreModel(backbone, head, path, input_scaling=cfg.input_scaling,
-                           noise_label=noise_label)
+                           noise_label=noise_label, boundary=getattr(loss, "boundary", None))
     except ValueError as e:
         raise ConfigError(f"{chosen('head')}, {chosen('path')}, noise_label={noise_label}: "
                           f"{e}") from None
@@ -312,6 +312,8 @@ def build_module(cfg: DictConfig, data_shape, num_classes: int,
         loss.check_model(model)
     except ValueError as e:
         raise ConfigError(f"{chosen('loss')} with {chosen('backbone')}: {e}") from None
+    if getattr(loss, "teacher_ckpt", None) and not from_checkpoint:
+        attach_teacher(loss, model_shape, latent)
     try:
         sampler = sampler_settings(cfg.sampler, path, model)
     except ConfigError as e:
@@ -329,6 +331,24 @@ def build_module(cfg: DictConfig, data_shape, num_classes: int,
         conditional=cfg.conditional, p_uncond=p_uncond if cfg.conditional else 0.0,
         sampler=sampler, fused_optimizer=(cfg.get("speed") or {}).get("fused_optimizer", "auto"),
         latent=latent, tokenizer=tokenizer if text else None, **training_arguments(cfg))
+
+
+def attach_teacher(loss, model_shape, latent) -> None:
+    """Load a distillation loss's teacher checkpoint (its EMA weights) into the loss, after
+    checking that it models the same data (only at training: a student's checkpoint
+    samples without its teacher)."""
+    try:
+        teacher = LoadedCheckpoint(loss.teacher_ckpt)
+    except ConfigError as e:
+        raise ConfigError(str(e).replace("ckpt=", "loss.teacher=", 1)) from None
+    module = teacher.module
+    if tuple(module.data_shape) != tuple(model_shape) or \
+            (module.latent is None) != (latent is None):
+        where = "latents" if module.latent is not None else "pixels"
+        raise ConfigError(f"loss.teacher={loss.teacher_ckpt} models {where} shaped "
+                          f"{list(module.data_shape)}; this student models "
+                          f"{list(model_shape)}: a teacher of the same data is needed")
+    loss.set_teacher(module.model, conditional=module.conditional)
 
 
 def training_arguments(cfg: DictConfig) -> dict:

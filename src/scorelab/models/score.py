@@ -57,11 +57,13 @@ class ScoreModel(nn.Module):
         input_scaling: multiply the input by the head's c_in before the backbone.
         noise_label: ``"sde"`` (Score SDE's label), ``"time"`` (999 t) or ``"log_sigma"``
             (EDM's c_noise).
+        boundary: a consistency model's ``models.consistency.Boundary``: every prediction
+            is then the consistency function's (None: the head's own).
     """
 
     def __init__(self, backbone: nn.Module, head: Head, path: ForwardPath,
                  input_scaling: bool = True,
-                 noise_label: str = "sde"):
+                 noise_label: str = "sde", boundary=None):
         super().__init__()
         check_value("noise_label", noise_label, one_of(NOISE_LABELS, "noise label"))
         if path.alpha_vanishes:
@@ -80,6 +82,7 @@ class ScoreModel(nn.Module):
         self.path = path
         self.input_scaling = input_scaling
         self.noise_label_kind = noise_label
+        self.boundary = boundary
 
     def noise_label(self, t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
         """The backbone's conditioning label [B] at times t [B] (alpha, sigma broadcast
@@ -142,17 +145,24 @@ class ScoreModel(nn.Module):
         x - (t - r) u is the jump to r."""
         c = self.coefficients(x, t)
         out, var_frac = self.outputs(x, t, y, c, r)
-        return Prediction.from_head(self.head, out, x, c, var_frac)
+        pred = Prediction.from_head(self.head, out, x, c, var_frac)
+        return pred if self.boundary is None else self.boundary.apply(pred)
 
     def score_fn(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        if self.boundary is not None:
+            return self.prediction(x, t, y).score
         c = self.coefficients(x, t)
         return self.head.to_score(self.output(x, t, y, c), x, *c)
 
     def eps(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        if self.boundary is not None:
+            return self.prediction(x, t, y).eps
         c = self.coefficients(x, t)
         return self.head.to_eps(self.output(x, t, y, c), x, *c)
 
     def x0(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        if self.boundary is not None:
+            return self.prediction(x, t, y).x0
         c = self.coefficients(x, t)
         return self.head.to_x0(self.output(x, t, y, c), x, *c)
 

@@ -1,5 +1,8 @@
 """Few-step samplers of few-step models.
 
+``consistency`` (Song et al. 2023): jumps to the data with the consistency function and
+re-noises, once per step (below).
+
 ``meanflow`` (Geng et al. 2025, Alg. 2): a two-time model's average velocity u(z, r, t)
 (``scorelab.training.meanflow``) jumps along the grid,
 
@@ -11,7 +14,7 @@ r in [0, t]; there is no final denoising step). One step is z_0 = eps - u(eps, 0
 
 from __future__ import annotations
 
-from scorelab.sampling.common import after_step, per_sample_times
+from scorelab.sampling.common import after_step, per_sample_times, randn_like
 from scorelab.sampling.registry import register
 
 
@@ -26,3 +29,19 @@ def meanflow(model, path, x, ts, *, generator=None, callback=None):
         x = x - (ts[i] - ts[i + 1]).to(x.dtype) * pred.velocity
         x = after_step(callback, i, x)
     return x, len(ts) - 1
+
+
+@register("consistency", grid="karras", few_step=True)
+def consistency(model, path, x, ts, *, generator=None, callback=None):
+    """Multistep consistency sampling (Song et al. 2023, Alg. 1) on ``ts``: x0 = f(x_T, T);
+    then at each later grid time x = alpha x0 + sigma z and x0 = f(x, t), f the model's x0
+    prediction (a consistency model's boundary-respecting one, ``models.consistency``).
+    The grid's last point is not evaluated (f is the identity there); NFE = steps."""
+    times = per_sample_times(ts.to(x.dtype), x.shape[0])
+    alphas, sigmas = (v.to(x.dtype) for v in path.alpha_sigma(ts))
+    n = len(ts) - 1
+    for i in range(n):
+        x0 = model(x, times[i]).x0
+        x = x0 if i == n - 1 else alphas[i + 1] * x0 + sigmas[i + 1] * randn_like(x0, generator)
+        x = after_step(callback, i, x)
+    return x, n

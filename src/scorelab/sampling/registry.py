@@ -20,6 +20,7 @@ COMBINED: dict = {}         # name -> check(options with defaults filled in) or 
 PATH_CHECKS: dict = {}      # name -> check(options with defaults, path, ts) or None
 TO_ZERO: dict = {}          # name -> whether its last step can end at t = 0 (final="zero")
 TWO_TIME: set = set()       # samplers that call model(x, t, r=...): a two-time model's jumps
+FEW_STEP: set = set()       # samplers made for few-step models (consistency, MeanFlow)
 # Options that every sampler takes through ``sample()`` (they shape the time grid).
 COMMON_OPTIONS = ("grid", "rho", "eps", "shift", "final")
 COMMON_RULES: dict[str, Rule] = {
@@ -43,12 +44,15 @@ _ARGS = {"model", "path", "x", "ts", "generator", "callback"}
 
 
 def register(name: str, grid: str = "uniform", rules: dict[str, Rule] | None = None,
-             combined=None, path_check=None, to_zero: bool = False, two_time: bool = False):
+             combined=None, path_check=None, to_zero: bool = False, two_time: bool = False,
+             few_step: bool = False):
     """Register a sampler. ``rules``: allowed values of its own options; ``combined``:
     ``check(options) -> None`` raising ValueError for combinations no single rule sees;
     ``path_check``: ``check(options, path, ts) -> None`` for what the path must allow;
     ``to_zero``: its last step can end at t = 0, where sigma = 0 (``final="zero"``);
-    ``two_time``: it needs a two-time model (``model(x, t, r=...)``, MeanFlow's)."""
+    ``two_time``: it needs a two-time model (``model(x, t, r=...)``, MeanFlow's);
+    ``few_step``: it is made for a few-step model (a diffusion model's samples from it are
+    poor: its x0 prediction is a posterior mean)."""
     def wrap(fn):
         if name in SAMPLERS:
             raise ValueError(f"sampler {name!r} registered twice")
@@ -60,6 +64,8 @@ def register(name: str, grid: str = "uniform", rules: dict[str, Rule] | None = N
         TO_ZERO[name] = to_zero
         if two_time:
             TWO_TIME.add(name)
+        if few_step or two_time:
+            FEW_STEP.add(name)
         return fn
     return wrap
 

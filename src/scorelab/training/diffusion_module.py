@@ -151,6 +151,9 @@ class DiffusionModule(L.LightningModule):
         x, y = batch
         x = self.model_input(x)
         y = drop_labels(y, self.p_uncond) if self.conditional else None
+        at_step = getattr(self.loss_fn, "at_step", None)
+        if at_step is not None:        # (a curriculum over the run: consistency training)
+            at_step(self.global_step, self._run_length())
         loss = self.loss_fn(self.model, x, y)
         detached = loss.detach()
         if self._guarded_optimizer is None and not torch.isfinite(detached):
@@ -161,6 +164,13 @@ class DiffusionModule(L.LightningModule):
         self._loss_sum = detached if self._loss_sum is None else self._loss_sum + detached
         self._loss_count += 1
         return loss
+
+    def _run_length(self) -> int:
+        """The run's length in optimizer steps (max_steps, or max_epochs x batches)."""
+        if self._trainer is None:
+            return 1
+        total = self.trainer.estimated_stepping_batches
+        return int(total) if 0 < total < float("inf") else max(1, self.global_step + 1)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None,
                                     gradient_clip_algorithm=None):
