@@ -12,6 +12,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from scorelab.data import DiffusionDataModule
+from scorelab.data.reflow import ReflowDataModule
 from scorelab.latent import diffusers as hf
 from scorelab.latent.autoencoder import KLAutoencoder
 from scorelab.latent.space import LatentSpace
@@ -26,6 +27,7 @@ from scorelab.sampling.registry import TWO_TIME
 from scorelab.training.auxiliary_module import AutoencoderModule, ClassifierModule
 from scorelab.training.callbacks.divergence import FACTOR_RULE as DIVERGENCE_FACTOR_RULE
 from scorelab.training.diffusion_module import LR_DECAY_RULE, DiffusionModule
+from scorelab.training.losses import DenoisingLoss
 from scorelab.util.checks import Rule, check_value, integer, optional, positive
 from scorelab.util.errors import ConfigError, ScorelabError
 from scorelab.util.moved import upgrade_config, upgrade_targets
@@ -193,12 +195,17 @@ def apply_condition(cfg: DictConfig, dm) -> None:
     cfg.conditional = condition != "none"
 
 
-def build_datamodule(cfg: DictConfig, tokenizer: dict | None = None) -> DiffusionDataModule:
+def build_datamodule(cfg: DictConfig, tokenizer: dict | None = None,
+                     training: bool = False) -> DiffusionDataModule:
     """The ``data`` group's DataModule. A captioned dataset feeding a model on captions
     tokenizes them with the model's tokenizer: ``tokenizer`` (a checkpoint's state), else
-    for text_encoder=clip the pretrained CLIP tokenizer, else its own word tokenizer."""
+    for text_encoder=clip the pretrained CLIP tokenizer, else its own word tokenizer.
+    ``training`` with ``teacher.ckpt`` (reflow): the teacher's pairs to train on, the real
+    data to validate on; elsewhere (a student's checkpoint) the real data alone."""
     dm = make(cfg, "data")
     apply_condition(cfg, dm)
+    if training and (cfg.get("teacher") or {}).get("ckpt"):
+        dm = reflow_data(cfg, dm)
     if getattr(dm, "tokenizer", None) is None or not cfg.get("conditional"):
         return dm
     enc = cfg.get("text_encoder") or {}
@@ -213,6 +220,33 @@ def build_datamodule(cfg: DictConfig, tokenizer: dict | None = None) -> Diffusio
                 str(enc.pretrained), enc.get("context"), bool(enc.get("local_files_only", True)))
         except ValueError as e:
             raise ConfigError(str(e)) from None
+    return dm
+
+
+def reflow_data(cfg: DictConfig, base):
+    """Reflow's pairs of the ``teacher`` checkpoint (``data.reflow``), checked at start-up:
+    a teacher of the same data and prior, its sampler's settings, the pairs directory's
+    record."""
+    opts = plain(cfg.teacher)
+    try:
+        teacher = LoadedCheckpoint(opts["ckpt"])
+    except ConfigError as e:
+        raise ConfigError(str(e).replace("ckpt=", "teacher.ckpt=", 1)) from None
+    module = teacher.module
+    if module.latent is not None or tuple(module.data_shape) != tuple(base.shape):
+        raise ConfigError(f"teacher.ckpt={opts['ckpt']} models "
+                          f"{'latents' if module.latent is not None else 'data'} shaped "
+                          f"{list(module.data_shape)}, this data is {list(base.shape)}: reflow "
+                          f"needs a pixel-space teacher of the same data")
+    student_prior = make(cfg, "path").prior_std()
+    if abs(module.model.path.prior_std() - student_prior) > 1e-6:
+        raise ConfigError(f"teacher.ckpt={opts['ckpt']}: its prior has std "
+                          f"{module.model.path.prior_std():.4g}, the student's path "
+                          f"{student_prior:.4g}: the pairs' noise must be the student's prior")
+    sampler = sampler_settings(opts["sampler"], module.model.path, module.model)
+    dm = ReflowDataModule(base, opts["ckpt"], sampler, opts["num_pairs"], opts["chunk"],
+                          opts["dir"], opts.get("seed", 0), load_teacher=lambda _: module)
+    dm.check_directory(teacher.global_step)
     return dm
 
 
@@ -314,6 +348,10 @@ def build_module(cfg: DictConfig, data_shape, num_classes: int,
         raise ConfigError(f"{chosen('loss')} with {chosen('backbone')}: {e}") from None
     if getattr(loss, "teacher_ckpt", None) and not from_checkpoint:
         attach_teacher(loss, model_shape, latent)
+    if (cfg.get("teacher") or {}).get("ckpt") and not isinstance(loss, DenoisingLoss):
+        raise ConfigError(f"teacher.ckpt (reflow) trains on the teacher's (noise, sample) "
+                          f"pairs, which {chosen('loss')} does not take: use a denoising loss "
+                          f"(loss=flow_matching)")
     try:
         sampler = sampler_settings(cfg.sampler, path, model)
     except ConfigError as e:

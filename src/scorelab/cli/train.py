@@ -120,7 +120,7 @@ def build(cfg: DictConfig) -> Run:
     check_training_config(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision(cfg.matmul_precision)
-    dm = build_datamodule(cfg)
+    dm = build_datamodule(cfg, training=True)
     dm.setup("fit")
     tokenizer = getattr(dm, "tokenizer", None)
     latent = build_latent(cfg.get("autoencoder"), dm.shape)

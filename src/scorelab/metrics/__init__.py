@@ -7,7 +7,8 @@ vectors); bits/dim; exact metrics of the Gaussian-mixture toy (energy distance, 
 May import torch, torch-fidelity, Lightning (the callback) and the math packages; not Hydra.
 """
 
-from scorelab.metrics import caption, exact, likelihood, sample_quality  # noqa: F401 (register)
+from scorelab.metrics import (caption, exact, likelihood, sample_quality,  # noqa: F401
+                              straightness)  # (register)
 from scorelab.metrics.features import FEATURES, build_extractor, feature_spec
 from scorelab.metrics.registry import METRICS, build_metric, get_metric
 

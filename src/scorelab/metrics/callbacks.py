@@ -214,9 +214,9 @@ class Metrics(MetricCallback):
     def _heldout(self, metric, trainer, pl_module, gather) -> dict:
         start = time.perf_counter()
         pixels = pl_module.is_image and pl_module.latent is None
-        n = min(metric.num_examples, len(self.datamodule.val_set))
+        n, items = metric.items(self.datamodule)
         what = ("bits/dim" if pixels else "NLL") if metric.name == "bpd" else metric.name
-        bar = _progress(trainer, n, metric.chunk, f"{what} examples")
+        bar = _progress(trainer, n, metric.chunk, f"{what} {items}")
         try:
             values, done, wanted, settings = metric.run(
                 pl_module, self.datamodule, self.seed, trainer.global_rank,

@@ -112,4 +112,10 @@ class SampleMetric(Metric, abc.ABC):
 
 class HeldoutMetric(Metric):
     """A statistic of held-out examples, with its own pass: ``run(module, data, seed, rank,
-    world, gather, progress) -> (values, done, wanted, settings)``."""
+    world, gather, progress) -> (values, done, wanted, settings)``; ``key`` names its value
+    (and ``<key>_settings``), ``chunk`` is its batch."""
+
+    def items(self, data) -> tuple[int, str]:
+        """How many items its pass covers and what they are (the progress bar's): the
+        first ``num_examples`` held-out examples."""
+        return min(self.num_examples, len(data.val_set)), "examples"

@@ -148,13 +148,16 @@ class DiffusionModule(L.LightningModule):
         return x if self.latent is None else self.latent.draw(x, generator)
 
     def training_step(self, batch, batch_idx):
-        x, y = batch
+        x, y, *coupled = batch          # (reflow's pairs also carry their noise)
         x = self.model_input(x)
         y = drop_labels(y, self.p_uncond) if self.conditional else None
         at_step = getattr(self.loss_fn, "at_step", None)
         if at_step is not None:        # (a curriculum over the run: consistency training)
             at_step(self.global_step, self._run_length())
-        loss = self.loss_fn(self.model, x, y)
+        if coupled:
+            loss = self.loss_fn(self.model, x, y, noise=coupled[0])
+        else:
+            loss = self.loss_fn(self.model, x, y)
         detached = loss.detach()
         if self._guarded_optimizer is None and not torch.isfinite(detached):
             # Checked before the optimizer step, so a NaN never reaches the weights.

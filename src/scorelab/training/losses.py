@@ -224,7 +224,9 @@ class DenoisingLoss(abc.ABC):
         return kl * (path.N / (x0[0].numel() * math.log(2)))
 
     def __call__(self, model: ScoreModel, x0: Tensor, y: Tensor | None = None,
-                 generator: torch.Generator | None = None) -> Tensor:
+                 generator: torch.Generator | None = None, noise: Tensor | None = None) -> Tensor:
+        """The loss of a batch x0; ``noise``: the noise coupled with each x0 (reflow's
+        pairs), else drawn independently."""
         # times in float64 for float64 data (exactness tests), else float32 (never lower)
         tdtype = torch.float64 if x0.dtype == torch.float64 else torch.float32
         weights = steps = None
@@ -237,7 +239,8 @@ class DenoisingLoss(abc.ABC):
             t, alpha, sigma = self.draw(model.path, x0.shape[0], x0.device, generator, tdtype)
         d_alpha, d_sigma = model.path.derivatives(t)
         c = tuple(batch_broadcast(v, x0).to(x0.dtype) for v in (alpha, sigma, d_alpha, d_sigma))
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        if noise is None:
+            noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         x_t = model.path.interpolate(x0, noise, c)
         out, var_frac = model.outputs(x_t, t, y, c)
         per_sample = 0.0
