@@ -5,7 +5,10 @@
     python scripts/fid_vs_nfe.py multirun/evaluate/<sweep> [more sweeps] [--out docs/fid_vs_nfe]
 
 Every ``metrics.json`` under the sweep directory with an ``fid`` is one point; points are
-grouped by sampler (name plus its non-default options, e.g. ``pc euler_maruyama``).
+grouped by sampler (name plus its non-default options, e.g. ``pc euler_maruyama``). Several
+models in one table and plot (a teacher and its few-step students): name each sweep,
+``LABEL=DIR``, and the groups are ``LABEL: sampler``; ``--train LABEL=RUN`` adds the
+training steps and wall time of each model's training run (its metrics.json).
 """
 
 from __future__ import annotations
@@ -38,20 +41,43 @@ def label(sampler: dict) -> str:
     return name
 
 
-def collect(sweeps: list[Path]) -> dict[str, list[dict]]:
+def named(arg: str) -> tuple[str, Path]:
+    """``LABEL=DIR`` -> (LABEL, DIR); a bare DIR has no label."""
+    name, sep, rest = arg.partition("=")
+    return (name, Path(rest)) if sep and not Path(arg).exists() else ("", Path(arg))
+
+
+def collect(sweeps: list[Path], labels: list[str] | None = None) -> dict[str, list[dict]]:
     groups = defaultdict(list)
-    for path in sorted(p for sweep in sweeps for p in sweep.rglob("metrics.json")):
-        m = json.loads(path.read_text())
-        if "fid" not in m:
-            continue
-        s = m["sample_settings"]
-        groups[label(s["sampler"])].append({"steps": s["steps"], "nfe": s["nfe"],
-                                            "fid": m["fid"], "is": m.get("is"),
-                                            "num_samples": s["num_samples"],
-                                            "features": s["features"], "run": str(path.parent)})
+    labels = labels or [""] * len(sweeps)
+    for model, sweep in zip(labels, sweeps):
+        for path in sorted(sweep.rglob("metrics.json")):
+            m = json.loads(path.read_text())
+            if "fid" not in m or "sample_settings" not in m:
+                continue
+            s = m["sample_settings"]
+            key = f"{model}: {label(s['sampler'])}" if model else label(s["sampler"])
+            groups[key].append(point(m, s, path))
     for rows in groups.values():
         rows.sort(key=lambda r: r["nfe"])
     return dict(groups)
+
+
+def point(m: dict, s: dict, path: Path) -> dict:
+    return {"steps": s["steps"], "nfe": s["nfe"],
+            "fid": m["fid"], "is": m.get("is"), "num_samples": s["num_samples"],
+            "features": s["features"], "run": str(path.parent)}
+
+
+def training(runs: list[str]) -> str:
+    """A Markdown table of each ``LABEL=RUN`` training run's steps and wall time."""
+    lines = ["| model | training steps | training wall time (s) |", "| --- | --- | --- |"]
+    for arg in runs:
+        name, run = named(arg)
+        m = json.loads((run / "metrics.json").read_text())
+        lines.append(f"| {name or run} | {m.get('steps', '')} | "
+                     f"{m.get('train_wall_time_s', '')} |")
+    return "\n".join(lines) + "\n"
 
 
 def table(groups) -> str:
@@ -83,16 +109,22 @@ def plot(groups, path: Path) -> Path:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("sweeps", type=Path, nargs="+", help="multirun directories of evaluate.py")
+    p.add_argument("sweeps", nargs="+",
+                   help="multirun directories of evaluate.py (LABEL=DIR to name a model)")
+    p.add_argument("--train", nargs="*", default=[],
+                   help="LABEL=RUN: training runs whose steps and wall time to list")
     p.add_argument("--out", type=Path, default=None,
                    help="output stem (default: fid_vs_nfe in the first sweep)")
     args = p.parse_args()
-    groups = collect(args.sweeps)
+    labels, sweeps = zip(*(named(a) for a in args.sweeps))
+    groups = collect(list(sweeps), list(labels))
     if not groups:
-        raise SystemExit(f"no metrics.json with an fid under {[str(s) for s in args.sweeps]}")
-    stem = args.out or args.sweeps[0] / "fid_vs_nfe"
+        raise SystemExit(f"no metrics.json with an fid under {[str(s) for s in sweeps]}")
+    stem = args.out or sweeps[0] / "fid_vs_nfe"
     stem.parent.mkdir(parents=True, exist_ok=True)
     md = table(groups)
+    if args.train:
+        md += "\n" + training(args.train)
     Path(f"{stem}.md").write_text(md)
     plot(groups, Path(f"{stem}.png"))
     print(md)

@@ -253,6 +253,17 @@ def test_fid_vs_nfe_script_collects_a_sweep(tmp_path):
     assert "| ddim eta=0.0 | 10 | 10 | 30.00 |" in md
     assert "| dpm_solver++ 2M | 10 | 10 | 9.00 |" in md
     assert (tmp_path / "out.png").stat().st_size > 1000
+    # named models (a teacher and a student) with their training runs
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps({"steps": 550,
+                                                              "train_wall_time_s": 61.5}))
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts/fid_vs_nfe.py"),
+                           f"student={tmp_path / 'sweep'}", "--train",
+                           f"student={tmp_path / 'run'}", "--out", str(tmp_path / "named")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    md = (tmp_path / "named.md").read_text()
+    assert "| student: ddim eta=0.0 | 10 | 10 | 30.00 |" in md and "| student | 550 | 61.5 |" in md
 
 
 def test_inception_path_end_to_end_with_stand_in_weights(tmp_path, monkeypatch):

@@ -53,7 +53,7 @@ def test_pairs_are_the_teachers_ode_endpoints_on_any_number_of_processes(tmp_pat
     assert len(files) == 4 and all(f.is_file() for f in files)
     pairs = PairsDataset(files)
     assert len(pairs) == 50
-    x, y, noise = pairs.x, pairs.y, pairs.noise
+    x, noise = pairs.x, pairs.noise
     settings = dict(SAMPLER)
     name, steps = settings.pop("name"), settings.pop("steps")
     # (chunk by chunk: a batch of another size may round differently)
@@ -117,6 +117,23 @@ def test_reflow_on_the_oracle_is_straighter_and_one_euler_step_is_closer():
     e_teacher, e_student = (energy_distance(one[k], ref) for k in ("teacher", "student"))
     assert s_student < s_teacher / 3, (s_student, s_teacher)
     assert e_student < e_teacher / 3, (e_student, e_teacher)
+    # one-step distillation (loss time_sampling=end: t = T, the target z - x a function of
+    # z) of the same pairs: one Euler step is a learned map noise -> sample
+    distilled = ScoreModel(MLP((2,), width=64, depth=2), VelocityHead(), path)
+    opt = torch.optim.Adam(distilled.parameters(), lr=3e-3)
+    end = DSMLoss(weighting="velocity", time_sampling="end")
+    t, _, _ = end.draw(path, 5, "cpu", None)
+    assert (t == path.T).all()
+    for step in range(400):
+        i = torch.randint(0, 4000, (256,), generator=gen)
+        value = end(distilled, x1[i], noise=noise[i], generator=gen)
+        opt.zero_grad()
+        value.backward()
+        opt.step()
+    with torch.no_grad():
+        x = sample(distilled.prediction_fn(), path, None, "ode", 1, method="euler",
+                   x_init=test_noise, eps=0.0).x
+    assert energy_distance(x, ref) < e_teacher / 3
 
 
 def test_straightness_is_zero_for_straight_trajectories_only():

@@ -23,7 +23,10 @@ x_t = alpha x0 + sigma z; they differ in how the noise level is drawn.
                      (Karras et al. 2022, Table 1: -1.2, 1.2), mapped to t through the
                      SDE's inverse log-SNR and clipped to [eps, T];
       "logit_normal": t = eps + (T - eps) sigmoid(u), u ~ N(p_mean, p_std^2)
-                     (Esser et al. 2024).
+                     (Esser et al. 2024);
+      "end":         t = T always: one-step distillation of reflow's coupled pairs (Liu et
+                     al. 2023, Sec. 2.3), where x_T is the noise z and the target is a
+                     function of it (the velocity z - x of the pair on the linear path).
 * ``DDPMLoss`` — Ho et al. 2020 Eq. 14: integer step i ~ U{0..N-1}, DDPM's discrete
   alpha_bar_i (VP only).
 * ``SMLDLoss`` — Song & Ermon 2019 Eq. 5 with lambda = sigma_i^2: noise level sigma_i from
@@ -273,14 +276,15 @@ class DSMLoss(DenoisingLoss):
             matching: the MSE of the velocity implied by any head).
         reduce: "mean" or "sum" over data dimensions.
         eps: smallest training time (Score SDE: 1e-5); times lie in [eps, T].
-        time_sampling: "uniform", "log_normal" (EDM) or "logit_normal" (SD3).
+        time_sampling: "uniform", "log_normal" (EDM), "logit_normal" (SD3) or "end"
+            (t = T: one-step distillation of coupled pairs).
         p_mean, p_std: mean and std of ln sigma (log_normal) or of logit(t) (logit_normal).
         gamma: the min-SNR clip (Hang et al. 2023: 5).
         **bound: ``DenoisingLoss``'s simple_weight, vlb_weight, vlb_time_sampling, vlb_history.
     """
 
     WEIGHTINGS = ("none", "likelihood", "min_snr", "velocity")
-    TIME_SAMPLINGS = ("uniform", "log_normal", "logit_normal")
+    TIME_SAMPLINGS = ("uniform", "log_normal", "logit_normal", "end")
 
     def __init__(self, weighting: str = "none", reduce: str = "mean", eps: float = 1e-5,
                  time_sampling: str = "uniform", p_mean: float = -1.2, p_std: float = 1.2,
@@ -301,6 +305,8 @@ class DSMLoss(DenoisingLoss):
         lo = self.eps            # validated to lie in [0, 1)
         if self.time_sampling == "uniform":
             t = torch.rand(n, generator=generator, device=device, dtype=dtype) * (path.T - lo) + lo
+        elif self.time_sampling == "end":
+            t = torch.full((n,), float(path.T), device=device, dtype=dtype)
         else:
             u = torch.randn(n, generator=generator, device=device, dtype=dtype) * self.p_std \
                 + self.p_mean
