@@ -50,6 +50,18 @@ def test_the_consistency_function_is_the_identity_at_sigma_min(path, head):
         torch.testing.assert_close(model.prediction(x, T).x0, plain.prediction(x, T).x0)
 
 
+def rk4(slope, y, levels):
+    """EDM's ODE dy/ds = slope(y, s) by RK4 through the noise levels ``levels``."""
+    for a, b in zip(levels[:-1], levels[1:]):
+        h = b - a
+        k1 = slope(y, a)
+        k2 = slope(y + h / 2 * k1, a + h / 2)
+        k3 = slope(y + h / 2 * k2, a + h / 2)
+        k4 = slope(y + h * k3, b)
+        y = y + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+    return y
+
+
 def exact_consistency_function(gm, path, steps=64):
     """The mixture's exact f(x, t): the probability-flow ODE from t down to the level
     sigma_min, by RK4 in EDM's units dy/ds = (y - D(y; s)) / s."""
@@ -64,16 +76,8 @@ def exact_consistency_function(gm, path, steps=64):
         alpha, sigma = path.alpha_sigma(t[:1])
         s_hi = float(sigma / alpha)
         y = x / alpha
-        grid = karras_levels(steps + 1, 0.002, s_hi).flip(0).tolist()
-        for a, b in zip(grid[:-1], grid[1:]):
-            def slope(v, s):
-                return (v - denoise(v, s)) / s
-            h = b - a
-            k1 = slope(y, a)
-            k2 = slope(y + h / 2 * k1, a + h / 2)
-            k3 = slope(y + h / 2 * k2, a + h / 2)
-            k4 = slope(y + h * k3, b)
-            y = y + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+        y = rk4(lambda v, s: (v - denoise(v, s)) / s, y,
+                karras_levels(steps + 1, 0.002, s_hi).flip(0).tolist())
         return Prediction.from_x0(path, x, t, y)
     return prediction_fn(model)
 
@@ -111,19 +115,8 @@ def test_distillation_target_is_the_exact_ode_map_to_the_teachers_step_error():
         y_hi = x0 + z
         heun = loss.teacher_step(y_hi, s, s_lo, None)
         # the exact map from level 1 to 1 - gap: many small RK4 steps
-        y, n = y_hi.clone(), 40
-        for k in range(n):
-            a, b = 1.0 - gap * k / n, 1.0 - gap * (k + 1) / n
-
-            def slope(v, lvl):
-                t = level_time(path, lvl).expand(200)
-                return (v - exact(v, t).x0) / lvl
-            h = b - a
-            k1 = slope(y, a)
-            k2 = slope(y + h / 2 * k1, a + h / 2)
-            k3 = slope(y + h / 2 * k2, a + h / 2)
-            k4 = slope(y + h * k3, b)
-            y = y + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+        y = rk4(lambda v, lvl: (v - exact(v, level_time(path, lvl).expand(200)).x0) / lvl,
+                y_hi, [1.0 - gap * k / 40 for k in range(41)])
         errors.append(float((heun - y).norm(dim=1).mean()))
     assert errors[0] < 0.02 and errors[1] < errors[0] / 4 and errors[2] < errors[1] / 4, errors
 

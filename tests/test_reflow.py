@@ -85,6 +85,19 @@ def test_a_pairs_directory_of_another_teacher_or_sampler_is_refused(tmp_path):
         pairs_module(tmp_path, teacher, sampler={"name": "edm", "steps": 18}).check_directory(7)
 
 
+def fit_on_pairs(loss, x1, noise, gen, steps=400):
+    """A small MLP flow trained with ``loss`` on the coupled pairs (x1, noise)."""
+    model = ScoreModel(MLP((2,), width=64, depth=2), VelocityHead(), LinearPath())
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        i = torch.randint(0, x1.shape[0], (256,), generator=gen)
+        value = loss(model, x1[i], noise=noise[i], generator=gen)
+        opt.zero_grad()
+        value.backward()
+        opt.step()
+    return model
+
+
 def test_reflow_on_the_oracle_is_straighter_and_one_euler_step_is_closer():
     """The exact mixture flow as teacher (its RK45 ODE endpoints as pairs); a small MLP
     trained on the coupled pairs (the 2-rectified flow) is straighter than the teacher's
@@ -96,15 +109,8 @@ def test_reflow_on_the_oracle_is_straighter_and_one_euler_step_is_closer():
     gen = torch.Generator().manual_seed(0)
     noise = torch.randn(4000, 2, generator=gen)
     x1 = sample(exact, path, None, "ode", 10, method="rk45", x_init=noise, eps=1e-4).x
-    student = ScoreModel(MLP((2,), width=64, depth=2), VelocityHead(), path)
-    opt = torch.optim.Adam(student.parameters(), lr=3e-3)
-    loss = DSMLoss(weighting="velocity", time_sampling="uniform")
-    for step in range(400):
-        i = torch.randint(0, 4000, (256,), generator=gen)
-        value = loss(student, x1[i], noise=noise[i], generator=gen)
-        opt.zero_grad()
-        value.backward()
-        opt.step()
+    student = fit_on_pairs(DSMLoss(weighting="velocity", time_sampling="uniform"), x1, noise,
+                           gen)
     test_noise = torch.randn(1000, 2, generator=torch.Generator().manual_seed(5))
     ts = make_grid("uniform", path, 16, 0.0)
     with torch.no_grad():
@@ -119,17 +125,9 @@ def test_reflow_on_the_oracle_is_straighter_and_one_euler_step_is_closer():
     assert e_student < e_teacher / 3, (e_student, e_teacher)
     # one-step distillation (loss time_sampling=end: t = T, the target z - x a function of
     # z) of the same pairs: one Euler step is a learned map noise -> sample
-    distilled = ScoreModel(MLP((2,), width=64, depth=2), VelocityHead(), path)
-    opt = torch.optim.Adam(distilled.parameters(), lr=3e-3)
     end = DSMLoss(weighting="velocity", time_sampling="end")
-    t, _, _ = end.draw(path, 5, "cpu", None)
-    assert (t == path.T).all()
-    for step in range(400):
-        i = torch.randint(0, 4000, (256,), generator=gen)
-        value = end(distilled, x1[i], noise=noise[i], generator=gen)
-        opt.zero_grad()
-        value.backward()
-        opt.step()
+    assert (end.draw(path, 5, "cpu", None)[0] == path.T).all()
+    distilled = fit_on_pairs(end, x1, noise, gen)
     with torch.no_grad():
         x = sample(distilled.prediction_fn(), path, None, "ode", 1, method="euler",
                    x_init=test_noise, eps=0.0).x
