@@ -167,12 +167,14 @@ def test_training_loss_trains_and_its_target_is_stop_gradient():
 
 
 @pytest.mark.parametrize("steps", [1, 2])
-def test_sampling_with_the_exact_consistency_function_reproduces_the_mixture(steps):
+@pytest.mark.parametrize("path", [EDM_VE, LinearPath()])
+def test_sampling_with_the_exact_consistency_function_reproduces_the_mixture(steps, path):
+    """On VE from T; on the linear path (level infinite at T) from the level sigma_max =
+    80, the highest consistency training reaches."""
     gm = GaussianMixture.ring(n_components=4, radius=1.0, std=0.2)
-    path = EDM_VE
     gen = torch.Generator().manual_seed(0)
     res = sample(exact_consistency_function(gm, path), path, (1000, 2), sampler="consistency",
-                 steps=steps, generator=gen)
+                 steps=steps, generator=gen, sigma_max=80.0)
     assert res.nfe == steps
     ref = gm.sample(1000, generator=torch.Generator().manual_seed(1))[0]
     assert energy_distance(res.x, ref) < 0.01

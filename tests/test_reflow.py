@@ -57,8 +57,10 @@ def test_pairs_are_the_teachers_ode_endpoints_on_any_number_of_processes(tmp_pat
     settings = dict(SAMPLER)
     name, steps = settings.pop("name"), settings.pop("steps")
     # (chunk by chunk: a batch of another size may round differently)
+    prior = teacher.model.path.prior_std()
     again = torch.cat([sample(teacher.model.prediction_fn(), teacher.model.path, None, name,
-                              steps, x_init=part, **settings).x for part in noise.split(16)])
+                              steps, x_init=prior * part, **settings).x
+                       for part in noise.split(16)])
     assert torch.equal(x, again)
     # two processes, each its chunks, make the same files; a lost chunk is drawn again
     two = pairs_module(tmp_path / "two", teacher)

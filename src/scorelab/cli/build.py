@@ -84,10 +84,21 @@ def chosen(group: str) -> str:
     return group
 
 
-def sampler_settings(node, path=None, model=None) -> dict:
+def check_sampler_guidance(settings: dict, guidance) -> None:
+    """A two-time sampler (MeanFlow's jumps) takes guidance=cfg (the average velocities
+    guided by the same affine rule, a heuristic: MeanFlow trains its guidance into u) or none;
+    classifier guidance and autoguidance act at one time."""
+    kind = getattr(guidance, "kind", "none")
+    if settings.get("name") in TWO_TIME and kind not in ("none", "cfg"):
+        raise ConfigError(f"sampler={settings['name']} jumps over intervals [r, t]; "
+                          f"guidance={kind} acts at one time: use guidance=cfg or none")
+
+
+def sampler_settings(node, path=None, model=None, guidance=None) -> dict:
     """A sampler config node as a plain dict {name, steps, **options}, validated (and, given
     the model's ``path``, checked to run on that path; given the ``ScoreModel``, that it has
-    the learned variances variance=learned reads)."""
+    the learned variances variance=learned reads; given the guidance, that the sampler can
+    take it)."""
     settings = plain(node)
     if not settings.get("name"):
         raise ConfigError("sampler: no sampler name given (sampler=<name>)")
@@ -99,6 +110,7 @@ def sampler_settings(node, path=None, model=None) -> dict:
             check_sampler(path, **settings)
     except ValueError as e:          # the registry's own rules, as sample() checks them
         raise ConfigError(_naming("sampler", str(e))) from None
+    check_sampler_guidance(settings, guidance)
     if settings["name"] in TWO_TIME and model is not None and not model.takes_interval:
         raise ConfigError(f"sampler={settings['name']} jumps with a two-time model's average "
                           f"velocity, and this model takes one time (train with loss=meanflow "
@@ -225,8 +237,9 @@ def build_datamodule(cfg: DictConfig, tokenizer: dict | None = None,
 
 def reflow_data(cfg: DictConfig, base):
     """Reflow's pairs of the ``teacher`` checkpoint (``data.reflow``), checked at start-up:
-    a teacher of the same data and prior, its sampler's settings, the pairs directory's
-    record."""
+    a pixel teacher of the same data shape and classes for a pixel student, its sampler's
+    settings, the pairs directory's record. Any path: the pairs store the unit noise z, which
+    the student's own prior scales."""
     opts = plain(cfg.teacher)
     try:
         teacher = LoadedCheckpoint(opts["ckpt"])
@@ -238,11 +251,17 @@ def reflow_data(cfg: DictConfig, base):
                           f"{'latents' if module.latent is not None else 'data'} shaped "
                           f"{list(module.data_shape)}, this data is {list(base.shape)}: reflow "
                           f"needs a pixel-space teacher of the same data")
-    student_prior = make(cfg, "path").prior_std()
-    if abs(module.model.path.prior_std() - student_prior) > 1e-6:
-        raise ConfigError(f"teacher.ckpt={opts['ckpt']}: its prior has std "
-                          f"{module.model.path.prior_std():.4g}, the student's path "
-                          f"{student_prior:.4g}: the pairs' noise must be the student's prior")
+    if (cfg.get("autoencoder") or {}).get("source", "none") != "none":
+        raise ConfigError("teacher.ckpt (reflow) draws pixel pairs; a latent student "
+                          "(autoencoder=...) would train on real latents instead: use "
+                          "autoencoder=none")
+    if cfg.get("conditional") and not module.takes_labels:
+        raise ConfigError(f"teacher.ckpt={opts['ckpt']} is unconditional: its pairs carry no "
+                          f"class, so a conditional student (conditional=true) cannot learn "
+                          f"from them")
+    if module.takes_labels and module.num_classes != base.num_classes:
+        raise ConfigError(f"teacher.ckpt={opts['ckpt']} has {module.num_classes} classes, this "
+                          f"data {base.num_classes}")
     sampler = sampler_settings(opts["sampler"], module.model.path, module.model)
     dm = ReflowDataModule(base, opts["ckpt"], sampler, opts["num_pairs"], opts["chunk"],
                           opts["dir"], opts.get("seed", 0), load_teacher=lambda _: module)
@@ -348,6 +367,11 @@ def build_module(cfg: DictConfig, data_shape, num_classes: int,
         raise ConfigError(f"{chosen('loss')} with {chosen('backbone')}: {e}") from None
     if getattr(loss, "teacher_ckpt", None) and not from_checkpoint:
         attach_teacher(loss, model_shape, latent)
+    if hasattr(loss, "at_step") and not from_checkpoint and \
+            (cfg.get("trainer") or {}).get("max_steps", -1) in (-1, None) and \
+            (cfg.get("trainer") or {}).get("max_epochs") in (-1, None):
+        raise ConfigError(f"{chosen('loss')}'s curriculum follows the run's length: set "
+                          f"trainer.max_steps (or trainer.max_epochs)")
     if (cfg.get("teacher") or {}).get("ckpt") and not isinstance(loss, DenoisingLoss):
         raise ConfigError(f"teacher.ckpt (reflow) trains on the teacher's (noise, sample) "
                           f"pairs, which {chosen('loss')} does not take: use a denoising loss "

@@ -60,7 +60,8 @@ def _metric_callbacks(cfg, dm, loaded) -> list:
     if wants_samples and cfg.num_samples <= 0:
         raise ConfigError(f"metrics {', '.join(wants_samples)} need num_samples > 0 (e.g. "
                           f"num_samples=1000)")
-    settings = resolve_sampler(cfg.sampler, loaded.module.sampler, loaded.module.model)
+    settings = resolve_sampler(cfg.sampler, loaded.module.sampler, loaded.module.model,
+                               loaded.module.guidance)
     try:
         return [Metrics(metrics, num_samples=cfg.num_samples if wants_samples else 0,
                         sampler=settings, batch_size=cfg.sample_batch_size, seed=cfg.seed,
@@ -103,7 +104,8 @@ def _results(trainer, dm, callbacks) -> dict:
 
 
 def _samples(cfg, loaded, dm, device, out) -> dict:
-    settings = resolve_sampler(cfg.sampler, loaded.module.sampler, loaded.module.model)
+    settings = resolve_sampler(cfg.sampler, loaded.module.sampler, loaded.module.model,
+                               loaded.module.guidance)
     prompts = evaluation_prompts(dm, cfg.get("prompts"), cfg.num_samples, cfg.seed) \
         if loaded.module.takes_captions else None
     x, labels, nfe, seconds = draw_samples(loaded, settings, cfg.num_samples, cfg.seed, device,

@@ -29,14 +29,15 @@ from scorelab.latent.space import latent_summary
 from scorelab.util.visualize import save_samples
 
 
-def resolve_sampler(requested: DictConfig, trained_with: dict, model=None) -> dict:
+def resolve_sampler(requested: DictConfig, trained_with: dict, model=None,
+                    guidance=None) -> dict:
     """sampler=checkpoint (name null): the checkpoint's sampler with the non-null keys of
     ``requested`` on top; any named sampler: exactly the requested config. Checked against
-    the ``ScoreModel`` (its path, its learned variances) when given."""
+    the ``ScoreModel`` (its path, its learned variances) and the guidance when given."""
     req = {k: v for k, v in plain(requested).items() if v is not None}
     if "name" not in req:
         req = {**trained_with, **req}
-    return sampler_settings(req, None if model is None else model.path, model)
+    return sampler_settings(req, None if model is None else model.path, model, guidance)
 
 
 def class_labels(n: int, num_classes: int, class_label, device) -> torch.Tensor:
@@ -175,7 +176,8 @@ def _main(cfg: DictConfig) -> dict:
     loaded = load_guided(cfg)
     check_task(task, loaded)
     captions = prompt_list(cfg, loaded)
-    settings = resolve_sampler(cfg.sampler, loaded.module.sampler, loaded.module.model)
+    settings = resolve_sampler(cfg.sampler, loaded.module.sampler, loaded.module.model,
+                               loaded.module.guidance)
     if settings.get("variance") == "analytic":
         # Analytic-DPM's moments come from the run's training data (before the first sample)
         loaded.module.analytic_data = checkpoint_datamodule(loaded)

@@ -32,7 +32,8 @@ from scorelab.training.callbacks import (EMA, DivergenceGuard, RandomStates, Sam
 from scorelab.training.callbacks.finetune import NEW_PARAMETERS, FinetuneFrom
 from scorelab.training.auxiliary_module import AuxiliaryModule
 from scorelab.cli.build import (LoadedCheckpoint, build_any_module, build_datamodule,
-                                check_training_config, make, pick_device, state_mismatch)
+                                check_sampler_guidance, check_training_config, make,
+                                pick_device, state_mismatch)
 from scorelab.cli.guide import build_guidance
 from scorelab.cli.latent import build_latent, latent_datamodule
 from scorelab.cli.extras import apply_extras
@@ -130,6 +131,7 @@ def build(cfg: DictConfig) -> Run:
         dm = latent_datamodule(cfg.autoencoder, dm, latent, estimate=True)
     if not isinstance(module, AuxiliaryModule):
         module.set_guidance(build_guidance(cfg.get("guidance"), module))
+        check_sampler_guidance(module.sampler, module.guidance)
     elif (cfg.get("guidance") or {}).get("name", "none") != "none":
         raise ConfigError(f"model={cfg.model} draws no samples: guidance must be none")
     callbacks = _callbacks(cfg, dm, samples=not isinstance(module, AuxiliaryModule))

@@ -46,18 +46,19 @@ class PairsDataset(Dataset):
 
 
 def draw_pairs(teacher, sampler: dict, n: int, seed: int, device) -> dict:
-    """n pairs of ``teacher`` (a DiffusionModule): noise from (seed), the sampler's sample
-    from that noise; class labels in turn for a class-conditional teacher (else 0)."""
+    """n pairs of ``teacher`` (a DiffusionModule): unit noise z from (seed) and the
+    sampler's sample from the prior draw sigma(T) z (the student's x_t = alpha x + sigma z
+    takes z); class labels in turn for a class-conditional teacher (else 0)."""
     from scorelab.sampling import sample
     gen = torch.Generator(device=device).manual_seed(seed)
     shape = (n,) + tuple(teacher.data_shape)
-    noise = torch.randn(shape, generator=gen, device=device) * teacher.model.path.prior_std()
+    noise = torch.randn(shape, generator=gen, device=device)
     y = torch.arange(n, device=device) % teacher.num_classes if teacher.takes_labels else None
     settings = dict(sampler)
     name, steps = settings.pop("name"), settings.pop("steps")
     settings = teacher._with_analytic(name, steps, settings)
     x = sample(teacher.guided_prediction_fn(y), teacher.model.path, shape, name, steps,
-               generator=gen, x_init=noise, **settings).x
+               generator=gen, x_init=teacher.model.path.prior_std() * noise, **settings).x
     return {"x": x.cpu(), "y": (y if y is not None else torch.zeros(n, dtype=torch.long)).cpu(),
             "noise": noise.cpu()}
 
@@ -145,6 +146,7 @@ class ReflowDataModule(DiffusionDataModule):
             os.replace(tmp, self.chunk_file(k))
             log.info("reflow pairs: chunk %d of %d here (%d pairs, %.0f s)", done,
                      len(missing), n, time.perf_counter() - start)
+        teacher.cpu()           # (the student trains on the device now)
 
     def setup(self, stage: str | None = None) -> None:
         """The real data's splits; at fit under a trainer (on every process, after DDP has

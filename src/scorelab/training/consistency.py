@@ -162,10 +162,12 @@ class ConsistencyLoss:
         weights = (cdf[1:] - cdf[:-1]).clamp(min=0)
         if self.mode == "distillation" or float(weights.sum()) == 0:
             weights = torch.ones_like(weights)
-        gen = generator if generator is not None and generator.device.type == "cpu" else None
-        i = torch.multinomial(weights, n, replacement=True, generator=gen)
+        # inverse CDF of the pair weights with u from the loss's generator on its device (a
+        # validation pass draws the same pairs every time, on a GPU too)
+        cdf = (weights.cumsum(0) / weights.sum()).to(device)
+        u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
+        i = torch.searchsorted(cdf, u, right=True).clamp(max=len(weights) - 1)
         levels = levels.to(device)
-        i = i.to(device)
         return levels[i + 1], levels[i]
 
     # -- the loss ---------------------------------------------------------------------------

@@ -13,9 +13,10 @@ which the loss regresses on with the conditional velocity v = alpha' x0 + sigma'
 of v (their Eq. 10) and the target stop-gradient:
 
     u_tgt = v - (t - r) sg(JVP),   L = sg(w) || u_theta - u_tgt ||^2,
-    w = 1 / (|| u_theta - u_tgt ||^2 + c)^p     (adaptive weighting, their Sec. 4.3; p = 1).
+    w = 1 / (|| u_theta - u_tgt ||^2 + c)^p     (adaptive weighting, their Sec. 4.3; p = 1),
 
-At r = t the target is v and the loss is flow matching's (the velocity head's MSE), so a
+the squared norm summed over the dimensions (with p = 0, the velocity head's squared error
+summed, not averaged). At r = t the target is v and the loss is flow matching's, so a
 MeanFlow model read at r = t is an ordinary flow model that every sampler runs. A fixed
 fraction ``ratio`` of each batch draws r < t (the rest r = t; the paper's 25 %); (t, r) are
 the order statistics of two logit-normal draws (their -0.4, 1.0). The JVP is only evaluated
@@ -125,7 +126,7 @@ class MeanFlowLoss:
             parts.append(model.outputs(z[k:], t[k:], yk, tuple(ci[k:] for ci in c))[0])
             targets.append(v[k:])
         err = (torch.cat(parts) - torch.cat(targets)).flatten(1)
-        sq = (err * err).mean(1)
+        sq = (err * err).sum(1)            # ||err||^2 over the dimensions, as the paper's
         if self.norm_p > 0:
             sq = sq / (sq.detach() + self.norm_eps) ** self.norm_p
         return sq.mean()
