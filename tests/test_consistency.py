@@ -200,6 +200,8 @@ def test_cli_refuses_a_missing_or_mismatched_teacher(tmp_path, capsys):
     refused_at_start("train", ["experiment=gmm_fm", "loss=consistency",
                                "loss.mode=distillation", f"loss.teacher={tmp_path}/none.ckpt"],
                      "no such checkpoint", tmp_path / "r2", capsys)
+    refused_at_start("train", ["experiment=gmm_fm", "loss=consistency", "trainer.max_steps=-1"],
+                     "trainer.max_steps", tmp_path / "r3", capsys)
 
 
 @pytest.mark.slow

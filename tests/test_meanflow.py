@@ -198,3 +198,16 @@ def test_cli_meanflow_training_and_one_step_sampling(tmp_path):
         "metrics=[energy]", f"hydra.run.dir={tmp_path / 'e'}", cwd=tmp_path)
     metrics = json.loads((tmp_path / "e/metrics.json").read_text())
     assert metrics["sample_settings"]["nfe"] == 1 and math.isfinite(metrics["energy"])
+
+
+def test_one_time_guidance_is_refused_with_the_two_time_sampler():
+    from types import SimpleNamespace
+
+    from scorelab.cli.build import check_sampler_guidance
+    from scorelab.util.errors import ConfigError
+    check_sampler_guidance({"name": "meanflow"}, None)
+    check_sampler_guidance({"name": "meanflow"}, SimpleNamespace(kind="cfg"))
+    check_sampler_guidance({"name": "edm"}, SimpleNamespace(kind="classifier"))
+    for kind in ("classifier", "autoguidance"):
+        with pytest.raises(ConfigError, match=f"guidance={kind} acts at one time"):
+            check_sampler_guidance({"name": "meanflow"}, SimpleNamespace(kind=kind))
