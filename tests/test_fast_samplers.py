@@ -142,16 +142,22 @@ def test_a_last_step_to_zero_returns_the_x0_prediction():
         return pred
 
     x_T = torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
-    for name in ("dpm_solver", "unipc", "ddim", "edm"):
+    gen = torch.Generator()
+    for name, options in (("dpm_solver", {}), ("unipc", {}), ("ddim", {}), ("edm", {}),
+                          ("pc", {"predictor": "ancestral", "generator": gen})):
         seen.clear()
-        res = sample(model, path, None, name, steps=6, x_init=x_T, final="zero")
+        res = sample(model, path, None, name, steps=6, x_init=x_T, final="zero", **options)
         assert torch.isfinite(res.x).all(), name
         torch.testing.assert_close(res.x, seen[-1], rtol=0, atol=1e-6, msg=name)
-        at_eps = sample(model, path, None, name, steps=6, x_init=x_T).x
+        at_eps = sample(model, path, None, name, steps=6, x_init=x_T, **options).x
         assert (at_eps - res.x).abs().max() > 1e-4, name
-    for name in ("pc", "ode"):
-        with pytest.raises(ValueError, match=f"sampler.final: sampler '{name}' cannot step"):
-            check_sampler(path, name, 10, final="zero")
+    with pytest.raises(ValueError, match="needs predictor=ancestral"):
+        check_sampler(path, "pc", 10, final="zero")
+    with pytest.raises(ValueError, match="method=rk45.*use method=euler or heun"):
+        check_sampler(path, "ode", 10, final="zero")
+    check_sampler(path, "ode", 10, final="zero", method="euler")
+    with pytest.raises(ValueError, match="sampler.final: sampler 'consistency' cannot step"):
+        check_sampler(path, "consistency", 2, final="zero")
 
 
 @pytest.mark.parametrize("grid", ["uniform", "logsnr", "karras"])

@@ -191,7 +191,7 @@ def test_ddim_eta0_is_dpm_solver_order1(gmm, path):
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("grid", GRIDS)
+@pytest.mark.parametrize("grid", [g for g in GRIDS if g != "scheduler"])
 def test_grids_run_from_T_to_eps(path, grid):
     ts = make_grid(grid, path, 25, 1e-3)
     assert ts[0].item() == pytest.approx(path.T) and ts[-1].item() == pytest.approx(1e-3)

@@ -214,6 +214,9 @@ def build_datamodule(cfg: DictConfig, tokenizer: dict | None = None,
     for text_encoder=clip the pretrained CLIP tokenizer, else its own word tokenizer.
     ``training`` with ``teacher.ckpt`` (reflow): the teacher's pairs to train on, the real
     data to validate on; elsewhere (a student's checkpoint) the real data alone."""
+    if cfg.get("data") is None:
+        raise ConfigError("data: no dataset given; a published network (model=diffusers) has "
+                          "none of its own: add data=<dataset> (its images, e.g. data=mnist5k)")
     dm = make(cfg, "data")
     apply_condition(cfg, dm)
     if training and (cfg.get("teacher") or {}).get("ckpt"):
@@ -462,6 +465,9 @@ def build_any_module(cfg: DictConfig, data_shape, num_classes: int, is_image: bo
     latents when given), or the ``AuxiliaryModule`` of a classifier or an autoencoder.
     ``from_checkpoint``: built to take a checkpoint's weights (no pretrained loading)."""
     kind = cfg.get("model", "diffusion")
+    if not isinstance(kind, str):
+        raise ConfigError("model=diffusers is a published network for sample.py and "
+                          f"evaluate.py; train.py trains model={' | '.join(MODELS)}")
     if kind not in MODELS:
         raise ConfigError(f"model={kind}: must be one of {', '.join(MODELS)}")
     if latent is not None and kind != "diffusion":

@@ -35,6 +35,7 @@ from scorelab.cli.common import log, optimized, output_dir, reports_errors, writ
 from scorelab.cli.extras import apply_extras
 from scorelab.cli.latent import checkpoint_datamodule
 from scorelab.data.captions import evaluation_prompts
+from scorelab.cli.pretrained import model_source, weights_of
 from scorelab.cli.sample import draw_samples, load_guided, resolve_sampler, save_sample_files
 from scorelab.util.errors import ConfigError, Interrupted
 from scorelab.guidance.predictions import describe
@@ -144,6 +145,9 @@ def _main(cfg: DictConfig) -> dict:
     out = output_dir()
     check_config_values(cfg, EVALUATE_RULES)
     L.seed_everything(cfg.seed, verbose=False)
+    if model_source(cfg) == "pretrained" and cfg.get("data") is None:
+        raise ConfigError("evaluate.py with model=diffusers needs data=<dataset> (its held-out "
+                          "split and reference statistics), e.g. data=mnist5k")
     loaded = load_guided(cfg)
     dm = checkpoint_datamodule(loaded, cfg.batch_size)
     # sampler.variance=analytic estimates its moments on the run's training data
@@ -155,10 +159,11 @@ def _main(cfg: DictConfig) -> dict:
         if requested():
             raise Interrupted(f"stopped by signal {requested()}", requested())
         return {}
-    metrics = {"ckpt": str(loaded.path), "weights": "ema" if loaded.ema else "raw",
+    metrics = {"ckpt": str(loaded.path), **weights_of(loaded),
                "global_step": loaded.global_step, "seed": cfg.seed,
                "processes": trainer.world_size,
-               "loss": OmegaConf.to_container(loaded.cfg.loss),
+               "loss": OmegaConf.to_container(loaded.cfg.loss) if "loss" in loaded.cfg
+               else None,
                "guidance": describe(loaded.module.guidance),
                "latent": latent_summary(loaded.module.latent),
                **_results(trainer, dm, callbacks)}

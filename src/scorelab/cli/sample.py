@@ -17,6 +17,7 @@ from scorelab.cli.common import log, output_dir, reports_errors, write_json
 from scorelab.cli.extras import apply_extras
 from scorelab.cli.guide import build_guidance
 from scorelab.cli.latent import checkpoint_datamodule
+from scorelab.cli.pretrained import LoadedPretrained, model_source, weights_of
 from scorelab.cli.task import (check_task, constraint_for, draw_controlled, observations,
                                task_settings)
 from scorelab.data.base import inverse_scaler
@@ -124,9 +125,13 @@ def save_sample_files(x, labels, nfe: int, out, is_image: bool,
     return grid, out / "samples.npz"
 
 
-def load_guided(cfg: DictConfig) -> LoadedCheckpoint:
-    """The checkpoint with the ``guidance`` group's guidance set (checked at start-up)."""
-    loaded = LoadedCheckpoint(cfg.ckpt, use_ema=cfg.use_ema)
+def load_guided(cfg: DictConfig) -> LoadedCheckpoint | LoadedPretrained:
+    """The checkpoint (``ckpt=``) or published network (``model=diffusers``) with the
+    ``guidance`` group's guidance set (checked at start-up)."""
+    if model_source(cfg) == "pretrained":
+        loaded = LoadedPretrained(cfg.model, cfg.get("data"))
+    else:
+        loaded = LoadedCheckpoint(cfg.ckpt, use_ema=cfg.use_ema)
     loaded.module.set_guidance(build_guidance(cfg.get("guidance"), loaded.module))
     return loaded
 
@@ -199,7 +204,7 @@ def _main(cfg: DictConfig) -> dict:
         check("sampling")                           # stopped before the first batch
     grid, npz = save_sample_files(x, labels, nfe, out, loaded.is_image, extra.get("prompts"))
     guidance = loaded.module.guidance
-    info = {"ckpt": str(loaded.path), "weights": "ema" if loaded.ema else "raw",
+    info = {"ckpt": str(loaded.path), **weights_of(loaded),
             "num_samples": cfg.num_samples, "sampler": settings, "nfe_per_sample": nfe,
             "seed": cfg.seed, "wall_time_s": round(seconds, 2),
             "guidance": describe(guidance), "latent": latent_summary(loaded.module.latent),

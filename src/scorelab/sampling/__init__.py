@@ -23,7 +23,8 @@ from scorelab.sampling.grids import GRIDS, make_grid
 from scorelab.models.prediction import Prediction, as_prediction_fn
 from scorelab.sampling.common import TooFewSteps, reporting_evaluations
 from scorelab.sampling.registry import (COMMON_OPTIONS, DEFAULT_GRIDS, DEFAULT_SAMPLER, SAMPLERS,
-                                        check_options, check_path, get_sampler, sampler_options)
+                                        TO_ZERO, check_options, check_path, get_sampler,
+                                        sampler_options)
 
 
 class SampleResult(NamedTuple):
@@ -104,6 +105,10 @@ def checked_grid(sampler: str, path, steps: int, options: dict, grid=None, rho: 
     """``time_grid``, after ``check_path`` on it; a step count too small for a fixed-step
     sampler (``TooFewSteps``) is refused with the fewest sane count of the same grid."""
     ts = time_grid(sampler, path, steps, grid, rho, eps, device, shift, final)
+    if float(ts[-1]) == 0 and not TO_ZERO[sampler]:
+        raise ValueError(f"sampler {sampler!r} cannot step to t = 0 (sigma = 0), where this "
+                         f"grid ends; samplers that can: "
+                         f"{', '.join(k for k, v in TO_ZERO.items() if v)}")
     try:
         check_path(sampler, options, path, ts)
     except TooFewSteps as e:

@@ -7,6 +7,10 @@
              noise level sigma/alpha, sigma_i = (smax^(1/rho) + i/n (smin^(1/rho) -
              smax^(1/rho)))^rho, mapped back to t through the SDE's log-SNR.
 * logsnr:    equal steps in lambda = log(alpha / sigma) (DPM-Solver's recommended grid).
+* scheduler: the timesteps of a pretrained model's own scheduler loop, ending where its last
+             step ends (usually t = 0, clean data): ``path.scheduler_grid(steps)`` of the
+             discrete-schedule paths (``scorelab.paths.discrete``; ``model=diffusers``).
+             ``shift`` and ``final`` do not apply: the scheduler's own are used.
 * a file:    a grid written by ``scripts/optimize_grid.py`` (``load_grid_file``): JSON
              ``{"grids": {"<steps>": [t_0, ..., t_steps]}, ...}``, one grid per step count.
 
@@ -34,7 +38,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-GRIDS = ("uniform", "quadratic", "karras", "logsnr")
+GRIDS = ("uniform", "quadratic", "karras", "logsnr", "scheduler")
 FINALS = ("eps", "zero")
 
 
@@ -50,6 +54,12 @@ def make_grid(name: str, path, steps: int, eps: float, rho: float = 7.0,
         raise ValueError(f"sampling needs steps >= 1, got {steps}")
     if is_grid_file(name):
         return load_grid_file(name, path, steps).to(device=device, dtype=torch.float32)
+    if name == "scheduler":
+        if not hasattr(path, "scheduler_grid"):
+            raise ValueError("grid=scheduler: this model has no scheduler of its own (a "
+                             "pretrained one through model=diffusers has); use "
+                             + ", ".join(g for g in GRIDS if g != "scheduler"))
+        return path.scheduler_grid(steps).to(device=device, dtype=torch.float32)
     if final not in FINALS:
         raise ValueError(f"unknown final {final!r}; known: {', '.join(FINALS)}")
     if final == "zero":

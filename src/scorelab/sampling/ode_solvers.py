@@ -100,11 +100,15 @@ def _check_ode_path(options, path, ts):
     """Fixed steps (euler, heun) that do not leave the prior's noise in the sample
     (``leftover_noise``; on the uniform grid VP and sub-VP need 3 steps, VE 6, cosine 2, the
     linear path 1)."""
+    if options["method"] == "rk45" and float(ts[-1]) == 0:
+        raise ValueError("sampler ode (method=rk45) evaluates the model at its end point, and "
+                         "a grid that ends at t = 0 has sigma = 0 there; use method=euler or "
+                         "heun (their last step does not evaluate it)")
     if options["method"] != "rk45":
         check_leftover_noise(f"sampler ode (method={options['method']})", path, ts)
 
 
-@register("ode", grid="uniform", path_check=_check_ode_path,
+@register("ode", grid="uniform", path_check=_check_ode_path, to_zero=True,
           rules={"method": one_of(METHODS, "method"), "solver": one_of(SOLVERS, "solver"),
                  "rtol": number(0, lo_open=True), "atol": number(0, lo_open=True),
                  "max_ratio": number(1)})

@@ -184,6 +184,10 @@ def _check_pc_grid(options, path, ts):
     not leave the prior's noise in the sample (``leftover_noise``; reverse_diffusion and
     ancestral steps shrink it at any step size). RePaint's segments are not checked alone."""
     _check_pc_path(options, path, ts)
+    if float(ts[-1]) == 0 and options.get("predictor", "euler_maruyama") != "ancestral":
+        raise ValueError(f"sampler pc: a grid that ends at t = 0 (sigma = 0) needs "
+                         f"predictor=ancestral, whose last step returns x0_hat; "
+                         f"{options['predictor']} divides by sigma there")
     if options.get("predictor", "euler_maruyama") == "euler_maruyama":
         g2 = reverse_diffusion_g2(path, ts, options.get("diffusion", "sde"),
                                   options.get("diffusion_scale", 1.0))
@@ -206,7 +210,7 @@ def check_analytic(options):
                          "estimate it from the training data)")
 
 
-@register("pc", grid="uniform", combined=_check_pc, path_check=_check_pc_grid,
+@register("pc", grid="uniform", combined=_check_pc, path_check=_check_pc_grid, to_zero=True,
           rules={"predictor": one_of(PREDICTORS, "predictor"),
                  "variance": one_of(VARIANCES, "reverse variance"),
                  "x0_variance": X0_VARIANCE_RULE,
@@ -220,7 +224,9 @@ def predictor_corrector(model, path, x, ts, *, generator=None, callback=None,
                         diffusion: str = "sde", diffusion_scale: float = 1.0,
                         variance: str = "posterior", x0_variance=None):
     """Alg. 1 of Score SDE: at each grid time a corrector then a predictor step.
-    ``denoise``: finish with the noise-free Tweedie step x0_hat(x, eps) (+1 NFE).
+    ``denoise``: finish with the noise-free Tweedie step x0_hat(x, eps) (+1 NFE); a grid
+    that ends at t = 0 (``final="zero"``, ``grid=scheduler``: DDPM's own loop) needs none,
+    its last ancestral step is that x0_hat.
     ``diffusion``, ``diffusion_scale``: g~^2 of the euler_maruyama predictor.
     ``variance``: the ancestral step's reverse variance (posterior, upper, learned,
     analytic); ``x0_variance``: the ``X0Variance`` that ``analytic`` needs."""
@@ -235,7 +241,7 @@ def predictor_corrector(model, path, x, ts, *, generator=None, callback=None,
         x, _, n_p = predict(ctx, x, i)
         nfe += n_c + n_p
         x = after_step(callback, i, x)
-    if denoise:
+    if denoise and float(ts[-1]) > 0:
         x = tweedie_denoise(model, x, ts[-1])
         nfe += 1
     return x, nfe
