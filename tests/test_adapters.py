@@ -380,3 +380,33 @@ def test_bad_pretrained_input_is_refused_at_start(command, overrides, needle, tm
 def test_pretrained_with_data_of_another_shape_is_refused(pipeline_dir, tmp_path, capsys):
     refused_at_start("evaluate", ["model=diffusers", f"model.pretrained={pipeline_dir}",
                                   "data=mnist5k"], "takes [1, 8, 8]", tmp_path, capsys)
+
+
+def test_a_latent_dit_with_its_vae_samples_through_the_cli(tmp_path, one_thread, capsys):
+    """A DiT pipeline directory (transformer/, scheduler/, vae/) with autoencoder=diffusers:
+    the VAE's scaling factor is the latent scale, the images' shape follows from the VAE, CFG
+    uses the DiT's null class, and samples are decoded to pixels."""
+    from scorelab.cli import sample as sample_cli
+    pipe = tmp_path / "dit"
+    tiny_dit().save_pretrained(pipe / "transformer")
+    diffusers.DDIMScheduler(clip_sample=False).save_pretrained(pipe / "scheduler")
+    diffusers.AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1, norm_num_groups=4, sample_size=16, scaling_factor=0.18215
+    ).save_pretrained(pipe / "vae")
+    common = ["model=diffusers", f"model.pretrained={pipe}", "autoencoder=diffusers",
+              f"autoencoder.pretrained={pipe}", "autoencoder.subfolder=vae"]
+    out = tmp_path / "s"
+    out.mkdir()
+    info = sample_cli.main(compose_config("sample", common + [
+        "num_samples=3", "class_label=5", "guidance=cfg", "guidance.scale=4",
+        "sampler=ddim", "sampler.steps=3", "sampler.grid=scheduler"], out))
+    assert np.load(out / "samples.npz")["samples"].shape == (3, 3, 16, 16)
+    assert info["latent"]["scale"] == [pytest.approx(0.18215)] * 4
+    assert info["guidance"]["scale"] == 4 and info["pretrained"]["subfolder"] == "transformer"
+    refused_at_start("sample", common + ["autoencoder.normalize=scale"],
+                     "trained with a fixed latent scale", tmp_path / "r1", capsys)
+    refused_at_start("sample", ["ckpt=a.ckpt", "autoencoder=diffusers",
+                                "autoencoder.pretrained=X"],
+                     "carries its own latent space", tmp_path / "r2", capsys)

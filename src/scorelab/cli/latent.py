@@ -83,8 +83,37 @@ def build_latent(node, data_shape) -> LatentSpace | None:
                        "global_step": loaded.global_step,
                        "config": plain(loaded.cfg.backbone)}
         return _space(loaded.module.model, s, description)
+    return _diffusers_space(s, hf.load_pretrained(_given(s, "pretrained"), s.get("subfolder"),
+                                                  s.get("local_files_only", False)), data_shape)
+
+
+def pretrained_latent(node, latent_shape) -> LatentSpace | None:
+    """The latent space of a published latent model (``model=diffusers`` with
+    ``autoencoder=diffusers``): the pretrained VAE whose latent has ``latent_shape``, with
+    the fixed scale the model was trained with (its ``scaling_factor``: normalize=config, or
+    normalize=fixed with autoencoder.scale); the images' shape follows from the VAE."""
+    s = latent_settings(node)
+    if s is None:
+        return None
+    if s["source"] != "diffusers":
+        raise ConfigError("model=diffusers takes autoencoder=diffusers (a pretrained VAE), not "
+                          f"autoencoder source {s['source']}")
+    if s.get("normalize") not in ("config", "fixed"):
+        raise ConfigError(f"autoencoder.normalize={s.get('normalize')}: a published latent "
+                          f"model was trained with a fixed latent scale: normalize=config (the "
+                          f"VAE's scaling_factor) or fixed with autoencoder.scale")
     vae = hf.load_pretrained(_given(s, "pretrained"), s.get("subfolder"),
                              s.get("local_files_only", False))
+    config = vae.config
+    factor = 2 ** (len(config.block_out_channels) - 1)
+    c, h, w = (int(v) for v in latent_shape)
+    if c != config.latent_channels:
+        raise ConfigError(f"autoencoder.pretrained={s['pretrained']}: its latent has "
+                          f"{config.latent_channels} channels, the network takes {c}")
+    return _diffusers_space(s, vae, (int(config.in_channels), h * factor, w * factor))
+
+
+def _diffusers_space(s: dict, vae, data_shape) -> LatentSpace:
     config = hf.plain_config(vae)
     input_range = list(s.get("input_range") or (-1.0, 1.0))
     try:

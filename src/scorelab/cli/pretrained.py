@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from scorelab.adapters import AdapterUnavailable, load_diffusers
 from scorelab.cli.build import given, make, plain, sampler_settings
+from scorelab.cli.latent import pretrained_latent
 from scorelab.paths.discrete import TIMESTEP_INPUTS
 from scorelab.training.diffusion_module import DiffusionModule
 from scorelab.training.losses import DSMLoss
@@ -66,6 +67,8 @@ class LoadedPretrained:
         node: the ``model`` config node (``conf/model/diffusers.yaml``).
         data: the ``data`` config node (evaluate.py's held-out split and reference
             statistics) or None.
+        autoencoder: the ``autoencoder`` node: a latent model's pretrained VAE
+            (``autoencoder=diffusers``, its scaling factor), or None / source none.
     """
 
     kind = "diffusion"
@@ -73,7 +76,7 @@ class LoadedPretrained:
     ema = False           # a published network's weights are whatever it published
     tokenizer = None
 
-    def __init__(self, node, data=None):
+    def __init__(self, node, data=None, autoencoder=None):
         s = plain(node)
         try:
             check_values("model", {k: v for k, v in s.items() if k in RULES}, RULES)
@@ -96,7 +99,9 @@ class LoadedPretrained:
                               f"y=<embeddings>")
         self.description = adapted.description
         self.path = f"diffusers:{pretrained}"
-        self.data_shape = tuple(adapted.data_shape)
+        latent = pretrained_latent(autoencoder, adapted.data_shape)
+        # the images' shape (a latent model's: the VAE's pixels)
+        self.data_shape = tuple(adapted.data_shape if latent is None else latent.data_shape)
         self.num_classes = adapted.num_classes
         self.is_image = True
         dit = adapted.model.backbone.is_dit and self.num_classes > 0
@@ -106,12 +111,13 @@ class LoadedPretrained:
         except ConfigError:
             sampler = None      # DiffusionModule's default, which runs on every path
         self.module = DiffusionModule(
-            model, DSMLoss(), optimizer=None, data_shape=self.data_shape,
+            model, DSMLoss(), optimizer=None, data_shape=adapted.data_shape,
             num_classes=self.num_classes, is_image=True, conditional=self.num_classes > 0,
             p_uncond=DIT_CLASS_DROPOUT if dit else 0.0, sampler=sampler,
-            config={"model": "diffusers", "pretrained": self.description})
+            config={"model": "diffusers", "pretrained": self.description}, latent=latent)
         self.module.eval()
-        self.cfg = OmegaConf.create({"data": data, "model": "diffusers"})
+        self.cfg = OmegaConf.create({"data": data, "model": "diffusers",
+                                     "autoencoder": autoencoder if latent is not None else None})
         if data is not None:
             self._check_data(data)
 

@@ -129,8 +129,11 @@ def load_guided(cfg: DictConfig) -> LoadedCheckpoint | LoadedPretrained:
     """The checkpoint (``ckpt=``) or published network (``model=diffusers``) with the
     ``guidance`` group's guidance set (checked at start-up)."""
     if model_source(cfg) == "pretrained":
-        loaded = LoadedPretrained(cfg.model, cfg.get("data"))
+        loaded = LoadedPretrained(cfg.model, cfg.get("data"), cfg.get("autoencoder"))
     else:
+        if (cfg.get("autoencoder") or {}).get("source", "none") != "none":
+            raise ConfigError("autoencoder: a scorelab checkpoint carries its own latent "
+                              "space; autoencoder= is for a published network (model=diffusers)")
         loaded = LoadedCheckpoint(cfg.ckpt, use_ema=cfg.use_ema)
     loaded.module.set_guidance(build_guidance(cfg.get("guidance"), loaded.module))
     return loaded
