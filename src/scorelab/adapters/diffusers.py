@@ -208,6 +208,9 @@ def score_model_from_diffusers(net: nn.Module, class_name: str, scheduler_config
     if head_name != "velocity":
         about["beta_schedule"] = "trained_betas" if scheduler_config.get("trained_betas") \
             else scheduler_config.get("beta_schedule", "linear")
+        # diffusers' pipelines clip x0_hat to [-1, 1] where this is set; scorelab's samplers
+        # do not (recorded so that a comparison knows)
+        about["scheduler_clip_sample"] = bool(scheduler_config.get("clip_sample", False))
     else:
         about["shift"] = path.shift
     return PretrainedModel(model.eval(), backbone.data_shape, backbone.num_classes,
@@ -264,8 +267,10 @@ def load_diffusers(pretrained: str, subfolder: str | None = None,
             f"scheduler_config.json) next to the network; a pipeline saved with "
             f"save_pretrained has one, or give model.scheduler=DIR")
     try:
+        # (low_cpu_mem_usage needs accelerate, which scorelab does not install)
         net = getattr(diffusers, class_name).from_pretrained(
-            source, subfolder=folder, local_files_only=local_files_only)
+            source, subfolder=folder, local_files_only=local_files_only,
+            low_cpu_mem_usage=False)
     except (OSError, ValueError, EnvironmentError) as e:
         raise AdapterUnavailable(f"model.pretrained={pretrained}: the {class_name} did not "
                                  f"load: {_first_line(e)}") from None

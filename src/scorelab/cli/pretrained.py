@@ -116,8 +116,12 @@ class LoadedPretrained:
             p_uncond=DIT_CLASS_DROPOUT if dit else 0.0, sampler=sampler,
             config={"model": "diffusers", "pretrained": self.description}, latent=latent)
         self.module.eval()
-        self.cfg = OmegaConf.create({"data": data, "model": "diffusers",
-                                     "autoencoder": autoencoder if latent is not None else None})
+        # resolved here: their interpolations (data.root: ${paths.data_dir}) name the run's
+        # config, which this one is not
+        self.cfg = OmegaConf.create({"data": plain(data) if data is not None else None,
+                                     "model": "diffusers",
+                                     "autoencoder": plain(autoencoder) if latent is not None
+                                     else None})
         if data is not None:
             self._check_data(data)
 

@@ -1,4 +1,5 @@
 """python sample.py ckpt=PATH num_samples=64 [sampler=<name> sampler.steps=N ...]
+(or model=diffusers model.pretrained=DIR in place of ckpt=: a published network)
 [guidance=cfg guidance.scale=3 class_label=7] [task=inpaint|colorize ...]:
 writes samples.png (a grid) and samples.npz (samples in data space, labels, NFE); for
 inpainting / colorization also observations.png (the input) and, from the dataset,

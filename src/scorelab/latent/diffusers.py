@@ -43,7 +43,8 @@ def load_pretrained(pretrained: str, subfolder: str | None = None,
     try:
         return AutoencoderKL.from_pretrained(str(local) if local.is_dir() else pretrained,
                                              subfolder=subfolder,
-                                             local_files_only=local_files_only)
+                                             local_files_only=local_files_only,
+                                             low_cpu_mem_usage=False)
     except (OSError, ValueError, EnvironmentError) as e:
         where = "the local directory" if local.is_dir() else \
             "not a local directory, and the Hugging Face hub could not provide it (offline?)"
