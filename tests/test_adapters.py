@@ -170,6 +170,27 @@ def test_ddim_equals_diffusers_ddim(spacing, one_thread):
         torch.testing.assert_close(got.x, want, rtol=1e-5, atol=1e-5)
 
 
+def test_clipped_ddim_equals_ddim_with_the_clipped_model_output(one_thread):
+    """clip_sample: x0_hat clamped and eps_hat re-derived from it is DDIMScheduler's step with
+    use_clipped_model_output=True (its default mixes the clipped x0 with the raw eps, which
+    no prediction is: x != alpha x0 + sigma eps), and the clip is active here."""
+    net = tiny_unet(seed=5)
+    scheduler = diffusers.DDIMScheduler(clip_sample=True)
+    model = adapted(net, scheduler).model
+    want = diffusers_loop(net, scheduler, X_T.clone(), 10, use_clipped_model_output=True)
+    got = sample(model.prediction_fn(), model.path, None, "ddim", steps=10, x_init=X_T,
+                 grid="scheduler").x
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    plain = adapted(net, scheduler).model
+    plain.x0_clip = None
+    unclipped = sample(plain.prediction_fn(), plain.path, None, "ddim", steps=10, x_init=X_T,
+                       grid="scheduler").x
+    assert (unclipped - got).abs().max() > 0.1
+    pred = model.prediction(X_T, torch.full((3,), 0.5))
+    assert pred.x0.abs().max() <= 1.0
+    torch.testing.assert_close(pred.alpha * pred.x0 + pred.sigma * pred.eps, X_T)
+
+
 @pytest.mark.parametrize("spacing", ["linspace", "leading"])
 def test_dpm_solver_2m_equals_diffusers_dpm_solver_multistep(spacing, one_thread):
     net = tiny_unet(seed=1)
@@ -182,13 +203,15 @@ def test_dpm_solver_2m_equals_diffusers_dpm_solver_multistep(spacing, one_thread
         torch.testing.assert_close(got.x, want, rtol=1e-5, atol=1e-5)
 
 
-def test_ancestral_equals_diffusers_ddpm_with_the_same_noise(one_thread):
+@pytest.mark.parametrize("clip", [False, True])
+def test_ancestral_equals_diffusers_ddpm_with_the_same_noise(clip, one_thread):
     """The ancestral step with the posterior variance on the scheduler's timesteps, both
     drawing their noise from generators with the same seed in the same order, is
-    DDPMScheduler's loop."""
+    DDPMScheduler's loop -- with its x0 clipping too (clip_sample, read from the config)."""
     net = tiny_unet(seed=2)
-    scheduler = diffusers.DDPMScheduler(clip_sample=False)
+    scheduler = diffusers.DDPMScheduler(clip_sample=clip)
     model = adapted(net, scheduler).model
+    assert model.x0_clip == (1.0 if clip else None)
     for steps in (10, 25):
         want = diffusers_loop(net, scheduler, X_T.clone(), steps,
                               generator=torch.Generator().manual_seed(3))

@@ -17,7 +17,9 @@ or nearest, or N sigma for flow models). A learned-variance network (2C output c
 guided-diffusion) has its variance fraction (v + 1) / 2 split off by ``ScoreModel``, as
 Improved DDPM defines it. A class-conditional DiT's null class is its last embedding row
 (``num_embeds_ada_norm``), where scorelab's ``NULL_LABEL`` goes, so classifier-free guidance
-uses the model's own null class.
+uses the model's own null class. Where the scheduler config sets ``clip_sample`` (DDPM's
+and DDIM's default), x0_hat is clamped to ``clip_sample_range`` with eps_hat re-derived, in
+every sampler, as DDPM's pipeline does (``clip_x0`` overrides it).
 """
 
 from __future__ import annotations
@@ -194,23 +196,26 @@ class PretrainedModel:
 
 def score_model_from_diffusers(net: nn.Module, class_name: str, scheduler_config: dict,
                                timestep_input: str = "interpolated",
-                               description: dict | None = None) -> PretrainedModel:
+                               description: dict | None = None,
+                               clip_x0: bool | None = None) -> PretrainedModel:
     """The ``ScoreModel`` of a diffusers network (of class ``class_name``) trained with the
-    scheduler ``scheduler_config``."""
+    scheduler ``scheduler_config``. ``clip_x0``: clamp x0_hat to the scheduler's
+    ``clip_sample_range`` with eps_hat re-derived (``Prediction.clip_x0``) in every sampler;
+    None: as the scheduler config's ``clip_sample`` says (DDPM's and DDIM's default: on)."""
     path, head_name = scheduler_path(scheduler_config, timestep_input)
     backbone = DiffusersNetwork(net, class_name)
+    if clip_x0 is None:
+        clip_x0 = bool(scheduler_config.get("clip_sample", False))
+    x0_clip = float(scheduler_config.get("clip_sample_range", 1.0)) if clip_x0 else None
     model = ScoreModel(backbone, get_head(head_name), path, input_scaling=False,
-                       noise_label="sde")
+                       noise_label="sde", x0_clip=x0_clip)
     about = {"source": "diffusers", "network": class_name,
              "scheduler": scheduler_config.get("_class_name"), "head": head_name,
              "num_train_timesteps": path.N, "timestep_input": timestep_input,
-             **(description or {})}
+             "x0_clip": x0_clip, **(description or {})}
     if head_name != "velocity":
         about["beta_schedule"] = "trained_betas" if scheduler_config.get("trained_betas") \
             else scheduler_config.get("beta_schedule", "linear")
-        # diffusers' pipelines clip x0_hat to [-1, 1] where this is set; scorelab's samplers
-        # do not (recorded so that a comparison knows)
-        about["scheduler_clip_sample"] = bool(scheduler_config.get("clip_sample", False))
     else:
         about["shift"] = path.shift
     return PretrainedModel(model.eval(), backbone.data_shape, backbone.num_classes,
@@ -231,11 +236,12 @@ def _read_config(cls, source: str, subfolder: str | None, local_files_only: bool
 
 def load_diffusers(pretrained: str, subfolder: str | None = None,
                    local_files_only: bool = False, timestep_input: str = "interpolated",
-                   scheduler: str | None = None) -> PretrainedModel:
+                   scheduler: str | None = None, clip_x0: bool | None = None
+                   ) -> PretrainedModel:
     """The network of a diffusers pipeline directory or hub id (``subfolder``: where the
     network is; default: ``unet``, then ``transformer``, then the top level) with the
     scheduler config of its ``scheduler`` folder (``scheduler``: another directory or hub id
-    holding a ``scheduler_config.json``)."""
+    holding a ``scheduler_config.json``); ``clip_x0`` as ``score_model_from_diffusers``."""
     diffusers = _diffusers()
     local = Path(pretrained).expanduser()
     source = str(local) if local.is_dir() else pretrained
@@ -277,4 +283,5 @@ def load_diffusers(pretrained: str, subfolder: str | None = None,
     about = {"pretrained": str(pretrained), "subfolder": folder}
     if scheduler:
         about["scheduler_from"] = str(scheduler)
-    return score_model_from_diffusers(net, class_name, sched_config, timestep_input, about)
+    return score_model_from_diffusers(net, class_name, sched_config, timestep_input, about,
+                                      clip_x0)

@@ -27,6 +27,7 @@ SOURCES = ("diffusers",)
 RULES = {"source": one_of(SOURCES, "pretrained model source"),
          "local_files_only": boolean(),
          "timestep_input": one_of(TIMESTEP_INPUTS, "timestep input"),
+         "clip_x0": optional(boolean()),
          "subfolder": optional(Rule(lambda v: isinstance(v, str), "a folder name")),
          "scheduler": optional(Rule(lambda v: isinstance(v, str), "a directory or hub id"))}
 # DiT's label embedding always keeps a null row, trained with class dropout 0.1 (Peebles &
@@ -89,7 +90,8 @@ class LoadedPretrained:
         try:
             adapted = load_diffusers(str(pretrained), s.get("subfolder"),
                                      bool(s.get("local_files_only", False)),
-                                     s.get("timestep_input", "interpolated"), s.get("scheduler"))
+                                     s.get("timestep_input", "interpolated"), s.get("scheduler"),
+                                     s.get("clip_x0"))
         except AdapterUnavailable as e:
             raise ConfigError(str(e)) from None
         if adapted.takes_text:
@@ -123,9 +125,9 @@ class LoadedPretrained:
                                      "autoencoder": plain(autoencoder) if latent is not None
                                      else None})
         if data is not None:
-            self._check_data(data)
+            self._check_data()
 
-    def _check_data(self, data) -> None:
+    def _check_data(self) -> None:
         """The dataset must be what the network takes: its image shape."""
         shape = tuple(make(self.cfg, "data").shape)
         if shape != self.data_shape:

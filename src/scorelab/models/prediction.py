@@ -90,6 +90,15 @@ class Prediction:
                           self.eps - self.sigma * delta,
                           self.alpha, self.sigma, self.d_alpha, self.d_sigma, self.var_frac)
 
+    def clip_x0(self, limit: float) -> "Prediction":
+        """x0_hat clamped to [-limit, limit] and eps_hat re-derived from it, (x - alpha x0) /
+        sigma (DDPM's ``clip_denoised``; diffusers' ``clip_sample``, GLIDE's clipped model
+        output): x = alpha x0 + sigma eps still holds, so every reading of the prediction
+        (score, v, velocity) follows the clipped x0."""
+        x0 = self.x0.clamp(-limit, limit)
+        return Prediction(self.x, x0, (self.x - self.alpha * x0) / self.sigma, self.alpha,
+                          self.sigma, self.d_alpha, self.d_sigma, self.var_frac)
+
     def chunk(self, n: int) -> list["Prediction"]:
         """Split a prediction of n stacked batches (one batched forward pass) into n."""
         def parts(v):

@@ -7,6 +7,7 @@ prediction (``scorelab.models.prediction``) and a score_fn.
                                                      the variance fraction (v + 1) / 2)
     out     = out / sigma(t)                        (backbone.scale_by_sigma: NCSN++ on VE)
     pred    = Prediction(x0_hat, eps_hat) via the head: read as score, x0, eps, v, velocity
+              (then, if set, a consistency model's boundary and the x0 clip)
 
 The input scaling is EDM's c_in (Karras et al. 2022, Table 1), written for any alpha: with
 sigma_data = 1 (every head but edm) it is exactly 1 on VP and keeps the backbone's input at
@@ -59,11 +60,13 @@ class ScoreModel(nn.Module):
             (EDM's c_noise).
         boundary: a consistency model's ``models.consistency.Boundary``: every prediction
             is then the consistency function's (None: the head's own).
+        x0_clip: clamp every prediction's x0_hat to [-x0_clip, x0_clip], eps_hat re-derived
+            (``Prediction.clip_x0``; DDPM's ``clip_denoised``); None: no clipping.
     """
 
     def __init__(self, backbone: nn.Module, head: Head, path: ForwardPath,
                  input_scaling: bool = True,
-                 noise_label: str = "sde", boundary=None):
+                 noise_label: str = "sde", boundary=None, x0_clip: float | None = None):
         super().__init__()
         check_value("noise_label", noise_label, one_of(NOISE_LABELS, "noise label"))
         if path.alpha_vanishes:
@@ -83,6 +86,9 @@ class ScoreModel(nn.Module):
         self.input_scaling = input_scaling
         self.noise_label_kind = noise_label
         self.boundary = boundary
+        if x0_clip is not None and not x0_clip > 0:
+            raise ValueError(f"x0_clip must be > 0 (or None: no clipping), got {x0_clip}")
+        self.x0_clip = None if x0_clip is None else float(x0_clip)
 
     def noise_label(self, t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
         """The backbone's conditioning label [B] at times t [B] (alpha, sigma broadcast
@@ -146,22 +152,30 @@ class ScoreModel(nn.Module):
         c = self.coefficients(x, t)
         out, var_frac = self.outputs(x, t, y, c, r)
         pred = Prediction.from_head(self.head, out, x, c, var_frac)
-        return pred if self.boundary is None else self.boundary.apply(pred)
+        if self.boundary is not None:
+            pred = self.boundary.apply(pred)
+        return pred if self.x0_clip is None else pred.clip_x0(self.x0_clip)
+
+    @property
+    def _transformed(self) -> bool:
+        """Whether predictions are more than the head's reading (boundary, clipping), so
+        that the score / eps / x0 shortcuts must go through ``prediction``."""
+        return self.boundary is not None or self.x0_clip is not None
 
     def score_fn(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        if self.boundary is not None:
+        if self._transformed:
             return self.prediction(x, t, y).score
         c = self.coefficients(x, t)
         return self.head.to_score(self.output(x, t, y, c), x, *c)
 
     def eps(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        if self.boundary is not None:
+        if self._transformed:
             return self.prediction(x, t, y).eps
         c = self.coefficients(x, t)
         return self.head.to_eps(self.output(x, t, y, c), x, *c)
 
     def x0(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        if self.boundary is not None:
+        if self._transformed:
             return self.prediction(x, t, y).x0
         c = self.coefficients(x, t)
         return self.head.to_x0(self.output(x, t, y, c), x, *c)
