@@ -292,7 +292,7 @@ def test_text_unet_reads_the_prompt_embedding_as_y():
         attention_head_dim=2,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")).eval()
-    wrapped = adapted(net, diffusers.DDIMScheduler())
+    wrapped = adapted(net, diffusers.DDIMScheduler(clip_sample=False))
     assert wrapped.takes_text
     x, emb = torch.randn(2, 4, 8, 8), torch.randn(2, 5, 12)
     t = wrapped.model.path.timestep_times(torch.tensor([500, 500])).float()
@@ -435,3 +435,72 @@ def test_a_latent_dit_with_its_vae_samples_through_the_cli(tmp_path, one_thread,
     refused_at_start("sample", ["ckpt=a.ckpt", "autoencoder=diffusers",
                                 "autoencoder.pretrained=X"],
                      "carries its own latent space", tmp_path / "r2", capsys)
+
+
+def test_a_text_pipeline_reads_prompts_with_its_own_clip_and_guides_like_stable_diffusion(
+        tmp_path, one_thread, capsys):
+    """A Stable Diffusion style pipeline (unet/ UNet2DConditionModel, tokenizer/ and
+    text_encoder/ CLIP, scheduler/, vae/): prompts go through its own tokenizer and text
+    model, the null caption is CLIP's encoding of "", and DDIM with scorelab's CFG equals the
+    pipeline's loop (eps_u + w (eps_c - eps_u) on both halves of one batch); sample.py takes
+    prompt= with guidance=cfg and decodes through the VAE."""
+    pytest.importorskip("transformers")
+    from tiny_clip import tiny_clip
+    from transformers import CLIPTextModel, CLIPTokenizer
+    from scorelab.cli import sample as sample_cli
+    from scorelab.data.captions import encode_prompts
+    pipe = tmp_path / "sd"
+    tiny_clip(pipe / "text_encoder")
+    tiny_clip(pipe / "tokenizer")
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(8, 16), norm_num_groups=4, cross_attention_dim=16,
+        attention_head_dim=2, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")).eval()
+    unet.save_pretrained(pipe / "unet")
+    diffusers.DDIMScheduler(clip_sample=False, beta_schedule="scaled_linear",
+                            beta_start=0.00085, beta_end=0.012).save_pretrained(pipe / "scheduler")
+    diffusers.AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1, norm_num_groups=4, sample_size=16, scaling_factor=0.18215
+    ).save_pretrained(pipe / "vae")
+    wrapped = load_diffusers(str(pipe), local_files_only=True)
+    assert wrapped.takes_text and wrapped.tokenizer is not None
+    # the pipeline's own loop: CLIP's last hidden states of the prompt and of ""
+    tok = CLIPTokenizer.from_pretrained(pipe / "tokenizer")
+    clip = CLIPTextModel.from_pretrained(pipe / "text_encoder").eval()
+    prompts = ["a 3 on the left and a 7 on the right", "a 1 on the left and a 2 on the right"]
+
+    def embed(texts):
+        ids = tok(texts, padding="max_length", max_length=20, truncation=True,
+                  return_tensors="pt").input_ids
+        with torch.no_grad():
+            return clip(ids)[0]
+    cond, uncond = embed(prompts), embed(["", ""])
+    scheduler = diffusers.DDIMScheduler.from_pretrained(pipe / "scheduler")
+    scheduler.set_timesteps(6)
+    x_T = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(6))
+    x = x_T.clone()
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            both = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond, cond])
+                        ).sample
+            eps_u, eps_c = both.chunk(2)
+            x = scheduler.step(eps_u + 3.0 * (eps_c - eps_u), t, x).prev_sample
+    model = wrapped.model
+    ids = encode_prompts(wrapped.tokenizer, prompts)
+    guided = ClassifierFree(3.0).prediction_fn(model.prediction, model.path, ids)
+    got = sample(guided, model.path, None, "ddim", steps=6, x_init=x_T, grid="scheduler")
+    torch.testing.assert_close(got.x, x, rtol=1e-5, atol=1e-5)
+    out = tmp_path / "s"
+    out.mkdir()
+    info = sample_cli.main(compose_config("sample", [
+        "model=diffusers", f"model.pretrained={pipe}", "autoencoder=diffusers",
+        f"autoencoder.pretrained={pipe}", "autoencoder.subfolder=vae", f"prompt={prompts[0]}",
+        "guidance=cfg", "guidance.scale=3", "num_samples=2", "sampler.steps=3"], out))
+    assert np.load(out / "samples.npz")["samples"].shape == (2, 3, 16, 16)
+    assert info["prompts"] == [prompts[0]] * 2
+    refused_at_start("sample", ["model=diffusers", f"model.pretrained={pipe}", "class_label=3"],
+                     "conditioned on captions", tmp_path / "r", capsys)

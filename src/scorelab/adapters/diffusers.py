@@ -1,8 +1,9 @@
 """A diffusers network and its scheduler config as a scorelab ``ScoreModel``
 (``pip install 'scorelab[diffusers]'``).
 
-    network    UNet2DModel (DDPM, ADM-style), UNet2DConditionModel (Stable Diffusion: y is the
-               prompt embedding, ``encoder_hidden_states``), DiTTransformer2DModel (and the
+    network    UNet2DModel (DDPM, ADM-style), UNet2DConditionModel (Stable Diffusion: caption
+               token ids through the pipeline's own CLIP tokenizer and text model, or the
+               prompt embedding itself as y), DiTTransformer2DModel (and the
                Transformer2DModel DiT configs: class labels, learned sigma)
     scheduler  DDPM / DDIM / PNDM / DPM-Solver / UniPC / DEIS / Euler / Heun / LMS (a discrete
                VP schedule: ``beta_schedule`` linear | scaled_linear | squaredcos_cap_v2, or
@@ -32,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from scorelab.models.conditioning import NULL_LABEL
+from scorelab.models.text import null_captions
 from scorelab.models.heads import get_head
 from scorelab.models.score import ScoreModel
 from scorelab.paths.discrete import (BETA_SCHEDULES, TIMESTEP_INPUTS, DiscreteVPPath,
@@ -122,11 +124,15 @@ def scheduler_path(config: dict, timestep_input: str = "interpolated"):
 class DiffusersNetwork(nn.Module):
     """A diffusers network as a scorelab backbone: ``forward(x, label, y=None)``.
 
-    y: class labels [B] (``NULL_LABEL``: the null class) for a class-conditional network,
-    the prompt embedding [B, L, D] for a ``UNet2DConditionModel``."""
+    y: class labels [B] (``NULL_LABEL``: the null class) for a class-conditional network; for
+    a ``UNet2DConditionModel`` caption token ids [B, L] read by ``text_encoder`` (its
+    pipeline's CLIP text model, ``models.clip_text.ClipTextEncoder``: the null caption is
+    CLIP's encoding of "", Stable Diffusion's unconditional input) or the prompt embedding
+    [B, L, D] itself."""
 
-    def __init__(self, net: nn.Module, class_name: str):
+    def __init__(self, net: nn.Module, class_name: str, text_encoder: nn.Module | None = None):
         super().__init__()
+        self.text_encoder = text_encoder
         if class_name not in NETWORKS:
             raise AdapterUnavailable(f"unknown network {class_name!r}; known: "
                                      f"{', '.join(NETWORKS)}")
@@ -156,10 +162,15 @@ class DiffusersNetwork(nn.Module):
 
     def forward(self, x: Tensor, label: Tensor, y: Tensor | None = None) -> Tensor:
         if self.takes_text:
+            if self.text_encoder is not None and (y is None or not y.is_floating_point()):
+                if y is None:           # the unconditional model: the empty caption
+                    y = null_captions(x.shape[0], self.text_encoder.context, x.device)
+                y = self.text_encoder(y)[0]
             if y is None:
                 raise ValueError("a UNet2DConditionModel needs its prompt embedding as y "
-                                 "(encoder_hidden_states [B, L, D])")
-            return self.net(x, label, encoder_hidden_states=y).sample
+                                 "(encoder_hidden_states [B, L, D]), or its pipeline's "
+                                 "tokenizer and text encoder for token ids")
+            return self.net(x, label, encoder_hidden_states=y.to(x.dtype)).sample
         if self.is_dit:
             # its null class is the row after the classes (DiT's label dropout)
             y = torch.full((x.shape[0],), NULL_LABEL, device=x.device) if y is None else y
@@ -182,6 +193,9 @@ class PretrainedModel:
     num_classes: int
     takes_text: bool
     description: dict = field(default_factory=dict)
+    # a text network's tokenizer (``ClipTokenizer.state_dict()``) when its pipeline has one:
+    # then y is caption token ids
+    tokenizer: dict | None = None
 
     @property
     def default_sampler(self) -> dict:
@@ -197,13 +211,14 @@ class PretrainedModel:
 def score_model_from_diffusers(net: nn.Module, class_name: str, scheduler_config: dict,
                                timestep_input: str = "interpolated",
                                description: dict | None = None,
-                               clip_x0: bool | None = None) -> PretrainedModel:
+                               clip_x0: bool | None = None, text=None) -> PretrainedModel:
     """The ``ScoreModel`` of a diffusers network (of class ``class_name``) trained with the
     scheduler ``scheduler_config``. ``clip_x0``: clamp x0_hat to the scheduler's
     ``clip_sample_range`` with eps_hat re-derived (``Prediction.clip_x0``) in every sampler;
-    None: as the scheduler config's ``clip_sample`` says (DDPM's and DDIM's default: on)."""
+    None: as the scheduler config's ``clip_sample`` says (DDPM's and DDIM's default: on).
+    ``text``: (``ClipTokenizer``, ``ClipTextEncoder``) of a text network's pipeline."""
     path, head_name = scheduler_path(scheduler_config, timestep_input)
-    backbone = DiffusersNetwork(net, class_name)
+    backbone = DiffusersNetwork(net, class_name, text[1] if text else None)
     if clip_x0 is None:
         clip_x0 = bool(scheduler_config.get("clip_sample", False))
     x0_clip = float(scheduler_config.get("clip_sample_range", 1.0)) if clip_x0 else None
@@ -219,7 +234,8 @@ def score_model_from_diffusers(net: nn.Module, class_name: str, scheduler_config
     else:
         about["shift"] = path.shift
     return PretrainedModel(model.eval(), backbone.data_shape, backbone.num_classes,
-                           backbone.takes_text, about)
+                           backbone.takes_text, about,
+                           text[0].state_dict() if text else None)
 
 
 def _first_line(e: BaseException) -> str:
@@ -283,5 +299,33 @@ def load_diffusers(pretrained: str, subfolder: str | None = None,
     about = {"pretrained": str(pretrained), "subfolder": folder}
     if scheduler:
         about["scheduler_from"] = str(scheduler)
+    text = None
+    if class_name == "UNet2DConditionModel" and _has_config(
+            diffusers.UNet2DModel, source, "text_encoder", local_files_only):
+        text = pipeline_text_encoder(source, local_files_only)
+        about["text_encoder"] = "text_encoder"
     return score_model_from_diffusers(net, class_name, sched_config, timestep_input, about,
-                                      clip_x0)
+                                      clip_x0, text)
+
+
+def _has_config(cls, source: str, subfolder: str, local_files_only: bool) -> bool:
+    """Whether ``source`` has a ``<subfolder>/config.json``."""
+    local = Path(source)
+    if local.is_dir():
+        return (local / subfolder / "config.json").is_file()
+    return _read_config(cls, source, subfolder, local_files_only) is not None
+
+
+def pipeline_text_encoder(source: str, local_files_only: bool = False):
+    """(``ClipTokenizer``, ``ClipTextEncoder``) of a Stable Diffusion style pipeline: its
+    ``tokenizer`` and ``text_encoder`` folders (``pip install 'scorelab[text]'``)."""
+    from scorelab.models.clip_text import ClipTextEncoder, ClipTokenizer, TextEncoderUnavailable
+    try:
+        tokenizer = ClipTokenizer.from_pretrained(source, None, local_files_only,
+                                                  tokenizer_subfolder="tokenizer",
+                                                  model_subfolder="text_encoder")
+        encoder = ClipTextEncoder(tokenizer.model_config, tokenizer.context, tokenizer.empty(),
+                                  source, local_files_only, subfolder="text_encoder")
+    except TextEncoderUnavailable as e:
+        raise AdapterUnavailable(f"the pipeline's text encoder: {e}") from None
+    return tokenizer, encoder

@@ -31,8 +31,9 @@ RULES = {"source": one_of(SOURCES, "pretrained model source"),
          "subfolder": optional(Rule(lambda v: isinstance(v, str), "a folder name")),
          "scheduler": optional(Rule(lambda v: isinstance(v, str), "a directory or hub id"))}
 # DiT's label embedding always keeps a null row, trained with class dropout 0.1 (Peebles &
-# Xie 2023), so classifier-free guidance applies to it.
-DIT_CLASS_DROPOUT = 0.1
+# Xie 2023), and Stable Diffusion dropped 10 % of its captions: classifier-free guidance
+# applies to both (the module's p_uncond says that the model knows its null condition).
+CLASS_DROPOUT = 0.1
 
 
 def weights_of(loaded) -> dict:
@@ -75,7 +76,6 @@ class LoadedPretrained:
     kind = "diffusion"
     global_step = 0
     ema = False           # a published network's weights are whatever it published
-    tokenizer = None
 
     def __init__(self, node, data=None, autoencoder=None):
         s = plain(node)
@@ -94,11 +94,12 @@ class LoadedPretrained:
                                      s.get("clip_x0"))
         except AdapterUnavailable as e:
             raise ConfigError(str(e)) from None
-        if adapted.takes_text:
-            raise ConfigError(f"model.pretrained={pretrained}: a UNet2DConditionModel needs "
-                              f"prompt embeddings, which sample.py and evaluate.py do not make "
-                              f"yet; from Python: adapters.load_diffusers(...).model with "
-                              f"y=<embeddings>")
+        if adapted.takes_text and adapted.tokenizer is None:
+            raise ConfigError(f"model.pretrained={pretrained}: a UNet2DConditionModel reads "
+                              f"prompts through its pipeline's tokenizer/ and text_encoder/, "
+                              f"which are not there; from Python: adapters.load_diffusers(...)"
+                              f".model with y=<prompt embeddings>")
+        self.tokenizer = adapted.tokenizer
         self.description = adapted.description
         self.path = f"diffusers:{pretrained}"
         latent = pretrained_latent(autoencoder, adapted.data_shape)
@@ -114,9 +115,11 @@ class LoadedPretrained:
             sampler = None      # DiffusionModule's default, which runs on every path
         self.module = DiffusionModule(
             model, DSMLoss(), optimizer=None, data_shape=adapted.data_shape,
-            num_classes=self.num_classes, is_image=True, conditional=self.num_classes > 0,
-            p_uncond=DIT_CLASS_DROPOUT if dit else 0.0, sampler=sampler,
-            config={"model": "diffusers", "pretrained": self.description}, latent=latent)
+            num_classes=self.num_classes, is_image=True,
+            conditional=self.num_classes > 0 or self.tokenizer is not None,
+            p_uncond=CLASS_DROPOUT if (dit or self.tokenizer is not None) else 0.0,
+            sampler=sampler, config={"model": "diffusers", "pretrained": self.description},
+            latent=latent, tokenizer=self.tokenizer)
         self.module.eval()
         # resolved here: their interpolations (data.root: ${paths.data_dir}) name the run's
         # config, which this one is not

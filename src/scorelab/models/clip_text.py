@@ -47,6 +47,7 @@ def _transformers():
 def _load(kind: str, pretrained: str, local_files_only: bool, **kwargs):
     """``CLIPTokenizer`` or ``CLIPTextModel`` (``kind``) from a directory or a hub id."""
     cls = getattr(_transformers(), kind)
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}      # (subfolder=None: none)
     local = Path(str(pretrained)).expanduser()
     try:
         return cls.from_pretrained(str(local) if local.is_dir() else str(pretrained),
@@ -76,9 +77,14 @@ class ClipTokenizer:
 
     @classmethod
     def from_pretrained(cls, pretrained: str, context: int | None = None,
-                        local_files_only: bool = True) -> "ClipTokenizer":
-        tok = _load("CLIPTokenizer", pretrained, local_files_only)
-        config = _load("CLIPTextConfig", pretrained, local_files_only)
+                        local_files_only: bool = True, tokenizer_subfolder: str | None = None,
+                        model_subfolder: str | None = None) -> "ClipTokenizer":
+        """From a directory or hub id holding both (``save_pretrained``), or a pipeline's
+        folders (Stable Diffusion: ``tokenizer`` and ``text_encoder``)."""
+        tok = _load("CLIPTokenizer", pretrained, local_files_only,
+                    subfolder=tokenizer_subfolder)
+        config = _load("CLIPTextConfig", pretrained, local_files_only,
+                       subfolder=model_subfolder)
         config = json.loads(config.to_json_string())
         return cls(tok, context or config["max_position_embeddings"], config, str(pretrained))
 
@@ -126,6 +132,8 @@ class ClipTextEncoder(nn.Module):
         context: tokens per caption. empty: the empty caption's ids.
         pretrained: load the weights from this directory or hub id now.
         local_files_only: never reach the hub for ``pretrained``.
+        subfolder: the text model's folder in ``pretrained`` (a pipeline's
+            ``text_encoder``).
         cache: keep the encodings of up to this many distinct captions (least recently used
             out first; 0: none). The model is frozen, so a caption's encoding never changes:
             after the first epoch a dataset's captions cost no text-encoder pass. Only the
@@ -134,11 +142,12 @@ class ClipTextEncoder(nn.Module):
 
     def __init__(self, model_config: dict, context: int, empty: list[int],
                  pretrained: str | None = None, local_files_only: bool = True,
-                 cache: int = 0):
+                 cache: int = 0, subfolder: str | None = None):
         super().__init__()
         transformers = _transformers()
         if pretrained:
-            self.model = _load("CLIPTextModel", pretrained, local_files_only)
+            self.model = _load("CLIPTextModel", pretrained, local_files_only,
+                               subfolder=subfolder)
         else:
             self.model = transformers.CLIPTextModel(
                 transformers.CLIPTextConfig.from_dict(model_config))
