@@ -43,8 +43,8 @@ from scorelab.conf import CONF_DIR  # noqa: E402
 from scorelab.metrics.evaluation import sample_features, sample_metrics  # noqa: E402
 from scorelab.sampling import steps_for_nfe  # noqa: E402
 
-SAMPLERS = ["ddim:grid=scheduler", "dpm_solver:grid=scheduler", "dpm_solver",
-            "unipc", "edm"]
+SAMPLERS = ["ddim:grid=scheduler", "dpm_solver:grid=scheduler",
+            "pc:predictor=ancestral,corrector=none,grid=scheduler", "dpm_solver", "unipc"]
 PIPELINES = ("ddim", "dpm2m", "ddpm")
 
 
