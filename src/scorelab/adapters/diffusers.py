@@ -250,6 +250,16 @@ def _read_config(cls, source: str, subfolder: str | None, local_files_only: bool
         return None
 
 
+def _first_config(cls, source: str, folders, local_files_only: bool):
+    """(config, folder) of the first of ``folders`` in ``source`` that holds ``cls``'s config
+    file ((None, None) if none does)."""
+    for folder in folders:
+        config = _read_config(cls, source, folder, local_files_only)
+        if config is not None:
+            return config, folder
+    return None, None
+
+
 def load_diffusers(pretrained: str, subfolder: str | None = None,
                    local_files_only: bool = False, timestep_input: str = "interpolated",
                    scheduler: str | None = None, clip_x0: bool | None = None
@@ -264,11 +274,8 @@ def load_diffusers(pretrained: str, subfolder: str | None = None,
     where = "the local directory" if local.is_dir() else \
         "not a local directory, and the Hugging Face hub could not provide it (offline?)"
     folders = [subfolder] if subfolder else list(NETWORK_FOLDERS) + [None]
-    net_config, folder = None, None
-    for folder in folders:
-        net_config = _read_config(diffusers.UNet2DModel, source, folder, local_files_only)
-        if net_config is not None:
-            break
+    net_config, folder = _first_config(diffusers.UNet2DModel, source, folders,
+                                       local_files_only)
     if net_config is None:
         raise AdapterUnavailable(
             f"model.pretrained={pretrained}: no network config ({'/'.join(map(str, folders))}"
@@ -277,12 +284,9 @@ def load_diffusers(pretrained: str, subfolder: str | None = None,
     if class_name not in NETWORKS:
         raise AdapterUnavailable(f"model.pretrained={pretrained}: the network is a "
                                  f"{class_name}; known: {', '.join(NETWORKS)}")
-    sched_source = scheduler or source
-    sched_config = None
-    for sub in ((None,) if scheduler else ("scheduler", None)):
-        sched_config = _read_config(diffusers.DDPMScheduler, sched_source, sub, local_files_only)
-        if sched_config is not None:
-            break
+    sched_config, _ = _first_config(diffusers.DDPMScheduler, scheduler or source,
+                                    (None,) if scheduler else ("scheduler", None),
+                                    local_files_only)
     if sched_config is None:
         raise AdapterUnavailable(
             f"model.pretrained={pretrained}: no scheduler config (scheduler/"

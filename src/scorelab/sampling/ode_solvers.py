@@ -99,7 +99,8 @@ def solve_ode(fn, x, t0: float, t1: float, rtol: float, atol: float,
 def _check_ode_path(options, path, ts):
     """Fixed steps (euler, heun) that do not leave the prior's noise in the sample
     (``leftover_noise``; on the uniform grid VP and sub-VP need 3 steps, VE 6, cosine 2, the
-    linear path 1)."""
+    linear path 1); rk45 never on a grid ending at t = 0, where it would evaluate the model
+    at sigma = 0."""
     if options["method"] == "rk45" and float(ts[-1]) == 0:
         raise ValueError("sampler ode (method=rk45) evaluates the model at its end point, and "
                          "a grid that ends at t = 0 has sigma = 0 there; use method=euler or "
