@@ -277,9 +277,9 @@ def load_diffusers(pretrained: str, subfolder: str | None = None,
     net_config, folder = _first_config(diffusers.UNet2DModel, source, folders,
                                        local_files_only)
     if net_config is None:
-        raise AdapterUnavailable(
-            f"model.pretrained={pretrained}: no network config ({'/'.join(map(str, folders))}"
-            f"/config.json) found: {where}")
+        tried = " or ".join(f"{f}/config.json" if f else "config.json" for f in folders)
+        raise AdapterUnavailable(f"model.pretrained={pretrained}: no network config ({tried}) "
+                                 f"found: {where}")
     class_name = net_config.get("_class_name")
     if class_name not in NETWORKS:
         raise AdapterUnavailable(f"model.pretrained={pretrained}: the network is a "
