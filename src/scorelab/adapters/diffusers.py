@@ -201,8 +201,7 @@ class PretrainedModel:
     def default_sampler(self) -> dict:
         """The scheduler's own kind of loop: DPM-Solver++ (2M) in 20 steps on the
         scheduler's timesteps (VP), Euler in 28 on its sigmas (flow)."""
-        path = self.model.path
-        grid = {"grid": "scheduler"} if getattr(path, "spacing_style", "flow") else {}
+        grid = {"grid": "scheduler"} if self.model.path.reproduces_scheduler else {}
         if self.model.head.name == "velocity":
             return {"name": "ode", "steps": 28, "method": "euler", **grid}
         return {"name": "dpm_solver", "steps": 20, **grid}

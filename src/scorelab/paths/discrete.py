@@ -132,6 +132,11 @@ class DiscreteVPPath(InterpolantPath):
         self.log_levels = 0.5 * (torch.log1p(-ab) - torch.log(ab))       # log s_i, float64
         self._b0 = float(-torch.log(ab[0])) * N        # the constant beta below the first knot
 
+    @property
+    def reproduces_scheduler(self) -> bool:
+        """Whether ``scheduler_grid`` gives the scheduler's own timesteps."""
+        return self.spacing_style is not None
+
     def timestep(self, t: Tensor) -> Tensor:
         """The fractional training timestep u = N t - 1 of times t (float64; within the
         rounding of t's dtype, a few N ulp, of an integer it is that integer, so float32 grid
@@ -195,7 +200,7 @@ class DiscreteVPPath(InterpolantPath):
     def scheduler_grid(self, steps: int) -> Tensor:
         """The scheduler's own loop as a grid (float64): its ``steps`` timesteps, then clean
         data (t = 0) or, without ``final_clean``, the first training timestep."""
-        if self.spacing_style is None:
+        if not self.reproduces_scheduler:
             raise ValueError("grid=scheduler: this scheduler's own timesteps are not "
                              "reproduced (DDPM, DDIM, DPM-Solver, UniPC and DEIS multistep, "
                              "FlowMatch Euler are); use another grid")
@@ -224,6 +229,9 @@ class TimestepLinearPath(LinearPath):
         if not shift > 0:
             raise ValueError(f"the flow shift must be > 0, got {shift}")
         self.shift = float(shift)
+
+    # FlowMatchEulerDiscreteScheduler's sigmas are reproduced (``scheduler_grid``)
+    reproduces_scheduler = True
 
     def noise_label(self, t):
         return t * self.N
